@@ -1,0 +1,39 @@
+# mmfs: `make demo` and `make test` are the whole set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+OUT ?= out/movielens
+
+export GX_ANALYTICS_ENABLED := False
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(PY))
+
+.PHONY: demo test test-all bench java clean
+
+$(INSTALLED): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(INSTALLED)
+
+java:
+	@command -v java >/dev/null || { echo "Spark needs Java 17+: installing openjdk-17-jre-headless"; \
+		apt-get update -q && apt-get install -y -q openjdk-17-jre-headless; }
+
+demo: $(INSTALLED) java
+	$(VENV)/bin/mmfs pipeline --source movielens --input data/movielens-small --out $(OUT)
+
+test: $(INSTALLED) java
+	$(PY) -m pytest
+
+test-all: $(INSTALLED) java
+	$(PY) -m pytest -m "not gpu"
+
+bench: $(INSTALLED) java
+	$(PY) -m benchmarks.pipelines
+
+clean:
+	rm -rf out bench_out .pytest_cache

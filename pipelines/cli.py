@@ -1,0 +1,38 @@
+"""``mmfs``: one command, a subcommand per job.
+
+    mmfs ingest --source movielens --input data/movielens-small --out out/movielens
+    mmfs encode-items --root out/movielens
+    mmfs user-sequences --root out/movielens
+    mmfs target-similarity --root out/movielens
+    mmfs pipeline --source movielens --input data/movielens-small --out out/movielens   # all four
+    mmfs synth --out data/synth --events 1000000
+
+Each subcommand takes the same options as ``spark-submit pipelines/<job>.py``.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+JOBS = {
+    "ingest": "pipelines.ingest",
+    "encode-items": "pipelines.encode_items",
+    "user-sequences": "pipelines.user_sequences",
+    "target-similarity": "pipelines.target_similarity",
+    "pipeline": "pipelines.run_pipeline",
+    "synth": "pipelines.synth",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in JOBS:
+        print(__doc__)
+        print("subcommands: " + ", ".join(JOBS))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    job = importlib.import_module(JOBS[argv[0]])
+    return int(job.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

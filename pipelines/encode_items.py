@@ -1,0 +1,347 @@
+"""encode_items: item text (BERT-family) and images (EfficientNet-Lite0 or CLIP) -> embeddings.
+
+    spark-submit pipelines/encode_items.py --root out/ml [--image-model clip:ViT-B-32 --clip-weights f.bin]
+
+Reads ``<root>/items``; writes ``<root>/item_embeddings`` with ``text_emb``, ``image_emb``, the fused
+``mm_emb`` (L2-normalised PCA(text) and PCA(image) parts concatenated, the MMCTR "V4" strategy),
+``has_image``, ``encoder_id``, ``event_timestamp`` (the item's updated_at) and
+``created_timestamp``. The PCA is fitted in Spark and saved beside the table as ``_pca.npz``; the
+encoder identity (models, weight checksums, dimensions, PCA hash) is in its ``_mmfs_meta.json``.
+Images that cannot be used are quarantined in ``<root>/quarantine/item_images``; their items keep
+the text embedding with ``has_image=false``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict, replace
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines import reports
+from pipelines.encoders import NO_IMAGE_MODEL, EncoderConfig, decode_image, load_image_encoder, load_text_encoder
+from pipelines.job_args import add_common_args, spark_from_args
+from pipelines.schemas import ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
+from pipelines.table_io import read_table, write_table
+from pipelines.validation import Rule, TableRules, assert_valid_output, unit_vector_rule, validate_and_split
+
+log = logging.getLogger("mmfs.encode_items")
+
+DEFAULT_MM_DIM = 64
+
+ENCODED_SCHEMA = T.StructType([
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("text_emb", T.ArrayType(T.FloatType(), False), False),
+    T.StructField("image_emb", T.ArrayType(T.FloatType(), False), True),
+    T.StructField("image_error", T.StringType(), True),
+    T.StructField("image_note", T.StringType(), True),
+    T.StructField("updated_at", T.TimestampType(), False),
+    T.StructField("created_timestamp", T.TimestampType(), False),
+])
+
+_WORKER_ENCODERS: dict[EncoderConfig, tuple] = {}
+
+
+def _worker_encoders(config: EncoderConfig) -> tuple:
+    """Load the models once per Python worker and keep them for every later batch."""
+    if config not in _WORKER_ENCODERS:
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+        _WORKER_ENCODERS[config] = (load_text_encoder(config), load_image_encoder(config))
+    return _WORKER_ENCODERS[config]
+
+
+def item_text(title: object, text: object) -> str:
+    """What the text encoder reads: title and text joined."""
+    parts = [str(p).strip() for p in (title, text) if isinstance(p, str) and p.strip()]
+    return ". ".join(parts)
+
+
+def encode_batch(batch: pd.DataFrame, config: EncoderConfig) -> pd.DataFrame:
+    """Encode one batch of items rows. Image failures are per row, never raised."""
+    text_encoder, image_encoder = _worker_encoders(config)
+    texts = [item_text(t, x) for t, x in zip(batch["title"], batch["text"])]
+    text_emb = text_encoder.encode(texts)  # (N, Dt)
+    image_emb: list = [None] * len(batch)
+    errors: list = [None] * len(batch)
+    notes: list = [None] * len(batch)
+    if image_encoder is not None:
+        pixels, rows = [], []
+        for i, uri in enumerate(batch["image_uri"]):
+            if not isinstance(uri, str) or not uri:
+                continue
+            decoded = decode_image(uri)
+            errors[i], notes[i] = decoded.error, decoded.note
+            if decoded.image is not None:
+                pixels.append(image_encoder.preprocess(decoded.image))
+                rows.append(i)
+        if rows:
+            vectors = image_encoder.encode(np.stack(pixels))  # (n, Di)
+            for row, vector in zip(rows, vectors):
+                image_emb[row] = vector
+    return pd.DataFrame({
+        "item_id": batch["item_id"].to_numpy(),
+        "text_emb": list(text_emb),
+        "image_emb": image_emb,
+        "image_error": errors,
+        "image_note": notes,
+        "updated_at": batch["updated_at"].to_numpy(),
+        "created_timestamp": batch["created_timestamp"].to_numpy(),
+    })
+
+
+def encode_partition(batches: Iterator[pd.DataFrame], config: EncoderConfig) -> Iterator[pd.DataFrame]:
+    done, start = 0, time.perf_counter()
+    for frame in batches:
+        for lo in range(0, len(frame), config.batch_size):
+            out = encode_batch(frame.iloc[lo: lo + config.batch_size], config)
+            done += len(out)
+            yield out
+        print(f"[encode_items] worker {os.getpid()}: {done} items, {done / (time.perf_counter() - start):.1f} items/s",
+              file=sys.stderr, flush=True)
+
+
+def encode(items: DataFrame, config: EncoderConfig, partitions: int) -> DataFrame:
+    """Run the encoders inside Spark; the models load once per worker."""
+    source = items.select("item_id", "title", "text", "image_uri", "updated_at", "created_timestamp")
+    return source.repartition(partitions, "item_id").mapInPandas(
+        lambda batches: encode_partition(batches, config), schema=ENCODED_SCHEMA
+    )
+
+
+# -- PCA fitted in Spark -----------------------------------------------------------------------
+
+def fit_pca(df: DataFrame, column: str, k: int) -> dict[str, np.ndarray]:
+    """Centred PCA of an array column: returns mean (D,) and components (D, k), signs fixed.
+
+    Spark's PCA finds the components of the covariance; we keep the mean so projections are
+    centred, and flip each component so its largest-magnitude entry is positive, which makes
+    re-runs give the same vectors.
+    """
+    from pyspark.ml.feature import PCA
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.ml.stat import Summarizer
+
+    vectors = df.select(array_to_vector(F.col(column)).alias("v"))
+    dim = len(df.select(column).first()[0])
+    k = min(k, dim)
+    mean = np.asarray(vectors.select(Summarizer.mean(F.col("v"))).first()[0].toArray(), dtype=np.float64)
+    model = PCA(k=k, inputCol="v", outputCol="p").fit(vectors)
+    components = np.array(model.pc.toArray(), dtype=np.float64)  # (D, k), a writable copy
+    flip = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
+    components *= np.where(flip == 0, 1.0, flip)
+    return {"mean": mean, "components": components, "explained_variance": np.asarray(model.explainedVariance.toArray())}
+
+
+def fuse(text_emb: np.ndarray, image_emb: np.ndarray | None, has_image: np.ndarray, pca: dict) -> np.ndarray:
+    """(N, Dt), (N, Di) -> (N, mm_dim): unit-norm PCA parts concatenated, then unit-normalised.
+
+    An item without an image gets zeros in the image part, so its mm_emb is its text part.
+    """
+    def part(x: np.ndarray, name: str) -> np.ndarray:
+        projected = (x.astype(np.float64) - pca[f"{name}_mean"]) @ pca[f"{name}_components"]  # (N, k)
+        return projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+
+    parts = [part(text_emb, "text")]
+    if "image_components" in pca:
+        image_part = np.zeros((len(text_emb), pca["image_components"].shape[1]))
+        if has_image.any():
+            image_part[has_image] = part(image_emb[has_image], "image")
+        parts.append(image_part)
+    fused = np.concatenate(parts, axis=1)
+    return (fused / np.maximum(np.linalg.norm(fused, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def pca_artifact(pca: dict) -> tuple[bytes, str]:
+    """The PCA as .npz bytes, and a checksum of its arrays (stable across re-saves)."""
+    digest = hashlib.sha256()
+    for key in sorted(pca):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(pca[key]).tobytes())
+    buffer = io.BytesIO()
+    np.savez(buffer, **pca)
+    return buffer.getvalue(), digest.hexdigest()
+
+
+def fuse_partition(batches: Iterator[pd.DataFrame], pca: dict) -> Iterator[pd.DataFrame]:
+    for frame in batches:
+        text = np.stack(frame["text_emb"].to_numpy()) if len(frame) else np.zeros((0, 1))
+        has_image = frame["image_emb"].notna().to_numpy()
+        image = None
+        if has_image.any():
+            dim = len(frame["image_emb"][has_image].iloc[0])
+            image = np.zeros((len(frame), dim), dtype=np.float32)
+            image[has_image] = np.stack(frame["image_emb"][has_image].to_numpy())
+        frame = frame.assign(mm_emb=list(fuse(text, image, has_image, pca)) if len(frame) else [])
+        yield frame
+
+
+def with_mm_emb(encoded: DataFrame, pca: dict, encoder_id: str) -> DataFrame:
+    schema = T.StructType(encoded.schema.fields + [T.StructField("mm_emb", T.ArrayType(T.FloatType(), False), False)])
+    fused = encoded.mapInPandas(lambda batches: fuse_partition(batches, pca), schema=schema)
+    return fused.select(
+        "item_id",
+        "text_emb",
+        "image_emb",
+        "mm_emb",
+        F.col("image_emb").isNotNull().alias("has_image"),
+        F.lit(encoder_id).alias("encoder_id"),
+        F.col("updated_at").alias("event_timestamp"),
+        "created_timestamp",
+    ).select(*columns(ITEM_EMBEDDINGS_SCHEMA))
+
+
+def embedding_rules(text_dim: int, image_dim: int | None, mm_dim: int) -> TableRules:
+    rules = [unit_vector_rule("text_emb", text_dim), unit_vector_rule("mm_emb", mm_dim)]
+    if image_dim:
+        rules.append(unit_vector_rule("image_emb", image_dim, nullable=True))
+    rules.append(Rule("has_image_matches", "has_image = (image_emb IS NOT NULL)", "has_image must say whether image_emb is set"))
+    return TableRules("item_embeddings", tuple(rules), unique_key=("item_id", "event_timestamp"))
+
+
+def image_quarantine(encoded: DataFrame) -> DataFrame:
+    return encoded.filter(F.col("image_error").isNotNull()).select(
+        F.lit("item_images").alias("table"),
+        F.lit("image_decode").alias("rule"),
+        F.col("image_error").alias("reason"),
+        F.to_json(F.struct("item_id", "updated_at")).alias("row_json"),
+        F.current_timestamp().alias("quarantined_at"),
+    ).select(*columns(QUARANTINE_SCHEMA))
+
+
+def identity_of(config: EncoderConfig, mm_dim: int, text_dim_pca: int, image_dim_pca: int | None) -> dict:
+    """Load the encoders once on the driver: fail early on bad weights, and checksum them."""
+    text = load_text_encoder(config)
+    image = load_image_encoder(config)
+    identity = {
+        "text": {"model": text.name, "weights_sha256": text.weights_sha256, "dim": text.dim},
+        "image": None if image is None else {"model": image.name, "weights_sha256": image.weights_sha256, "dim": image.dim},
+        "mm_dim": mm_dim,
+        "pca_dims": {"text": text_dim_pca, "image": image_dim_pca},
+    }
+    del text, image
+    return identity
+
+
+def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_dim: int, staging: str,
+              partitions: int, max_invalid_fraction: float) -> dict:
+    with_images = items.filter(F.col("image_uri").isNotNull()).count()
+    if with_images == 0 and config.image_model != NO_IMAGE_MODEL:
+        log.warning("no item has an image_uri: the image encoder is not used and mm_emb is text-only")
+        config = replace(config, image_model=NO_IMAGE_MODEL)
+    text_k = mm_dim if config.image_model == NO_IMAGE_MODEL else mm_dim // 2
+    image_k = None if config.image_model == NO_IMAGE_MODEL else mm_dim - text_k
+    identity = identity_of(config, mm_dim, text_k, image_k)
+
+    # Stage the encoder output once: the PCA fit and the projection both read it.
+    encode(items, config, partitions).write.mode("overwrite").parquet(staging)
+    encoded = spark.read.parquet(staging)
+    pca = {f"text_{k}": v for k, v in fit_pca(encoded, "text_emb", text_k).items()}
+    if image_k is not None:
+        pictured = encoded.filter(F.col("image_emb").isNotNull())
+        if pictured.limit(1).count() == 0:
+            raise RuntimeError("every image failed to decode: see the image quarantine; refusing to fit an image PCA on nothing")
+        pca.update({f"image_{k}": v for k, v in fit_pca(pictured, "image_emb", image_k).items()})
+    pca_bytes, pca_sha = pca_artifact(pca)
+    identity["pca_sha256"] = pca_sha
+    encoder_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    identity["encoder_id"] = encoder_id
+
+    embeddings = with_mm_emb(encoded, pca, encoder_id)
+    rules = embedding_rules(identity["text"]["dim"], identity["image"] and identity["image"]["dim"], mm_dim)
+    good, quarantine, input_report = validate_and_split(embeddings, rules, columns(ITEM_EMBEDDINGS_SCHEMA), max_invalid_fraction)
+    return {
+        "item_embeddings": good,
+        "quarantine_embeddings": quarantine,
+        "quarantine_images": image_quarantine(encoded),
+        "identity": identity,
+        "pca_bytes": pca_bytes,
+        "rules": rules,
+        "reports": [input_report],
+        "config": config,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mmfs encode-items", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="table root written by ingest")
+    defaults = EncoderConfig()
+    parser.add_argument("--text-model", default=defaults.text_model, help="'minilm' (packaged), a local folder or a cached hub id")
+    parser.add_argument("--image-model", default=defaults.image_model, help="'efficientnet-lite0' (packaged), 'clip:<arch>' or 'none'")
+    parser.add_argument("--clip-weights", default=None, help="CLIP weights: a local file, or an open_clip tag in the hub cache")
+    parser.add_argument("--allow-random-clip-weights", action="store_true", help="TEST ONLY: CLIP with random weights")
+    parser.add_argument("--mm-dim", type=int, default=DEFAULT_MM_DIM, help="fused embedding size (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--text-max-length", type=int, default=defaults.text_max_length)
+    parser.add_argument("--device", default=defaults.device, help="auto (CUDA if available), cpu or cuda[:n]")
+    parser.add_argument("--partitions", type=int, default=0, help="encoding tasks (default: Spark's parallelism)")
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mmfs").setLevel(logging.INFO)
+    args = parse_args(argv)
+    spark = spark_from_args(args, "mmfs-encode-items")
+    parallelism = spark.sparkContext.defaultParallelism
+    local = spark.sparkContext.master.startswith("local")
+    config = EncoderConfig(
+        text_model=args.text_model,
+        image_model=args.image_model,
+        clip_weights=args.clip_weights,
+        allow_random_weights=args.allow_random_clip_weights,
+        text_max_length=args.text_max_length,
+        batch_size=args.batch_size,
+        device=args.device,
+        # Local mode runs one Python worker per core: one torch thread each avoids oversubscription.
+        torch_threads=max(1, (os.cpu_count() or 1) // parallelism) if local else 0,
+    )
+    staging = f"{args.root}/_staging/encode-{uuid.uuid4().hex[:12]}"
+    start = time.perf_counter()
+    try:
+        result = transform(spark, read_table(spark, f"{args.root}/items"), config, args.mm_dim, staging,
+                           args.partitions or parallelism, args.max_invalid_fraction)
+        good = result["item_embeddings"]
+        output_report = assert_valid_output(good, result["rules"])
+        n_items = output_report.rows
+        elapsed = time.perf_counter() - start
+        meta = {
+            "job": "encode_items",
+            "encoder_identity": result["identity"],
+            "config": asdict(result["config"]),
+            "items": n_items,
+            "seconds": round(elapsed, 1),
+            "validation": [r.to_dict() for r in result["reports"] + [output_report]],
+        }
+        write_table(good, f"{args.root}/item_embeddings", meta=meta, extra_files={"_pca.npz": result["pca_bytes"]})
+        write_table(result["quarantine_embeddings"], f"{args.root}/quarantine/item_embeddings", meta=meta)
+        write_table(result["quarantine_images"], f"{args.root}/quarantine/item_images", meta=meta)
+    finally:
+        spark._jvm.org.apache.hadoop.fs.Path(staging).getFileSystem(spark._jsc.hadoopConfiguration()).delete(
+            spark._jvm.org.apache.hadoop.fs.Path(staging), True
+        )
+    reports.print_reports(result["reports"] + [output_report], {
+        "item_embeddings": f"{args.root}/item_embeddings",
+        "quarantine": f"{args.root}/quarantine/{{item_embeddings,item_images}}",
+    })
+    print(f"encoder_id {result['identity']['encoder_id']}: {n_items} items in {elapsed:.1f}s ({n_items / elapsed:.1f} items/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

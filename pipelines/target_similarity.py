@@ -1,0 +1,119 @@
+"""target_similarity: s_j = cos(mm_emb(target), mm_emb(hist_j)) for every training row.
+
+    spark-submit pipelines/target_similarity.py --root out/ml
+
+Reads ``<root>/sequences`` and ``<root>/item_embeddings``; writes ``<root>/target_similarity``.
+Embeddings are taken point-in-time: for a row at time T, each item's newest version with
+event_timestamp <= T and created_timestamp <= T (what the online store held at T). The values
+come from ``pipelines.similarity.target_similarity``, the function the online scorer imports.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines import reports
+from pipelines.item_index import ItemEmbeddingIndex
+from pipelines.job_args import add_common_args, spark_from_args
+from pipelines.schemas import TARGET_SIMILARITY_SCHEMA, columns
+from pipelines.similarity import target_similarity
+from pipelines.table_io import read_meta, read_table, write_table
+from pipelines.validation import Rule, TableRules, assert_valid_output
+
+
+def output_rules() -> TableRules:
+    return TableRules(
+        table="target_similarity",
+        rules=(
+            Rule("similarity_in_range", "forall(hist_sim, s -> s IS NULL OR (s >= -1 AND s <= 1 AND NOT isnan(s)))",
+                 "similarities must lie in [-1, 1]"),
+            Rule("similarity_aligned", "size(hist_sim) = hist_len AND size(hist_item_ids) = hist_len",
+                 "one similarity per history item"),
+        ),
+        unique_key=("user_id", "item_id", "event_timestamp"),
+    )
+
+
+def to_micros(values: pd.Series) -> np.ndarray:
+    """Timestamps from Arrow (tz-aware or naive UTC) -> int64 microseconds since the epoch."""
+    ts = pd.to_datetime(values, utc=True)
+    return ts.dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
+
+
+def build_index(item_embeddings: DataFrame) -> ItemEmbeddingIndex:
+    """Collect the (small) versioned mm_emb table once; workers get it as a broadcast."""
+    pdf = item_embeddings.select("item_id", "event_timestamp", "created_timestamp", "mm_emb").toPandas()
+    vectors = np.stack(pdf["mm_emb"].to_numpy()) if len(pdf) else np.zeros((0, 1), dtype=np.float32)
+    return ItemEmbeddingIndex(
+        pdf["item_id"].to_numpy(), to_micros(pdf["event_timestamp"]), to_micros(pdf["created_timestamp"]), vectors
+    )
+
+
+def similarity_batch(frame: pd.DataFrame, index: ItemEmbeddingIndex) -> pd.DataFrame:
+    """Point-in-time lookups plus the shared similarity function for one batch of rows."""
+    n = len(frame)
+    as_of = to_micros(frame["event_timestamp"])  # (B,)
+    lengths = frame["hist_len"].to_numpy()
+    width = int(lengths.max()) if n else 0
+    hist_ids = np.zeros((n, width), dtype=np.int64)  # (B, L) padded
+    padding_mask = np.arange(width)[None, :] < lengths[:, None]  # (B, L)
+    for i, ids in enumerate(frame["hist_item_ids"]):
+        hist_ids[i, : len(ids)] = ids
+    target_vec, target_found = index.vectors_at(frame["item_id"].to_numpy(), as_of)  # (B, D), (B,)
+    hist_vec, hist_found = index.vectors_at(hist_ids.ravel(), np.repeat(as_of, width))
+    hist_vec = hist_vec.reshape(n, width, index.dim)  # (B, L, D)
+    hist_found = hist_found.reshape(n, width) & padding_mask  # (B, L)
+    sims = target_similarity(target_vec, hist_vec, hist_found)  # (B, L)
+    hist_sim = []
+    for i in range(n):
+        row = sims[i, : lengths[i]].astype(object)
+        row[~hist_found[i, : lengths[i]]] = None  # no embedding known at T: null, not a made-up 0
+        hist_sim.append(row.tolist() if target_found[i] else [None] * int(lengths[i]))
+    return frame.assign(hist_sim=hist_sim, target_has_emb=target_found)
+
+
+def transform(sequences: DataFrame, item_embeddings: DataFrame, encoder_id: str) -> DataFrame:
+    spark: SparkSession = sequences.sparkSession
+    index = spark.sparkContext.broadcast(build_index(item_embeddings))
+    schema = TARGET_SIMILARITY_SCHEMA
+    source = sequences.select("user_id", "item_id", "event_timestamp", "label", "hist_item_ids", "hist_len")
+    mapped_schema = T.StructType(source.schema.fields + [schema["hist_sim"], schema["target_has_emb"]])
+
+    def compute(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in batches:
+            yield similarity_batch(frame, index.value)
+
+    return source.mapInPandas(compute, schema=mapped_schema).withColumn("encoder_id", F.lit(encoder_id)).select(
+        *columns(schema)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmfs target-similarity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="table root with sequences and item_embeddings")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    spark = spark_from_args(args, "mmfs-target-similarity")
+    embeddings_path = f"{args.root}/item_embeddings"
+    identity = read_meta(spark, embeddings_path)["encoder_identity"]
+    embeddings = read_table(spark, embeddings_path)
+    encoder_ids = [r[0] for r in embeddings.select("encoder_id").distinct().collect()]
+    if encoder_ids != [identity["encoder_id"]]:
+        raise SystemExit(f"{embeddings_path} mixes encoders {encoder_ids}; expected only {identity['encoder_id']}")
+    result = transform(read_table(spark, f"{args.root}/sequences"), embeddings, identity["encoder_id"]).persist()
+    report = assert_valid_output(result, output_rules())
+    write_table(result, f"{args.root}/target_similarity",
+                meta={"job": "target_similarity", "encoder_identity": identity, "validation": report.to_dict()})
+    reports.print_reports([report], {"target_similarity": f"{args.root}/target_similarity"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""user_sequences: each event's behaviour sequence, plus point-in-time snapshots for Feast.
+
+    spark-submit pipelines/user_sequences.py --root out/ml [--max-len 50]
+
+Reads ``<root>/events``; writes
+- ``<root>/sequences``: one row per event with the user's last N positive items strictly before
+  the event (oldest first) - the training-row skeleton;
+- ``<root>/user_sequence_snapshots``: keyed by (user_id, event_timestamp). A snapshot holding
+  positives up to time t is stamped t + 1 microsecond, so Feast's join (feature_ts <= entity_ts)
+  at time T only ever sees positives strictly before T, ties included;
+- ``<root>/user_sequence_current``: the newest snapshot per user, for the online store.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from pipelines import reports
+from pipelines.job_args import add_common_args, spark_from_args
+from pipelines.schemas import SEQUENCES_SCHEMA, SNAPSHOT_SCHEMA, columns
+from pipelines.table_io import read_table, write_table
+from pipelines.validation import Rule, TableRules, assert_valid_output
+
+DEFAULT_MAX_LEN = 50
+ONE_MICROSECOND = "INTERVAL 1 MICROSECOND"
+
+
+def _history_rules(table: str, max_len: int, key: tuple[str, ...], min_len: int) -> TableRules:
+    return TableRules(
+        table=table,
+        rules=(
+            Rule(
+                "history_strictly_before_event",
+                "forall(hist_timestamps, t -> t < event_timestamp)",
+                "a history item is not strictly before the row's timestamp",
+            ),
+            Rule(
+                "history_length",
+                f"hist_len = size(hist_item_ids) AND hist_len = size(hist_timestamps) AND hist_len BETWEEN {min_len} AND {max_len}",
+                f"hist_len must match the arrays and lie in [{min_len}, {max_len}]",
+            ),
+            Rule(
+                "history_in_time_order",
+                "hist_len < 2 OR array_sort(hist_timestamps) = hist_timestamps",
+                "history must be oldest first",
+            ),
+        ),
+        unique_key=key,
+    )
+
+
+def output_rules(max_len: int) -> dict[str, TableRules]:
+    return {
+        "sequences": _history_rules("sequences", max_len, ("user_id", "item_id", "event_timestamp"), 0),
+        "user_sequence_snapshots": _history_rules("user_sequence_snapshots", max_len, ("user_id", "event_timestamp"), 1),
+        "user_sequence_current": _history_rules("user_sequence_current", max_len, ("user_id",), 1),
+    }
+
+
+def _split_history(df: DataFrame) -> DataFrame:
+    """(event_timestamp, item_id) structs -> parallel id and timestamp arrays."""
+    return df.withColumn("hist_item_ids", F.transform("_hist", lambda s: s["item_id"])).withColumn(
+        "hist_timestamps", F.transform("_hist", lambda s: s["event_timestamp"])
+    ).withColumn("hist_len", F.size("_hist").cast("int"))
+
+
+def build_snapshots(events: DataFrame, max_len: int) -> DataFrame:
+    """One snapshot per (user, distinct positive timestamp t), stamped t + 1us."""
+    positives = events.filter(F.col("label") == 1).select("user_id", "item_id", "event_timestamp")
+    last_n = Window.partitionBy("user_id").orderBy("event_timestamp", "item_id").rowsBetween(-(max_len - 1), 0)
+    newest_at_time = Window.partitionBy("user_id", "event_timestamp").orderBy(F.col("item_id").desc())
+    snapshots = (
+        positives.withColumn("_hist", F.array_sort(F.collect_list(F.struct("event_timestamp", "item_id")).over(last_n)))
+        .withColumn("_rank", F.row_number().over(newest_at_time))
+        .filter(F.col("_rank") == 1)
+        .withColumn("event_timestamp", F.col("event_timestamp") + F.expr(ONE_MICROSECOND))
+    )
+    return _split_history(snapshots).select(*columns(SNAPSHOT_SCHEMA))
+
+
+def build_sequences(events: DataFrame, snapshots: DataFrame) -> DataFrame:
+    """As-of join in one pass: each event takes the newest snapshot stamped <= its timestamp."""
+    snapshot_rows = snapshots.select(
+        "user_id",
+        F.lit(None).cast("long").alias("item_id"),
+        "event_timestamp",
+        F.lit(None).cast("int").alias("label"),
+        F.lit(0).alias("_kind"),  # at equal stamps the snapshot sorts first: it holds only < T
+        F.arrays_zip(F.col("hist_timestamps").alias("event_timestamp"), F.col("hist_item_ids").alias("item_id")).alias("_hist"),
+    )
+    event_rows = events.select(
+        "user_id", "item_id", "event_timestamp", "label", F.lit(1).alias("_kind"), F.lit(None).alias("_hist")
+    )
+    running = Window.partitionBy("user_id").orderBy("event_timestamp", "_kind").rowsBetween(
+        Window.unboundedPreceding, Window.currentRow
+    )
+    joined = (
+        snapshot_rows.unionByName(event_rows, allowMissingColumns=False)
+        .withColumn("_hist", F.last("_hist", ignorenulls=True).over(running))
+        .filter(F.col("_kind") == 1)
+        .withColumn("_hist", F.coalesce(F.col("_hist"), F.array().cast(snapshot_rows.schema["_hist"].dataType)))
+    )
+    return _split_history(joined).select(*columns(SEQUENCES_SCHEMA))
+
+
+def build_current(snapshots: DataFrame) -> DataFrame:
+    newest = Window.partitionBy("user_id").orderBy(F.col("event_timestamp").desc())
+    return snapshots.withColumn("_rank", F.row_number().over(newest)).filter(F.col("_rank") == 1).select(
+        *columns(SNAPSHOT_SCHEMA)
+    )
+
+
+def transform(events: DataFrame, max_len: int = DEFAULT_MAX_LEN) -> dict[str, DataFrame]:
+    events = events.select("user_id", "item_id", "event_timestamp", "label")
+    snapshots = build_snapshots(events, max_len)
+    return {
+        "sequences": build_sequences(events, snapshots),
+        "user_sequence_snapshots": snapshots,
+        "user_sequence_current": build_current(snapshots),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmfs user-sequences", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="table root written by ingest")
+    parser.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help="history length N (default %(default)s)")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    spark = spark_from_args(args, "mmfs-user-sequences")
+    tables = transform(read_table(spark, f"{args.root}/events"), args.max_len)
+    rules = output_rules(args.max_len)
+    written_reports = []
+    for name, df in tables.items():
+        df = df.persist()
+        report = assert_valid_output(df, rules[name])
+        written_reports.append(report)
+        write_table(df, f"{args.root}/{name}", meta={"job": "user_sequences", "max_len": args.max_len, "validation": report.to_dict()})
+    reports.print_reports(written_reports, {name: f"{args.root}/{name}" for name in tables})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

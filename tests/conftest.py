@@ -1,0 +1,30 @@
+import datetime as dt
+import os
+import time
+
+import pytest
+
+# PySpark converts naive datetimes with the process time zone: pin it to UTC, like the tables.
+os.environ["TZ"] = "UTC"
+time.tzset()
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pipelines.spark_session import build_spark
+
+    session = build_spark(
+        "mmfs-tests",
+        master="local[2]",
+        conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"},
+    )
+    yield session
+    session.stop()
+
+
+def ts(text: str) -> dt.datetime:
+    """A naive UTC datetime from 'YYYY-MM-DD HH:MM:SS[.ffffff]', as Spark's collect() returns them."""
+    return dt.datetime.fromisoformat(text)
