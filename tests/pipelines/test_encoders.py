@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from pipelines.encoders import (
+    EncoderConfig,
+    EncoderLoadError,
+    decode_image,
+    load_image_encoder,
+    load_text_encoder,
+)
+from tests.pipelines.images import make_image_files
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_files(tmp_path_factory.mktemp("images"))
+
+
+def test_decode_handles_every_kind_of_bad_or_unusual_image(images):
+    ok = decode_image(images["rgb"])
+    assert ok.image.mode == "RGB" and ok.error is None and ok.note is None
+    for name, note in (("gray", "converted from L"), ("cmyk", "converted from CMYK"), ("rgba", "alpha (RGBA) composited on white")):
+        decoded = decode_image(images[name])
+        assert decoded.error is None and decoded.image.mode == "RGB", name
+        assert decoded.note == note
+    assert decode_image(images["corrupt"]).error.startswith("corrupt image")
+    assert decode_image(images["empty"]).error.startswith("zero-size image file")
+    assert decode_image(images["missing"]).error.startswith("missing image file")
+    assert decode_image("https://example.com/a.png").error.startswith("unsupported image URI scheme")
+    assert decode_image("file://" + images["rgb"]).error is None
+
+
+def test_packaged_text_encoder_gives_meaningful_unit_vectors():
+    encoder = load_text_encoder(EncoderConfig())
+    vectors = encoder.encode(["a cat sleeping on a sofa", "a kitten napping on the couch", "quarterly bond market report"])
+    assert vectors.shape == (3, 384) and encoder.dim == 384
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+    assert len(encoder.weights_sha256) == 64
+
+
+def test_packaged_image_encoder_gives_meaningful_unit_vectors(images):
+    encoder = load_image_encoder(EncoderConfig())
+    cat = decode_image(images["rgb"]).image
+    cat_crop = cat.crop((20, 20, cat.width - 20, cat.height - 20))
+    cup = decode_image(images["coffee"]).image
+    vectors = encoder.encode(np.stack([encoder.preprocess(im) for im in (cat, cat_crop, cup)]))
+    assert vectors.shape == (3, 1280)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.1
+
+
+def test_missing_weights_fail_loudly_instead_of_random_vectors(tmp_path):
+    with pytest.raises(EncoderLoadError, match="cannot load text encoder"):
+        load_text_encoder(EncoderConfig(text_model=str(tmp_path / "no-model")))
+    with pytest.raises(EncoderLoadError, match="needs --clip-weights"):
+        load_image_encoder(EncoderConfig(image_model="clip:ViT-B-32"))
+    with pytest.raises(EncoderLoadError, match="cannot load CLIP"):
+        load_image_encoder(EncoderConfig(image_model="clip:ViT-B-32", clip_weights=str(tmp_path / "missing.bin")))
+    with pytest.raises(EncoderLoadError, match="unknown image encoder"):
+        load_image_encoder(EncoderConfig(image_model="resnet9000"))
+
+
+def test_clip_random_weights_only_behind_the_test_flag_and_named_as_such(images):
+    encoder = load_image_encoder(EncoderConfig(image_model="clip:RN50", allow_random_weights=True))
+    assert "RANDOM-WEIGHTS-TEST-ONLY" in encoder.name
+    vectors = encoder.encode(np.stack([encoder.preprocess(decode_image(images["rgb"]).image)]))
+    assert vectors.shape == (1, encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
