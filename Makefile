@@ -33,7 +33,7 @@ test-all: $(INSTALLED) java
 	$(PY) -m pytest -m "not gpu"
 
 bench: $(INSTALLED) java
-	$(PY) -m benchmarks.pipelines
+	$(PY) -m benchmarks.bench_pipelines
 
 clean:
 	rm -rf out bench_out .pytest_cache

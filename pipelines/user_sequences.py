@@ -132,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     spark = spark_from_args(args, "mmfs-user-sequences")
     tables = transform(read_table(spark, f"{args.root}/events"), args.max_len)
     rules = output_rules(args.max_len)
-    written_reports = []
+    # Validate all three before writing any, so a broken contract leaves every old table in place.
+    validated = {}
     for name, df in tables.items():
         df = df.persist()
-        report = assert_valid_output(df, rules[name])
-        written_reports.append(report)
+        validated[name] = (df, assert_valid_output(df, rules[name]))
+    for name, (df, report) in validated.items():
         write_table(df, f"{args.root}/{name}", meta={"job": "user_sequences", "max_len": args.max_len, "validation": report.to_dict()})
+    written_reports = [report for _, report in validated.values()]
     reports.print_reports(written_reports, {name: f"{args.root}/{name}" for name in tables})
     return 0
 

@@ -1,0 +1,152 @@
+"""Benchmark of the Spark feature jobs (``make bench``). Prints figures; asserts no times.
+
+- encode_items items/s on this machine's device, text only and text+image, each beside the bare
+  encoder on the same inputs in the same run (the floor the job is judged against);
+- user_sequences and target_similarity rows/s and peak memory on synthetic events.
+
+Results go to docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import torch
+
+from benchmarks.resources import machine_description, measured
+from pipelines import encode_items, ingest, synth, target_similarity, user_sequences
+from pipelines.encoders import EncoderConfig, decode_image, load_image_encoder, load_text_encoder
+from pipelines.spark_session import build_spark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def count(path: str) -> int:
+    return duckdb.connect().execute(f"select count(*) from '{path}/*.parquet'").fetchone()[0]
+
+
+def bare_text_floor(texts: list[str], batch_size: int) -> float:
+    encoder = load_text_encoder(EncoderConfig())
+    encoder.encode(texts[:batch_size])  # warm-up
+    start = time.perf_counter()
+    for lo in range(0, len(texts), batch_size):
+        encoder.encode(texts[lo: lo + batch_size])
+    return len(texts) / (time.perf_counter() - start)
+
+
+def bare_image_floor(uris: list[str], batch_size: int) -> float:
+    encoder = load_image_encoder(EncoderConfig())
+    start = time.perf_counter()
+    for lo in range(0, len(uris), batch_size):
+        pixels = np.stack([encoder.preprocess(decode_image(u).image) for u in uris[lo: lo + batch_size]])
+        encoder.encode(pixels)
+    return len(uris) / (time.perf_counter() - start)
+
+
+def run_encode_bench(work: Path, n_text: int, n_image: int) -> list[dict]:
+    rows = []
+    for label, n_items, n_images, image_model in (("text only", n_text, 0, "none"), ("text + image", n_image, n_image, "efficientnet-lite0")):
+        raw = work / f"enc_raw_{n_images}"
+        synth.generate(raw, n_users=100, n_items=n_items, n_events=1000, n_images=n_images, seed=1)
+        root = str(work / f"enc_{n_images}")
+        ingest.main(["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet", "--out", root])
+        with measured() as m:
+            encode_items.main(["--root", root, "--image-model", image_model, "--batch-size", "64"])
+        items = duckdb.connect().execute(f"select title, text, image_uri from '{root}/items/*.parquet'").fetchall()
+        texts = [encode_items.item_text(t, x) for t, x, _ in items]
+        torch.set_num_threads(2)
+        text_floor = bare_text_floor(texts, 64)
+        floor = text_floor
+        if n_images:
+            image_floor = bare_image_floor([u for _, _, u in items if u], 32)
+            floor = 1.0 / (1.0 / text_floor + 1.0 / image_floor)  # both encoders per item, serial
+        rows.append({"what": label, "items": n_items, "job_items_s": n_items / m.seconds, "floor_items_s": floor,
+                     "seconds": m.seconds, "peak_gib": m.peak_rss_bytes / 2**30})
+    return rows
+
+
+def run_scale_bench(work: Path, sizes: list[int], n_items: int) -> list[dict]:
+    rows = []
+    base = work / "scale_items"
+    synth.generate(base, n_users=10, n_items=n_items, n_events=10, n_images=0, seed=3)
+    embeddings_root = str(work / "scale_embeddings")
+    ingest.main(["--source", "files", "--items", f"{base}/items.parquet", "--events", f"{base}/events.parquet", "--out", embeddings_root])
+    encode_items.main(["--root", embeddings_root, "--image-model", "none"])
+    for n_events in sizes:
+        raw = work / f"scale_raw_{n_events}"
+        synth.generate(raw, n_users=max(1, n_events // 20), n_items=n_items, n_events=n_events, n_images=0, seed=3)
+        root = str(work / f"scale_{n_events}")
+        with measured() as m_ingest:
+            ingest.main(["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet", "--out", root])
+        shutil.copytree(f"{embeddings_root}/item_embeddings", f"{root}/item_embeddings")
+        with measured() as m_seq:
+            user_sequences.main(["--root", root])
+        with measured() as m_sim:
+            target_similarity.main(["--root", root])
+        mean_len = duckdb.connect().execute(f"select avg(hist_len) from '{root}/sequences/*.parquet'").fetchone()[0]
+        for stage, m in (("ingest", m_ingest), ("user_sequences", m_seq), ("target_similarity", m_sim)):
+            rows.append({"events": n_events, "stage": stage, "seconds": m.seconds, "rows_s": n_events / m.seconds,
+                         "peak_gib": m.peak_rss_bytes / 2**30, "mean_hist_len": mean_len})
+        shutil.rmtree(raw)
+        shutil.rmtree(root)
+    return rows
+
+
+def write_report(path: Path, encode_rows: list[dict], scale_rows: list[dict]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` on {dt.date.today()}. Machine: {machine_description()}.",
+        "Spark `local[*]`; every figure is one whole job (read, transform, great-expectations validation of input and",
+        "output, atomic write), wall time, peak resident memory of the driver + JVM + Python workers.",
+        "",
+        "## encode_items (CPU)",
+        "",
+        "The floor is the bare encoder on the same items in the same run (2 torch threads, batch 64, no Spark).",
+        "",
+        "| inputs | items | job items/s | floor items/s | job / floor | wall s | peak GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in encode_rows:
+        lines.append(f"| {r['what']} | {r['items']} | {r['job_items_s']:.1f} | {r['floor_items_s']:.1f} | "
+                     f"{r['job_items_s'] / r['floor_items_s']:.2f} | {r['seconds']:.1f} | {r['peak_gib']:.2f} |")
+    lines += [
+        "",
+        "## Sequence and similarity jobs on synthetic events",
+        "",
+        "| events | stage | wall s | rows/s | peak GiB | mean hist_len |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in scale_rows:
+        lines.append(f"| {r['events']:,} | {r['stage']} | {r['seconds']:.1f} | {r['rows_s']:,.0f} | {r['peak_gib']:.2f} | {r['mean_hist_len']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=str(ROOT / "bench_out"))
+    parser.add_argument("--sizes", default="1000000,10000000", help="comma-separated event counts")
+    parser.add_argument("--encode-text-items", type=int, default=2000)
+    parser.add_argument("--encode-image-items", type=int, default=300)
+    parser.add_argument("--scale-items", type=int, default=5000)
+    parser.add_argument("--report", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    build_spark("mmfs-bench")
+    encode_rows = run_encode_bench(work, args.encode_text_items, args.encode_image_items)
+    scale_rows = run_scale_bench(work, [int(s) for s in args.sizes.split(",")], args.scale_items)
+    print(write_report(Path(args.report), encode_rows, scale_rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

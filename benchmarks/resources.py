@@ -1,0 +1,63 @@
+"""Wall time and peak resident memory of the whole process tree (driver, JVM, Python workers)."""
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass
+class Measurement:
+    seconds: float = 0.0
+    peak_rss_bytes: int = 0
+
+
+def tree_rss() -> int:
+    me = psutil.Process(os.getpid())
+    total = 0
+    for proc in [me] + me.children(recursive=True):
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+@contextmanager
+def measured(interval: float = 0.25):
+    result = Measurement()
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            result.peak_rss_bytes = max(result.peak_rss_bytes, tree_rss())
+            stop.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        yield result
+    finally:
+        result.seconds = time.perf_counter() - start
+        stop.set()
+        sampler.join()
+
+
+def machine_description() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, GPU: {gpu}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
