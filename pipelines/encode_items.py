@@ -13,6 +13,7 @@ the text embedding with ``has_image=false``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -52,6 +53,21 @@ ENCODED_SCHEMA = T.StructType([
 ])
 
 _WORKER_ENCODERS: dict[EncoderConfig, tuple] = {}
+
+
+class PhaseTimer:
+    """Logs and keeps how long each step of the job took: long work shows where its time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        log.info("%s ...", name)
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        log.info("%s: %.1fs", name, self.seconds[name])
 
 
 def _worker_encoders(config: EncoderConfig) -> tuple:
@@ -105,6 +121,7 @@ def encode_batch(batch: pd.DataFrame, config: EncoderConfig) -> pd.DataFrame:
 
 
 def encode_partition(batches: Iterator[pd.DataFrame], config: EncoderConfig) -> Iterator[pd.DataFrame]:
+    _worker_encoders(config)  # load before the clock starts: the rate below is encoding only
     done, start = 0, time.perf_counter()
     for frame in batches:
         for lo in range(0, len(frame), config.batch_size):
@@ -238,24 +255,28 @@ def identity_of(config: EncoderConfig, mm_dim: int, text_dim_pca: int, image_dim
 
 
 def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_dim: int, staging: str,
-              partitions: int, max_invalid_fraction: float) -> dict:
+              partitions: int, max_invalid_fraction: float, timer: PhaseTimer | None = None) -> dict:
+    phase = (timer or PhaseTimer()).phase
     with_images = items.filter(F.col("image_uri").isNotNull()).count()
     if with_images == 0 and config.image_model != NO_IMAGE_MODEL:
         log.warning("no item has an image_uri: the image encoder is not used and mm_emb is text-only")
         config = replace(config, image_model=NO_IMAGE_MODEL)
     text_k = mm_dim if config.image_model == NO_IMAGE_MODEL else mm_dim // 2
     image_k = None if config.image_model == NO_IMAGE_MODEL else mm_dim - text_k
-    identity = identity_of(config, mm_dim, text_k, image_k)
+    with phase("load encoders on the driver (weights check and checksums)"):
+        identity = identity_of(config, mm_dim, text_k, image_k)
 
     # Stage the encoder output once: the PCA fit and the projection both read it.
-    encode(items, config, partitions).write.mode("overwrite").parquet(staging)
+    with phase("encode in Spark workers"):
+        encode(items, config, partitions).write.mode("overwrite").parquet(staging)
     encoded = spark.read.parquet(staging)
-    pca = {f"text_{k}": v for k, v in fit_pca(encoded, "text_emb", text_k).items()}
-    if image_k is not None:
-        pictured = encoded.filter(F.col("image_emb").isNotNull())
-        if pictured.limit(1).count() == 0:
-            raise RuntimeError("every image failed to decode: see the image quarantine; refusing to fit an image PCA on nothing")
-        pca.update({f"image_{k}": v for k, v in fit_pca(pictured, "image_emb", image_k).items()})
+    with phase("fit PCA in Spark"):
+        pca = {f"text_{k}": v for k, v in fit_pca(encoded, "text_emb", text_k).items()}
+        if image_k is not None:
+            pictured = encoded.filter(F.col("image_emb").isNotNull())
+            if pictured.limit(1).count() == 0:
+                raise RuntimeError("every image failed to decode: see the image quarantine; refusing to fit an image PCA on nothing")
+            pca.update({f"image_{k}": v for k, v in fit_pca(pictured, "image_emb", image_k).items()})
     pca_bytes, pca_sha = pca_artifact(pca)
     identity["pca_sha256"] = pca_sha
     encoder_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -263,7 +284,8 @@ def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_d
 
     embeddings = with_mm_emb(encoded, pca, encoder_id)
     rules = embedding_rules(identity["text"]["dim"], identity["image"] and identity["image"]["dim"], mm_dim)
-    good, quarantine, input_report = validate_and_split(embeddings, rules, columns(ITEM_EMBEDDINGS_SCHEMA), max_invalid_fraction)
+    with phase("fuse and validate"):
+        good, quarantine, input_report = validate_and_split(embeddings, rules, columns(ITEM_EMBEDDINGS_SCHEMA), max_invalid_fraction)
     return {
         "item_embeddings": good,
         "quarantine_embeddings": quarantine,
@@ -312,12 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         torch_threads=max(1, (os.cpu_count() or 1) // parallelism) if local else 0,
     )
     staging = f"{args.root}/_staging/encode-{uuid.uuid4().hex[:12]}"
+    timer = PhaseTimer()
+    phase = timer.phase
     start = time.perf_counter()
     try:
         result = transform(spark, read_table(spark, f"{args.root}/items"), config, args.mm_dim, staging,
-                           args.partitions or parallelism, args.max_invalid_fraction)
+                           args.partitions or parallelism, args.max_invalid_fraction, timer)
         good = result["item_embeddings"]
-        output_report = assert_valid_output(good, result["rules"])
+        with phase("validate output"):
+            output_report = assert_valid_output(good, result["rules"])
         n_items = output_report.rows
         elapsed = time.perf_counter() - start
         meta = {
@@ -326,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
             "config": asdict(result["config"]),
             "items": n_items,
             "seconds": round(elapsed, 1),
+            "phase_seconds": timer.seconds,
             "validation": [r.to_dict() for r in result["reports"] + [output_report]],
         }
-        write_table(good, f"{args.root}/item_embeddings", meta=meta, extra_files={"_pca.npz": result["pca_bytes"]})
+        with phase("write"):
+            write_table(good, f"{args.root}/item_embeddings", meta=meta, extra_files={"_pca.npz": result["pca_bytes"]})
         write_table(result["quarantine_embeddings"], f"{args.root}/quarantine/item_embeddings", meta=meta)
         write_table(result["quarantine_images"], f"{args.root}/quarantine/item_images", meta=meta)
     finally:

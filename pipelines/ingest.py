@@ -262,14 +262,32 @@ def write_outputs(result: dict, out: str, source: str) -> list[ValidationReport]
     return reports_
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmfs ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+SOURCE_OPTIONS = ("--source", "--input", "--items", "--events", "--out", "--max-users")
+
+
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    """The options naming the raw inputs and the output root (also used by ``mmfs pipeline``)."""
     parser.add_argument("--source", choices=["movielens", "files"], required=True)
     parser.add_argument("--input", help="MovieLens folder (movies.csv, ratings.csv, tags.csv)")
     parser.add_argument("--items", help="items CSV/parquet (source=files)")
     parser.add_argument("--events", help="events CSV/parquet (source=files)")
     parser.add_argument("--out", required=True, help="output root; tables go to <out>/items, <out>/events")
     parser.add_argument("--max-users", type=int, default=None, help="keep only this many users (smallest ids) and their items")
+
+
+def source_argv(args: argparse.Namespace) -> list[str]:
+    """The ingest command line for parsed source options."""
+    argv = []
+    for option in SOURCE_OPTIONS:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            argv += [option, str(value)]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmfs ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_args(parser)
     add_common_args(parser)
     args = parser.parse_args(argv)
     spark = spark_from_args(args, "mmfs-ingest")

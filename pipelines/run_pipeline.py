@@ -2,8 +2,7 @@
 
     mmfs pipeline --source movielens --input data/movielens-small --out out/movielens
 
-Options after ``--`` in ``--encode-args`` style are not needed: each stage takes its defaults;
-run the stages one by one for finer control.
+Each stage runs with its defaults; run the stages one by one (``mmfs ingest`` ...) for finer control.
 """
 from __future__ import annotations
 
@@ -20,22 +19,14 @@ console = Console()
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmfs pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", choices=["movielens", "files"], required=True)
-    parser.add_argument("--input", help="MovieLens folder (source=movielens)")
-    parser.add_argument("--items", help="items CSV/parquet (source=files)")
-    parser.add_argument("--events", help="events CSV/parquet (source=files)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--max-users", type=int, default=None)
+    ingest.add_source_args(parser)
     parser.add_argument("--image-model", default=None, help="passed to encode-items")
     parser.add_argument("--max-len", type=int, default=user_sequences.DEFAULT_MAX_LEN)
     parser.add_argument("--master", default=None)
     args = parser.parse_args(argv)
 
     common = ["--master", args.master] if args.master else []
-    ingest_args = ["--source", args.source, "--out", args.out] + common
-    for flag, value in (("--input", args.input), ("--items", args.items), ("--events", args.events), ("--max-users", args.max_users)):
-        if value is not None:
-            ingest_args += [flag, str(value)]
+    ingest_args = ingest.source_argv(args) + common
     encode_args = ["--root", args.out] + common + (["--image-model", args.image_model] if args.image_model else [])
     stages = [
         ("ingest", ingest.main, ingest_args),
