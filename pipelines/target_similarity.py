@@ -15,6 +15,8 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -56,27 +58,41 @@ def build_index(item_embeddings: DataFrame) -> ItemEmbeddingIndex:
     )
 
 
-def similarity_batch(frame: pd.DataFrame, index: ItemEmbeddingIndex) -> pd.DataFrame:
-    """Point-in-time lookups plus the shared similarity function for one batch of rows."""
-    n = len(frame)
-    as_of = to_micros(frame["event_timestamp"])  # (B,)
-    lengths = frame["hist_len"].to_numpy()
+CHUNK_ROWS = 2048  # bounds the padded (rows, L, D) float64 block the similarity function builds
+
+
+def similarity_batch(batch: pa.RecordBatch, index: ItemEmbeddingIndex) -> pa.RecordBatch:
+    """Point-in-time lookups plus the shared similarity function for one Arrow batch, vectorised."""
+    n = batch.num_rows
+    as_of = pc.cast(pc.cast(batch.column("event_timestamp"), pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()  # (B,)
+    hist = batch.column("hist_item_ids")
+    lengths = pc.fill_null(pc.list_value_length(hist), 0).to_numpy().astype(np.int64)  # (B,)
+    flat_ids = hist.flatten().to_numpy()  # (sum L,)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (B,)
+    row_of = np.repeat(np.arange(n), lengths)  # (sum L,)
+    pos = np.arange(len(flat_ids)) - starts[row_of]  # (sum L,)
     width = int(lengths.max()) if n else 0
     hist_ids = np.zeros((n, width), dtype=np.int64)  # (B, L) padded
+    hist_ids[row_of, pos] = flat_ids
     padding_mask = np.arange(width)[None, :] < lengths[:, None]  # (B, L)
-    for i, ids in enumerate(frame["hist_item_ids"]):
-        hist_ids[i, : len(ids)] = ids
-    target_vec, target_found = index.vectors_at(frame["item_id"].to_numpy(), as_of)  # (B, D), (B,)
-    hist_vec, hist_found = index.vectors_at(hist_ids.ravel(), np.repeat(as_of, width))
-    hist_vec = hist_vec.reshape(n, width, index.dim)  # (B, L, D)
-    hist_found = hist_found.reshape(n, width) & padding_mask  # (B, L)
-    sims = target_similarity(target_vec, hist_vec, hist_found)  # (B, L)
-    hist_sim = []
-    for i in range(n):
-        row = sims[i, : lengths[i]].astype(object)
-        row[~hist_found[i, : lengths[i]]] = None  # no embedding known at T: null, not a made-up 0
-        hist_sim.append(row.tolist() if target_found[i] else [None] * int(lengths[i]))
-    return frame.assign(hist_sim=hist_sim, target_has_emb=target_found)
+
+    target_vec, target_found = index.vectors_at(batch.column("item_id").to_numpy(), as_of)  # (B, D), (B,)
+    sims = np.zeros((n, width), dtype=np.float32)  # (B, L)
+    hist_found = np.zeros((n, width), dtype=bool)  # (B, L)
+    for lo in range(0, n, CHUNK_ROWS):
+        hi = min(n, lo + CHUNK_ROWS)
+        vec, found = index.vectors_at(hist_ids[lo:hi].ravel(), np.repeat(as_of[lo:hi], width))
+        found = found.reshape(hi - lo, width) & padding_mask[lo:hi]  # (b, L)
+        sims[lo:hi] = target_similarity(target_vec[lo:hi], vec.reshape(hi - lo, width, index.dim), found)
+        hist_found[lo:hi] = found
+    # No embedding known at T (for item j, or for the target): null, never a made-up 0.
+    valid = hist_found[row_of, pos] & target_found[row_of]
+    values = pa.array(sims[row_of, pos], type=pa.float32(), mask=~valid)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), type=pa.int32())
+    return pa.RecordBatch.from_arrays(
+        batch.columns + [pa.ListArray.from_arrays(offsets, values), pa.array(target_found, type=pa.bool_())],
+        names=batch.schema.names + ["hist_sim", "target_has_emb"],
+    )
 
 
 def transform(sequences: DataFrame, item_embeddings: DataFrame, encoder_id: str) -> DataFrame:
@@ -86,11 +102,11 @@ def transform(sequences: DataFrame, item_embeddings: DataFrame, encoder_id: str)
     source = sequences.select("user_id", "item_id", "event_timestamp", "label", "hist_item_ids", "hist_len")
     mapped_schema = T.StructType(source.schema.fields + [schema["hist_sim"], schema["target_has_emb"]])
 
-    def compute(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for frame in batches:
-            yield similarity_batch(frame, index.value)
+    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield similarity_batch(batch, index.value)
 
-    return source.mapInPandas(compute, schema=mapped_schema).withColumn("encoder_id", F.lit(encoder_id)).select(
+    return source.mapInArrow(compute, schema=mapped_schema).withColumn("encoder_id", F.lit(encoder_id)).select(
         *columns(schema)
     )
 
