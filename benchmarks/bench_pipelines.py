@@ -25,6 +25,7 @@ from pipelines.encoders import EncoderConfig, decode_image, load_image_encoder, 
 from pipelines.spark_session import build_spark
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTES_MARKER = "<!-- notes below this line are kept when make bench rewrites the tables above -->"
 
 
 def count(path: str) -> int:
@@ -140,7 +141,8 @@ def write_report(path: Path, encode_rows: list[dict], scale_rows: list[dict]) ->
     for r in scale_rows:
         lines.append(f"| {r['events']:,} | {r['stage']} | {r['seconds']:.1f} | {r['rows_s']:,.0f} | {r['peak_gib']:.2f} | {r['mean_hist_len']:.1f} |")
     text = "\n".join(lines) + "\n"
-    path.write_text(text)
+    kept = path.read_text().split(NOTES_MARKER, 1)[1] if path.exists() and NOTES_MARKER in path.read_text() else "\n"
+    path.write_text(text + "\n" + NOTES_MARKER + kept)
     return text
 
 
