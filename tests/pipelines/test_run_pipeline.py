@@ -50,3 +50,24 @@ def test_pipeline_on_all_of_movielens(spark, tmp_path):
     out = str(tmp_path / "ml")
     run_pipeline.main(["--source", "movielens", "--input", MOVIELENS, "--out", out])
     check_outputs(spark, out, n_users=610)
+
+
+def test_pipeline_on_synthetic_files_with_images(spark, tmp_path):
+    """Your own files path: parquet items with drawn images, one of them corrupt, through every job."""
+    from pipelines import synth
+
+    raw = tmp_path / "raw"
+    synth.generate(raw, n_users=40, n_items=30, n_events=1500, n_images=12, seed=4)
+    (raw / "images" / "3.png").write_bytes(b"not a png at all")
+    out = str(tmp_path / "out")
+    run_pipeline.main(["--source", "files", "--items", str(raw / "items.parquet"), "--events", str(raw / "events.parquet"),
+                       "--out", out])
+    con = duckdb.connect()
+    has_image = dict(con.execute(f"select item_id, has_image from '{out}/item_embeddings/*.parquet'").fetchall())
+    assert len(has_image) == 30
+    assert {i for i, h in has_image.items() if h} == set(range(1, 13)) - {3}
+    quarantined = con.execute(f"select rule, reason from '{out}/quarantine/item_images/*.parquet'").fetchall()
+    assert len(quarantined) == 1 and quarantined[0][0] == "image_decode" and "3.png" in quarantined[0][1]
+    identity = read_meta(spark, f"{out}/item_embeddings")["encoder_identity"]
+    assert identity["image"]["model"] == "efficientnet-lite0-imagenet" and identity["pca_dims"] == {"text": 32, "image": 32}
+    assert con.execute(f"select count(*) from '{out}/target_similarity/*.parquet'").fetchone()[0] == 1500
