@@ -114,6 +114,7 @@ def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int
     }), out / "items.parquet")
 
     probability = items["popularity"] / items["popularity"].sum()
+    by_color = [np.flatnonzero(items["color"] == k) for k in range(len(COLORS))]  # items of each colour
     positives = 0
     with pq.ParquetWriter(out / "events.parquet", pa.schema([
         ("user_id", pa.int64()), ("item_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")), ("label", pa.int32()),
@@ -125,7 +126,6 @@ def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int
             # Users see mostly popular items, and a share of items in their favourite colour.
             shown = rng.choice(n_items, n, p=probability)
             same_color = np.flatnonzero(rng.random(n) < 0.3)
-            by_color = [np.flatnonzero(items["color"] == k) for k in range(len(COLORS))]
             for k, members in enumerate(by_color):
                 rows = same_color[user_color[users[same_color]] == k]
                 if len(members) and len(rows):
