@@ -14,7 +14,6 @@ import sys
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
@@ -43,18 +42,20 @@ def output_rules() -> TableRules:
     )
 
 
-def to_micros(values: pd.Series) -> np.ndarray:
-    """Timestamps from Arrow (tz-aware or naive UTC) -> int64 microseconds since the epoch."""
-    ts = pd.to_datetime(values, utc=True)
-    return ts.dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
+def to_micros(timestamps: pa.Array) -> np.ndarray:
+    """An Arrow timestamp column (any unit, UTC) -> int64 microseconds since the epoch."""
+    return pc.cast(pc.cast(timestamps, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
 
 
 def build_index(item_embeddings: DataFrame) -> ItemEmbeddingIndex:
     """Collect the (small) versioned mm_emb table once; workers get it as a broadcast."""
-    pdf = item_embeddings.select("item_id", "event_timestamp", "created_timestamp", "mm_emb").toPandas()
-    vectors = np.stack(pdf["mm_emb"].to_numpy()) if len(pdf) else np.zeros((0, 1), dtype=np.float32)
+    table = item_embeddings.select("item_id", "event_timestamp", "created_timestamp", "mm_emb").toArrow()
+    mm_emb = table.column("mm_emb").combine_chunks()
+    dim = len(mm_emb[0]) if len(mm_emb) else 1
+    vectors = mm_emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)  # (V, D)
     return ItemEmbeddingIndex(
-        pdf["item_id"].to_numpy(), to_micros(pdf["event_timestamp"]), to_micros(pdf["created_timestamp"]), vectors
+        table.column("item_id").to_numpy(), to_micros(table.column("event_timestamp")),
+        to_micros(table.column("created_timestamp")), vectors,
     )
 
 
@@ -64,7 +65,7 @@ CHUNK_ROWS = 2048  # bounds the padded (rows, L, D) float64 block the similarity
 def similarity_batch(batch: pa.RecordBatch, index: ItemEmbeddingIndex) -> pa.RecordBatch:
     """Point-in-time lookups plus the shared similarity function for one Arrow batch, vectorised."""
     n = batch.num_rows
-    as_of = pc.cast(pc.cast(batch.column("event_timestamp"), pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()  # (B,)
+    as_of = to_micros(batch.column("event_timestamp"))  # (B,)
     hist = batch.column("hist_item_ids")
     lengths = pc.fill_null(pc.list_value_length(hist), 0).to_numpy().astype(np.int64)  # (B,)
     flat_ids = hist.flatten().to_numpy()  # (sum L,)
