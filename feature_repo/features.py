@@ -1,19 +1,52 @@
 """mmfs feature definitions: entities, sources, feature views, feature services.
 
 Tables come from the Spark jobs under ``MMFS_TABLE_ROOT`` (default ``<repo>/out/movielens``).
-``MMFS_OFFLINE_STORE=spark`` declares the same tables as SparkSources for Feast's Spark offline
-store; the default declares file sources read by the DuckDB offline store.
+
+One switch picks the source type: the offline store of the feature_store yaml in use. Under
+``feast -f feature_store.spark.yaml ...`` the tables are declared as SparkSources for Feast's Spark
+offline store; otherwise as parquet FileSources read by the DuckDB offline store.
+``MMFS_OFFLINE_STORE=spark|duckdb`` overrides it (for Python callers of ``FeatureStore``).
+
+Request-time features: the target-aware similarities s_j = cos(m_t, m_j) need the embeddings of
+every history item j, a lookup an OnDemandFeatureView cannot make (it sees one row's features). So
+they are not an ODFV: offline, the Spark job ``target_similarity`` writes them for training rows
+(``target_similarity_fv``); online, the scorer computes them from ``item_embeddings_fv`` with the
+same function (``pipelines.similarity.target_similarity``).
 """
 import os
 from datetime import timedelta
 from pathlib import Path
 
+import yaml
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Bool, Float32, Int32, Int64
 
 TABLE_ROOT = os.environ.get("MMFS_TABLE_ROOT", str(Path(__file__).resolve().parents[1] / "out" / "movielens"))
-OFFLINE_STORE = os.environ.get("MMFS_OFFLINE_STORE", "duckdb")
 MM_DIM = int(os.environ.get("MMFS_MM_DIM", "64"))
+TEXT_DIM = int(os.environ.get("MMFS_TEXT_DIM", "384"))
+IMAGE_DIM = int(os.environ.get("MMFS_IMAGE_DIM", "1280"))
+TTL = timedelta(days=int(os.environ.get("MMFS_TTL_DAYS", "3650")))
+
+
+def _offline_store_type() -> str:
+    """The offline store of the yaml in use: MMFS_OFFLINE_STORE, else the feast CLI's -f file."""
+    if os.environ.get("MMFS_OFFLINE_STORE"):
+        return os.environ["MMFS_OFFLINE_STORE"]
+    yaml_path = os.environ.get("FEAST_FS_YAML_FILE_PATH")
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and ctx.find_root().obj and ctx.find_root().obj.get("FS_YAML_FILE"):
+            yaml_path = str(ctx.find_root().obj["FS_YAML_FILE"])
+    except ImportError:
+        pass
+    if yaml_path and Path(yaml_path).is_file():
+        return (yaml.safe_load(Path(yaml_path).read_text()).get("offline_store") or {}).get("type", "duckdb")
+    return "duckdb"
+
+
+OFFLINE_STORE = _offline_store_type()
 
 
 def table_source(name: str, table: str, created_timestamp_column: str = ""):
@@ -31,19 +64,24 @@ def table_source(name: str, table: str, created_timestamp_column: str = ""):
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="A user of the ranking surface")
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="A rankable item")
 
-# -- sources -----------------------------------------------------------------------------------
+# -- sources: one per pipeline output table ------------------------------------------------------
 item_embeddings_source = table_source("item_embeddings_source", "item_embeddings", "created_timestamp")
+item_stats_source = table_source("item_stats_source", "item_stats")
 user_sequence_source = table_source("user_sequence_source", "user_sequence_snapshots")
+target_similarity_source = table_source("target_similarity_source", "target_similarity")
 
 # -- feature views -----------------------------------------------------------------------------
 item_embeddings_fv = FeatureView(
     name="item_embeddings",
     entities=[item],
-    ttl=timedelta(days=3650),
+    ttl=TTL,
     schema=[
-        Field(name="mm_emb", dtype=Array(Float32), description=f"{MM_DIM}-d fused multimodal embedding: L2-normalised PCA(text) + PCA(image), MMCTR V4"),
-        Field(name="text_emb", dtype=Array(Float32), description="384-d MiniLM-L6 BERT mean-pooled sentence embedding of title + text"),
-        Field(name="image_emb", dtype=Array(Float32), description="Image embedding (1280-d EfficientNet-Lite0 or CLIP); empty without a usable image"),
+        Field(name="mm_emb", dtype=Array(Float32), tags={"dim": str(MM_DIM)},
+              description=f"{MM_DIM}-d fused multimodal embedding: L2-normalised PCA(text) + PCA(image), MMCTR V4"),
+        Field(name="text_emb", dtype=Array(Float32), tags={"dim": str(TEXT_DIM)},
+              description=f"{TEXT_DIM}-d MiniLM-L6 BERT mean-pooled sentence embedding of title + text"),
+        Field(name="image_emb", dtype=Array(Float32), tags={"dim": str(IMAGE_DIM), "empty_allowed": "true"},
+              description=f"{IMAGE_DIM}-d image embedding (EfficientNet-Lite0 or CLIP); empty without a usable image"),
         Field(name="has_image", dtype=Bool, description="Whether image_emb holds a real image embedding"),
     ],
     source=item_embeddings_source,
@@ -51,12 +89,27 @@ item_embeddings_fv = FeatureView(
     tags={"team": "ranking", "producer": "pipelines/encode_items.py"},
 )
 
+item_stats_fv = FeatureView(
+    name="item_stats",
+    entities=[item],
+    ttl=TTL,
+    schema=[
+        Field(name="impressions", dtype=Int64, description="Events on the item strictly before the row time (popularity)"),
+        Field(name="clicks", dtype=Int64, description="Positive events on the item strictly before the row time"),
+        Field(name="ctr", dtype=Float32, description="Smoothed click-through rate strictly before the row time"),
+    ],
+    source=item_stats_source,
+    online=True,
+    tags={"team": "ranking", "producer": "pipelines/item_stats.py"},
+)
+
 user_sequence_fv = FeatureView(
     name="user_sequence",
     entities=[user],
-    ttl=timedelta(days=3650),
+    ttl=TTL,
     schema=[
         Field(name="hist_item_ids", dtype=Array(Int64), description="The user's last N positive items strictly before the row time, oldest first"),
+        Field(name="hist_ts_us", dtype=Array(Int64), description="Event times of hist_item_ids, epoch microseconds UTC"),
         Field(name="hist_len", dtype=Int32, description="Number of items in hist_item_ids"),
     ],
     source=user_sequence_source,
@@ -64,8 +117,36 @@ user_sequence_fv = FeatureView(
     tags={"team": "ranking", "producer": "pipelines/user_sequences.py"},
 )
 
+target_similarity_fv = FeatureView(
+    name="target_similarity",
+    entities=[user, item],
+    ttl=TTL,
+    schema=[
+        Field(name="hist_sim", dtype=Array(Float32), tags={"request_time": "true"},
+              description="cos(mm_emb(target), mm_emb(hist_j)) per history item as of the row time; null where unknown"),
+        Field(name="target_has_emb", dtype=Bool, description="Whether the target item had an embedding at the row time"),
+    ],
+    source=target_similarity_source,
+    online=False,  # online, the scorer computes these at request time with the same function
+    tags={"team": "ranking", "producer": "pipelines/target_similarity.py"},
+)
+
 # -- feature services: the train/serve contract, one versioned service per model family --------
-ctr_dmf_v1 = FeatureService(name="ctr_dmf_v1", features=[user_sequence_fv, item_embeddings_fv[["mm_emb", "has_image"]]])
-ctr_din_v1 = FeatureService(name="ctr_din_v1", features=[user_sequence_fv])
-ctr_mmctr_din_v1 = FeatureService(name="ctr_mmctr_din_v1", features=[user_sequence_fv, item_embeddings_fv])
-ctr_diffmsin_v1 = FeatureService(name="ctr_diffmsin_v1", features=[user_sequence_fv, item_embeddings_fv])
+ctr_dmf_v1 = FeatureService(
+    name="ctr_dmf_v1",
+    features=[user_sequence_fv, item_stats_fv, target_similarity_fv, item_embeddings_fv[["mm_emb", "has_image"]]],
+    description="DMF: ID sequence + target-aware similarities + fused multimodal embeddings",
+)
+ctr_din_v1 = FeatureService(
+    name="ctr_din_v1", features=[user_sequence_fv, item_stats_fv], description="DIN: ID features only",
+)
+ctr_mmctr_din_v1 = FeatureService(
+    name="ctr_mmctr_din_v1",
+    features=[user_sequence_fv, item_stats_fv, item_embeddings_fv[["mm_emb", "has_image"]]],
+    description="MMCTR DIN: multi-head target attention + SENet over PCA(BERT)+PCA(image) item vectors",
+)
+ctr_diffmsin_v1 = FeatureService(
+    name="ctr_diffmsin_v1",
+    features=[user_sequence_fv, item_stats_fv, item_embeddings_fv],
+    description="Diff-MSIN: per-modality text and image embeddings",
+)

@@ -6,8 +6,12 @@
     mmfs target-similarity --root out/movielens
     mmfs pipeline --source movielens --input data/movielens-small --out out/movielens   # all four
     mmfs synth --out data/synth --events 1000000
+    mmfs apply --root out/movielens [--config duckdb|spark|redis]   # check tables, then `feast apply`
+    mmfs training-set --root out/movielens --service ctr_dmf_v1
+    mmfs materialize --root out/movielens [--config redis] [--end 2018-10-01T00:00:00Z]
+    mmfs parity --root out/movielens --at 2018-10-01T00:00:00Z [--config redis]
 
-Each subcommand takes the same options as ``spark-submit pipelines/<job>.py``.
+The Spark job subcommands take the same options as ``spark-submit pipelines/<job>.py``.
 """
 from __future__ import annotations
 
@@ -18,9 +22,14 @@ JOBS = {
     "ingest": "pipelines.ingest",
     "encode-items": "pipelines.encode_items",
     "user-sequences": "pipelines.user_sequences",
+    "item-stats": "pipelines.item_stats",
     "target-similarity": "pipelines.target_similarity",
     "pipeline": "pipelines.run_pipeline",
     "synth": "pipelines.synth",
+    "apply": "pipelines.feast_store:main_apply",
+    "materialize": "pipelines.feast_store:main_materialize",
+    "training-set": "pipelines.training_set",
+    "parity": "serving.parity",
 }
 
 
@@ -30,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print("subcommands: " + ", ".join(JOBS))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    job = importlib.import_module(JOBS[argv[0]])
-    return int(job.main(argv[1:]) or 0)
+    module, _, function = JOBS[argv[0]].partition(":")
+    job = importlib.import_module(module)
+    return int(getattr(job, function or "main")(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""pipeline: ingest -> encode_items -> user_sequences -> target_similarity in one Spark session.
+"""pipeline: ingest -> encode_items -> user_sequences -> item_stats -> target_similarity in one Spark session.
 
     mmfs pipeline --source movielens --input data/movielens-small --out out/movielens
 
 Each stage runs with its defaults; run the stages one by one (``mmfs ingest`` ...) for finer control.
+Then ``mmfs apply``, ``mmfs training-set`` and ``mmfs materialize`` take the tables into Feast.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 
 from rich.console import Console
 
-from pipelines import encode_items, ingest, target_similarity, user_sequences
+from pipelines import encode_items, ingest, item_stats, target_similarity, user_sequences
 
 console = Console()
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ingest", ingest.main, ingest_args),
         ("encode_items", encode_items.main, encode_args),
         ("user_sequences", user_sequences.main, ["--root", args.out, "--max-len", str(args.max_len)] + common),
+        ("item_stats", item_stats.main, ["--root", args.out] + common),
         ("target_similarity", target_similarity.main, ["--root", args.out] + common),
     ]
     timings = []

@@ -58,6 +58,8 @@ SNAPSHOT_SCHEMA = T.StructType([
     T.StructField("event_timestamp", T.TimestampType(), False),
     T.StructField("hist_item_ids", T.ArrayType(T.LongType(), False), False),
     T.StructField("hist_timestamps", T.ArrayType(T.TimestampType(), False), False),
+    # The same instants as epoch microseconds: Feast's online store keeps timestamps to the second.
+    T.StructField("hist_ts_us", T.ArrayType(T.LongType(), False), False),
     T.StructField("hist_len", T.IntegerType(), False),
 ])
 
@@ -73,6 +75,15 @@ TARGET_SIMILARITY_SCHEMA = T.StructType([
     T.StructField("hist_sim", T.ArrayType(T.FloatType(), True), False),
     T.StructField("target_has_emb", T.BooleanType(), False),
     T.StructField("encoder_id", T.StringType(), False),
+])
+
+# Cumulative counts of an item's events up to and including t, stamped t + 1 microsecond.
+ITEM_STATS_SCHEMA = T.StructType([
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("event_timestamp", T.TimestampType(), False),
+    T.StructField("impressions", T.LongType(), False),
+    T.StructField("clicks", T.LongType(), False),
+    T.StructField("ctr", T.FloatType(), False),
 ])
 
 QUARANTINE_SCHEMA = T.StructType([

@@ -64,6 +64,7 @@ def _split_history(df: DataFrame) -> DataFrame:
     """(event_timestamp, item_id) structs -> parallel id and timestamp arrays."""
     return df.withColumn("hist_item_ids", F.transform("_hist", lambda s: s["item_id"])).withColumn(
         "hist_timestamps", F.transform("_hist", lambda s: s["event_timestamp"])
+    ).withColumn("hist_ts_us", F.transform("_hist", lambda s: F.unix_micros(s["event_timestamp"]))
     ).withColumn("hist_len", F.size("_hist").cast("int"))
 
 

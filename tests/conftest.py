@@ -28,3 +28,7 @@ def spark():
 def ts(text: str) -> dt.datetime:
     """A naive UTC datetime from 'YYYY-MM-DD HH:MM:SS[.ffffff]', as Spark's collect() returns them."""
     return dt.datetime.fromisoformat(text)
+
+
+# Feast fixtures (a tiny adversarial table root and a repo applied over it), shared across packages.
+from tests.feast_tables import applied_repo, tiny_root  # noqa: E402,F401

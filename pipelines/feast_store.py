@@ -1,0 +1,235 @@
+"""The Feast side of mmfs: open the repo with one of its configs, check and apply, materialise.
+
+    mmfs apply --root out/movielens [--config duckdb|spark|redis]
+    mmfs materialize --root out/movielens [--config redis] [--end 2018-10-01T00:00:00Z]
+
+Both wrap the plain Feast CLI (``feast -f feature_store.<config>.yaml apply`` /
+``materialize-incremental``) run from ``feature_repo/``; ``mmfs apply`` first checks every table
+against its feature view so schema drift fails here, with the table and column named, rather
+than as a wrong value at training or serving time.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import yaml
+
+REPO = Path(__file__).resolve().parents[1] / "feature_repo"
+CONFIGS = {"duckdb": "feature_store.yaml", "spark": "feature_store.spark.yaml", "redis": "feature_store.redis.yaml"}
+
+
+class SchemaDriftError(ValueError):
+    """A table no longer matches the feature view that declares it."""
+
+
+def yaml_path(config: str = "duckdb", repo: Path | str = REPO) -> Path:
+    name = CONFIGS.get(config, config)
+    path = Path(repo) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no Feast config {path}; expected one of {sorted(CONFIGS)} or a yaml file name")
+    return path
+
+
+def offline_store_type(fs_yaml: Path) -> str:
+    return (yaml.safe_load(fs_yaml.read_text()).get("offline_store") or {}).get("type", "duckdb")
+
+
+def repo_env(table_root: str | Path | None, fs_yaml: Path) -> dict[str, str]:
+    """Environment under which features.py declares the tables at ``table_root``."""
+    env = {"MMFS_OFFLINE_STORE": offline_store_type(fs_yaml)}
+    if table_root is not None:
+        env["MMFS_TABLE_ROOT"] = str(Path(table_root).resolve())
+    return env
+
+
+def open_store(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None):
+    """A FeatureStore over ``repo`` with the given config (registry as applied)."""
+    from feast import FeatureStore
+
+    fs_yaml = yaml_path(config, repo)
+    os.environ.update(repo_env(table_root, fs_yaml))
+    return FeatureStore(repo_path=str(repo), fs_yaml_file=fs_yaml)
+
+
+def feast_cli(args: list[str], config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None,
+              timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run the plain Feast CLI from ``repo`` with ``-f <config yaml>``; raise with its stderr on failure."""
+    fs_yaml = yaml_path(config, repo)
+    feast = Path(sys.executable).parent / "feast"
+    cmd = [str(feast if feast.exists() else "feast"), "-f", str(fs_yaml), *args]
+    done = subprocess.run(cmd, cwd=repo, env={**os.environ, **repo_env(table_root, fs_yaml)},
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:])} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return done
+
+
+# -- schema drift --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FieldCheck:
+    view: str
+    table: str
+    column: str
+    problem: str
+
+
+def _expected_arrow(dtype) -> tuple[pa.DataType, ...]:
+    from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
+
+    scalar = {Int64: (pa.int64(),), Int32: (pa.int32(),), Float32: (pa.float32(),), Float64: (pa.float64(),),
+              Bool: (pa.bool_(),), String: (pa.string(), pa.large_string())}
+    if isinstance(dtype, Array):
+        inner = dtype.base_type
+        if inner == UnixTimestamp:
+            return tuple(pa.list_(pa.timestamp(u, tz)) for u in ("us", "ns") for tz in ("UTC", None))
+        return tuple(pa.list_(pa.field("element", t, nullable)) for t in scalar[inner] for nullable in (True, False))
+    return scalar.get(dtype, ())
+
+
+def _types_match(actual: pa.DataType, expected: tuple[pa.DataType, ...]) -> bool:
+    if pa.types.is_list(actual) or pa.types.is_large_list(actual):
+        return any(pa.types.is_list(e) and actual.value_type == e.value_type for e in expected)
+    return any(actual == e for e in expected)
+
+
+def source_glob(source) -> str:
+    """The parquet files behind a FileSource or SparkSource."""
+    path = getattr(source, "path", None) or getattr(source, "file_options").uri
+    return path if path.endswith(".parquet") else f"{path.rstrip('/')}/*.parquet"
+
+
+def check_views(views) -> list[FieldCheck]:
+    """Every field of every view against its table: present, right type, declared vector length."""
+    problems: list[FieldCheck] = []
+    for fv in views:
+        glob = source_glob(fv.batch_source)
+        table = glob.rsplit("/", 2)[0] if glob.endswith("/*.parquet") else glob
+        files = sorted(Path(glob).parent.glob(Path(glob).name)) if "*" in glob else [Path(glob)]
+        if not files:
+            problems.append(FieldCheck(fv.name, table, "*", "no parquet files: run the Spark jobs first"))
+            continue
+        schema = ds.dataset([str(f) for f in files], format="parquet").schema
+        wanted = [fv.batch_source.timestamp_field] + list(fv.join_keys) + (
+            [fv.batch_source.created_timestamp_column] if fv.batch_source.created_timestamp_column else [])
+        for column in wanted:
+            if column not in schema.names:
+                problems.append(FieldCheck(fv.name, table, column, "key/timestamp column missing"))
+        head = pq.ParquetFile(files[0])
+        first = head.read_row_group(0) if head.num_row_groups else None
+        for field in fv.features:
+            if field.name not in schema.names:
+                problems.append(FieldCheck(fv.name, table, field.name, f"column missing (declared {field.dtype})"))
+                continue
+            actual = schema.field(field.name).type
+            if not _types_match(actual, _expected_arrow(field.dtype)):
+                problems.append(FieldCheck(fv.name, table, field.name, f"type {actual} does not match declared {field.dtype}"))
+                continue
+            dim = (field.tags or {}).get("dim")
+            if dim and first is not None and first.num_rows:
+                lengths = pc.list_value_length(first.column(field.name)).drop_null()
+                lengths_seen = set(pc.unique(lengths).to_pylist())
+                if (field.tags or {}).get("empty_allowed") == "true":
+                    lengths_seen.discard(0)
+                if lengths_seen and lengths_seen != {int(dim)}:
+                    problems.append(FieldCheck(fv.name, table, field.name,
+                                               f"vector length {sorted(lengths_seen)} in the table, feature view declares {dim}"))
+    return problems
+
+
+def declared_views(repo: Path | str, table_root: str | Path | None, fs_yaml: Path):
+    """The feature views features.py declares under this config (parsed, not yet applied)."""
+    from feast.repo_operations import parse_repo
+
+    os.environ.update(repo_env(table_root, fs_yaml))
+    for name in [m for m in sys.modules if m == "features" or m.endswith(".features")]:
+        sys.modules.pop(name, None)
+    repo = str(Path(repo).resolve())
+    sys.path.insert(0, repo)
+    try:
+        with contextlib.chdir(repo):  # parse_repo names modules relative to the working directory
+            return parse_repo(Path(repo)).feature_views
+    finally:
+        sys.path.remove(repo)
+
+
+def assert_no_drift(views) -> None:
+    problems = check_views(views)
+    if problems:
+        lines = "\n".join(f"  - view {p.view}, table {p.table}, column {p.column}: {p.problem}" for p in problems)
+        raise SchemaDriftError(f"{len(problems)} table/feature-view mismatch(es):\n{lines}")
+
+
+def apply(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None) -> str:
+    fs_yaml = yaml_path(config, repo)
+    assert_no_drift(declared_views(repo, table_root, fs_yaml))
+    return feast_cli(["apply"], config, repo, table_root).stdout
+
+
+def materialize(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None,
+                end: dt.datetime | None = None, start: dt.datetime | None = None,
+                views: list[str] | None = None) -> dict:
+    """``feast materialize-incremental END`` (or ``materialize START END``); rows/s from the tables."""
+    end = end or dt.datetime.now(dt.timezone.utc)
+    view_args = [a for v in (views or []) for a in ("--views", v)]
+    began = time.perf_counter()
+    if start is None:
+        feast_cli(["materialize-incremental", _iso(end), *view_args], config, repo, table_root)
+    else:
+        feast_cli(["materialize", _iso(start), _iso(end), *view_args], config, repo, table_root)
+    seconds = time.perf_counter() - began
+    return {"config": config, "end": _iso(end), "start": _iso(start) if start else None, "seconds": seconds}
+
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp {value} is naive; pass an aware UTC time")
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def parse_time(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone; write e.g. {text}Z or {text}+00:00")
+    return value
+
+
+def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--root", required=True, help="table root the Spark jobs wrote")
+    parser.add_argument("--config", default="duckdb", help=f"one of {sorted(CONFIGS)} or a yaml in feature_repo/")
+    parser.add_argument("--repo", default=str(REPO), help="Feast repo directory (default %(default)s)")
+    return parser
+
+
+def main_apply(argv: list[str] | None = None) -> int:
+    args = _parser("mmfs apply", "Check the tables against the feature views, then `feast apply`.").parse_args(argv)
+    try:
+        print(apply(args.config, args.repo, args.root))
+    except SchemaDriftError as error:
+        print(f"mmfs apply: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main_materialize(argv: list[str] | None = None) -> int:
+    parser = _parser("mmfs materialize", "`feast materialize-incremental` into the config's online store.")
+    parser.add_argument("--end", type=parse_time, default=None, help="materialise up to this UTC time (default now)")
+    parser.add_argument("--start", type=parse_time, default=None, help="with --end: `feast materialize START END`")
+    parser.add_argument("--views", action="append", default=None)
+    args = parser.parse_args(argv)
+    print(json.dumps(materialize(args.config, args.repo, args.root, args.end, args.start, args.views), indent=2))
+    return 0

@@ -1,0 +1,50 @@
+"""mmfs apply: schema drift between a table and its feature view fails with the column named."""
+import os
+import shutil
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import feast_store
+from pipelines.feast_store import SchemaDriftError
+from tests.feast_tables import DIMS, copy_repo
+
+
+def rewrite(table_dir, change):
+    for path in table_dir.glob("*.parquet"):
+        pq.write_table(change(pq.read_table(path)), path)
+
+
+def test_drift_fails_apply_naming_view_table_and_column(tiny_root, tmp_path):
+    root, _ = tiny_root
+    drifted = tmp_path / "tables"
+    shutil.copytree(root, drifted)
+    rewrite(drifted / "item_stats", lambda t: t.drop_columns(["clicks"]))
+    rewrite(drifted / "item_embeddings", lambda t: t.set_column(
+        t.schema.get_field_index("mm_emb"), "mm_emb",
+        pa.array([v + [0.0] for v in t.column("mm_emb").to_pylist()], pa.list_(pa.float32()))))
+    rewrite(drifted / "target_similarity", lambda t: t.set_column(
+        t.schema.get_field_index("target_has_emb"), "target_has_emb", pc.cast(t.column("target_has_emb"), pa.int32())))
+    os.environ.update(DIMS)
+    repo = copy_repo(tmp_path)
+    with pytest.raises(SchemaDriftError) as error:
+        feast_store.apply("duckdb", repo, drifted)
+    message = str(error.value)
+    assert "3 table/feature-view mismatch" in message
+    assert "view item_stats" in message and "column clicks: column missing" in message
+    assert "column mm_emb: vector length [3] in the table, feature view declares 2" in message
+    assert "column target_has_emb: type int32 does not match declared Bool" in message
+    assert not (repo / "data" / "registry.db").exists()  # nothing was applied
+
+
+def test_cli_reports_drift_as_an_error_exit(tiny_root, tmp_path, capsys):
+    root, _ = tiny_root
+    drifted = tmp_path / "tables"
+    shutil.copytree(root, drifted)
+    rewrite(drifted / "user_sequence_snapshots", lambda t: t.drop_columns(["hist_ts_us"]))
+    os.environ.update(DIMS)
+    repo = copy_repo(tmp_path)
+    assert feast_store.main_apply(["--root", str(drifted), "--repo", str(repo)]) == 2
+    assert "view user_sequence" in capsys.readouterr().err
