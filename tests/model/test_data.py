@@ -1,0 +1,80 @@
+"""The training-set loader: streamed row groups, masks, point-in-time vector lookups, sharding."""
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from model.data import LoaderConfig, TrainingSetDataset, pad_lists
+from pipelines import feast_store, training_set
+from pipelines.training_set import SplitPoints
+from tests.feast_tables import EVENTS
+
+
+def at(text):
+    import pandas as pd
+
+    return pd.Timestamp(text, tz="UTC").to_pydatetime()
+
+
+@pytest.fixture(scope="module")
+def dmf_set(applied_repo, tmp_path_factory):
+    repo, root = applied_repo
+    store = feast_store.open_store("duckdb", repo, root)
+    out = tmp_path_factory.mktemp("sets") / "dmf"
+    training_set.build(store, "ctr_dmf_v1", root / "events", out, split=SplitPoints(at("2030-01-01"), at("2030-01-02")),
+                       saved_dataset=False)
+    return out
+
+
+def test_pad_lists_keeps_the_newest_and_masks_nulls():
+    column = pa.array([[1, 2, 3], None, [], [4, None]], pa.list_(pa.int64()))
+    values, mask = pad_lists(column, 2, np.int64)
+    assert values.tolist() == [[2, 3], [0, 0], [0, 0], [4, 0]]
+    assert mask.tolist() == [[True, True], [False, False], [False, False], [True, False]]
+
+
+def test_batches_cover_every_row_once_with_point_in_time_vectors(dmf_set):
+    data = TrainingSetDataset(dmf_set, LoaderConfig(split="train", batch_size=4, max_len=3, shuffle=False))
+    batches = list(data)
+    rows = sum(len(b["label"]) for b in batches)
+    assert rows == len(EVENTS) == data.rows
+    batch = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    index = {(u, i, t): n for n, (u, i, t) in enumerate(zip(batch["user_id"].tolist(), batch["item_id"].tolist(), batch["event_us"].tolist()))}
+    us = lambda text: int(at(text).timestamp() * 1_000_000)  # noqa: E731
+    row = index[(1, 14, us("2020-01-03"))]
+    assert batch["hist_item_ids"][row].tolist() == [10, 11, 12] and batch["hist_mask"][row].all()
+    # history item 10 as of Jan 3 is the 90 deg version; target 14 is 30 deg
+    assert batch["hist_mm_emb"][row, 0].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
+    assert batch["mm_emb"][row].tolist() == pytest.approx([math.cos(math.radians(30)), 0.5], abs=1e-6)
+    assert batch["hist_sim"][row].tolist() == pytest.approx([0.5, math.cos(math.radians(15)), math.cos(math.radians(30))], abs=1e-6)
+    # the March row must not see the back-fill written in June
+    march = index[(3, 10, us("2020-03-01"))]
+    assert batch["mm_emb"][march].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
+    # unknown target embedding (item 13): found false, zeros, similarities masked
+    unknown = index[(1, 13, us("2020-01-02"))]
+    assert not batch["mm_emb_found"][unknown] and not batch["hist_sim_mask"][unknown].any()
+    # cold user: empty masked history
+    cold = index[(1, 10, us("2020-01-01"))]
+    assert not batch["hist_mask"][cold].any() and batch["hist_item_ids"][cold].tolist() == [0, 0, 0]
+    assert batch["dense"].shape == (len(EVENTS), 3)
+
+
+def test_workers_and_ranks_share_row_groups_without_overlap(applied_repo, tmp_path):
+    repo, root = applied_repo
+    out = tmp_path / "small_groups"
+    training_set.build(feast_store.open_store("duckdb", repo, root), "ctr_dmf_v1", root / "events", out,
+                       split=SplitPoints(at("2030-01-01"), at("2030-01-02")), saved_dataset=False)
+    for path in (out / "split=train").glob("*.parquet"):  # DuckDB rounds row groups up to 2048 rows
+        pq.write_table(pq.read_table(path), path, row_group_size=2)
+    data = [TrainingSetDataset(out, LoaderConfig(batch_size=2, max_len=3, rank=r, world_size=2, seed=3)) for r in (0, 1)]
+    assert len(data[0].row_groups) == 5
+    seen = []
+    for d in data:
+        for b in DataLoader(d, batch_size=None, num_workers=0):
+            seen += list(zip(b["user_id"].tolist(), b["item_id"].tolist(), b["event_us"].tolist()))
+    assert len(seen) == len(set(seen)) == len(EVENTS)
+    assert 0 < len(list(data[1]._my_row_groups())) < len(data[1].row_groups)
