@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test test-all bench java clean
+.PHONY: demo test test-all bench java redis clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,17 @@ java:
 	@command -v java >/dev/null || { echo "Spark needs Java 17+: installing openjdk-17-jre-headless"; \
 		apt-get update -q && apt-get install -y -q openjdk-17-jre-headless; }
 
+redis:
+	@command -v redis-server >/dev/null || { echo "the Redis tests start a real redis-server: installing the Debian package"; \
+		apt-get update -q && apt-get install -y -q redis-server; }
+
 demo: $(INSTALLED) java
 	$(VENV)/bin/mmfs pipeline --source movielens --input data/movielens-small --out $(OUT)
 
-test: $(INSTALLED) java
+test: $(INSTALLED) java redis
 	$(PY) -m pytest
 
-test-all: $(INSTALLED) java
+test-all: $(INSTALLED) java redis
 	$(PY) -m pytest -m "not gpu"
 
 bench: $(INSTALLED) java

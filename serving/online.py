@@ -1,0 +1,115 @@
+"""Online feature reads for one feature service, with TTL honoured.
+
+Feast's Python ``get_online_features`` returns values older than their view's TTL as present
+(feast issue 6821). ``OnlineReader`` reads the same online store through the provider's
+``online_read`` (SQLite, Redis, ...: whatever the config names), gets each row's event timestamp
+and marks a value older than ``now - ttl`` as ``stale``: it is returned, but never as fresh.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Sequence
+
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.type_map import feast_value_type_to_python_type
+
+PRESENT, MISSING, STALE = "present", "missing", "stale"
+
+
+@dataclass(frozen=True)
+class ViewRows:
+    """One online view's rows for a list of entity keys, in request order."""
+
+    view: str
+    values: dict[str, list]  # feature -> one value per key (None where missing)
+    status: list[str]  # present | missing | stale, per key
+    event_timestamps: list[dt.datetime | None]
+
+    def fresh(self, feature: str) -> list:
+        """Values with stale and missing ones as None."""
+        return [v if s == PRESENT else None for v, s in zip(self.values[feature], self.status)]
+
+
+class OnlineReader:
+    """Reads the online views of ``service_name`` from ``store``'s online store."""
+
+    def __init__(self, store, service_name: str):
+        self.store = store
+        self.service_name = service_name
+        service = store.get_feature_service(service_name)
+        self.views = {}
+        self.offline_only = []
+        for projection in service.feature_view_projections:
+            fv = store.get_feature_view(projection.name)
+            if fv.online:
+                self.views[fv.name] = (fv, [f.name for f in projection.features])
+            else:
+                self.offline_only.append(fv.name)
+        self.provider = store._get_provider()  # noqa: SLF001 - Feast's own online-store reader
+
+    def ttl(self, view: str) -> dt.timedelta | None:
+        ttl = self.views[view][0].ttl
+        return ttl if ttl and ttl.total_seconds() > 0 else None
+
+    def read(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]], now: dt.datetime | None = None) -> ViewRows:
+        fv, features = self.views[view]
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware (UTC)")
+        join_keys = list(fv.join_keys)
+        entity_keys = []
+        for key in keys:
+            parts = key if isinstance(key, tuple) else (key,)
+            if len(parts) != len(join_keys):
+                raise ValueError(f"{view} is keyed by {join_keys}, got key {key!r}")
+            entity_keys.append(EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(int64_val=int(p)) for p in parts]))
+        rows = self.provider.online_read(config=self.store.config, table=fv, entity_keys=entity_keys,
+                                          requested_features=list(features))  # Redis appends to the list it gets
+        ttl = self.ttl(view)
+        values = {f: [] for f in features}
+        status, stamps = [], []
+        for event_ts, data in rows:
+            # Redis answers an unknown key with an empty row (and a zero timestamp), SQLite with None.
+            if data is None or event_ts is None or not any(p is not None and p.WhichOneof("val") for p in data.values()):
+                status.append(MISSING)
+                stamps.append(None)
+                for f in features:
+                    values[f].append(None)
+                continue
+            event_ts = event_ts if event_ts.tzinfo else event_ts.replace(tzinfo=dt.timezone.utc)
+            stamps.append(event_ts)
+            status.append(STALE if ttl is not None and event_ts < now - ttl else PRESENT)
+            for f in features:
+                proto = data.get(f)
+                values[f].append(None if proto is None or proto.WhichOneof("val") is None else feast_value_type_to_python_type(proto))
+        return ViewRows(view, values, status, stamps)
+
+
+def online_similarities(reader: OnlineReader, user_id: int, item_ids: Sequence[int], now: dt.datetime | None = None,
+                        vector: str = "mm_emb") -> tuple[list[int], "np.ndarray", "np.ndarray"]:
+    """Request-time s_j for one user and C candidates from the online store.
+
+    Returns the user's history ids, (C, L) similarities and their (C, L) known-mask (false where
+    the candidate or history item has no fresh embedding). Uses the shared similarity function.
+    """
+    import numpy as np
+
+    from pipelines.similarity import target_similarity
+
+    seq = reader.read("user_sequence", [user_id], now)
+    hist = seq.fresh("hist_item_ids")[0] or []
+    emb = reader.read("item_embeddings", list(item_ids) + list(hist), now)
+    vectors = emb.fresh(vector)
+    dim = next((len(v) for v in vectors if v), 0)
+    block = np.zeros((len(vectors), dim), dtype=np.float32)
+    found = np.array([bool(v) for v in vectors])
+    if dim:
+        block[found] = np.array([v for v in vectors if v], dtype=np.float32)
+    C = len(item_ids)
+    target, history = block[:C], block[C:][None]  # (C, D), (1, L, D)
+    hist_found = found[C:][None]  # (1, L)
+    sims = target_similarity(target, history, hist_found) if dim else np.zeros((C, len(hist)), np.float32)
+    known = found[:C, None] & hist_found  # (C, L)
+    return list(hist), sims, known
