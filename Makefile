@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test test-all bench java redis clean
+.PHONY: demo test test-all bench bench-feast java redis clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ redis:
 	@command -v redis-server >/dev/null || { echo "the Redis tests start a real redis-server: installing the Debian package"; \
 		apt-get update -q && apt-get install -y -q redis-server; }
 
+AS_OF ?= 2018-10-01T00:00:00Z
+
 demo: $(INSTALLED) java
 	$(VENV)/bin/mmfs pipeline --source movielens --input data/movielens-small --out $(OUT)
+	$(VENV)/bin/mmfs apply --root $(OUT)
+	$(VENV)/bin/mmfs training-set --root $(OUT) --service ctr_dmf_v1
+	$(VENV)/bin/mmfs materialize --root $(OUT) --start 1990-01-01T00:00:00Z --end $(AS_OF)
+	$(VENV)/bin/mmfs online-read --root $(OUT) --user 414 --at $(AS_OF)
+	$(VENV)/bin/mmfs parity --root $(OUT) --at $(AS_OF) --sample 200 --out $(OUT)/reports
 
 test: $(INSTALLED) java redis
 	$(PY) -m pytest
@@ -36,8 +43,12 @@ test: $(INSTALLED) java redis
 test-all: $(INSTALLED) java redis
 	$(PY) -m pytest -m "not gpu"
 
-bench: $(INSTALLED) java
+bench: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_pipelines
+	$(PY) -m benchmarks.bench_feast
+
+bench-feast: $(INSTALLED) java redis
+	$(PY) -m benchmarks.bench_feast
 
 clean:
 	rm -rf out bench_out .pytest_cache

@@ -74,7 +74,9 @@ target_similarity_source = table_source("target_similarity_source", "target_simi
 item_embeddings_fv = FeatureView(
     name="item_embeddings",
     entities=[item],
-    ttl=TTL,
+    # No expiry: an item's content embedding stays valid until a new version replaces it. (Stats
+    # and sequences do age out.) The similarity job and the loader look versions up the same way.
+    ttl=timedelta(0),
     schema=[
         Field(name="mm_emb", dtype=Array(Float32), tags={"dim": str(MM_DIM)},
               description=f"{MM_DIM}-d fused multimodal embedding: L2-normalised PCA(text) + PCA(image), MMCTR V4"),

@@ -9,6 +9,7 @@
     mmfs apply --root out/movielens [--config duckdb|spark|redis]   # check tables, then `feast apply`
     mmfs training-set --root out/movielens --service ctr_dmf_v1
     mmfs materialize --root out/movielens [--config redis] [--end 2018-10-01T00:00:00Z]
+    mmfs online-read --root out/movielens --user 414 --at 2018-10-01T00:00:00Z
     mmfs parity --root out/movielens --at 2018-10-01T00:00:00Z [--config redis]
 
 The Spark job subcommands take the same options as ``spark-submit pipelines/<job>.py``.
@@ -30,6 +31,7 @@ JOBS = {
     "materialize": "pipelines.feast_store:main_materialize",
     "training-set": "pipelines.training_set",
     "parity": "serving.parity",
+    "online-read": "serving.online",
 }
 
 

@@ -39,12 +39,13 @@ class FeatureParity:
     missing: int = 0
     extra: int = 0
     stale: int = 0
+    both_present: int = 0  # comparisons of two real values (not both missing)
     max_abs_diff: float = 0.0
     examples: list = field(default_factory=list)
 
     def rates(self) -> dict:
         n = max(self.compared, 1)
-        return {"feature": self.feature, "compared": self.compared, "mismatch_rate": self.mismatched / n,
+        return {"feature": self.feature, "compared": self.compared, "both_present": self.both_present, "mismatch_rate": self.mismatched / n,
                 "missing_rate": self.missing / n, "extra_rate": self.extra / n, "stale": self.stale,
                 "max_abs_diff": self.max_abs_diff, "examples": self.examples[:3]}
 
@@ -97,6 +98,7 @@ def compare(result: FeatureParity, key, offline, online, online_status: str) -> 
     else:
         result.matched += 1
         result.max_abs_diff = max(result.max_abs_diff, diff)
+    result.both_present += 1
 
 
 def sample_entities(views: list[training_set.ViewJoin], at: dt.datetime, sample: int, seed: int) -> pa.Table:
@@ -167,9 +169,10 @@ def markdown(report: dict) -> str:
     lines = [f"# Online/offline parity: {report['feature_service']} at {report['at']} ({report['online_store']})", "",
              f"{report['pairs']} sampled (user, item) pairs, tolerance {report['tolerance']}. "
              f"Result: **{'OK' if report['ok'] else 'MISMATCH'}**", "",
-             "| feature | compared | mismatch | missing | extra | stale | max abs diff |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| feature | compared | both present | mismatch | missing | extra | stale online | max abs diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for f in report["features"]:
-        lines.append(f"| {f['feature']} | {f['compared']} | {f['mismatch_rate']:.2%} | {f['missing_rate']:.2%} | "
+        lines.append(f"| {f['feature']} | {f['compared']} | {f['both_present']} | {f['mismatch_rate']:.2%} | {f['missing_rate']:.2%} | "
                      f"{f['extra_rate']:.2%} | {f['stale']} | {f['max_abs_diff']:.2e} |")
     return "\n".join(lines) + "\n"
 

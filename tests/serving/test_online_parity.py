@@ -43,6 +43,7 @@ def check_store(store):
     by_feature = {f["feature"]: f for f in report["features"]}
     assert {"user_sequence:hist_item_ids", "item_embeddings:mm_emb", "item_stats:ctr", "request_time:hist_sim"} <= by_feature.keys()
     assert by_feature["request_time:hist_sim"]["compared"] == report["pairs"] >= 5
+    assert by_feature["request_time:hist_sim"]["both_present"] >= 2 and by_feature["item_embeddings:mm_emb"]["both_present"] >= 4
 
     # Parity can fail: one corrupted online value is caught and named.
     import pandas as pd
