@@ -33,7 +33,7 @@ demo: $(INSTALLED) java
 	$(VENV)/bin/mmfs pipeline --source movielens --input data/movielens-small --out $(OUT)
 	$(VENV)/bin/mmfs apply --root $(OUT)
 	$(VENV)/bin/mmfs training-set --root $(OUT) --service ctr_dmf_v1
-	$(VENV)/bin/mmfs materialize --root $(OUT) --start 1990-01-01T00:00:00Z --end $(AS_OF)
+	$(VENV)/bin/mmfs materialize --root $(OUT) --end $(AS_OF)
 	$(VENV)/bin/mmfs online-read --root $(OUT) --user 414 --at $(AS_OF)
 	$(VENV)/bin/mmfs parity --root $(OUT) --at $(AS_OF) --sample 200 --out $(OUT)/reports
 

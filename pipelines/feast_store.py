@@ -182,16 +182,43 @@ def apply(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Pat
 def materialize(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None,
                 end: dt.datetime | None = None, start: dt.datetime | None = None,
                 views: list[str] | None = None) -> dict:
-    """``feast materialize-incremental END`` (or ``materialize START END``); rows/s from the tables."""
+    """Materialise the online views up to ``end`` (default now).
+
+    With ``start``: ``feast materialize START END``. Without: ``feast materialize-incremental END``
+    for views materialised before. A view never materialised would start at wall-clock
+    now - ttl (a year ago for ttl 0) under plain ``materialize-incremental``, silently skipping
+    older rows; here its first run starts at the earliest row of its table instead.
+    """
     end = end or dt.datetime.now(dt.timezone.utc)
-    view_args = [a for v in (views or []) for a in ("--views", v)]
+    store = open_store(config, repo, table_root)
+    online = [fv for fv in store.list_feature_views() if fv.online and (not views or fv.name in views)]
     began = time.perf_counter()
-    if start is None:
-        feast_cli(["materialize-incremental", _iso(end), *view_args], config, repo, table_root)
+    runs = []
+    if start is not None:
+        runs.append(["materialize", _iso(start), _iso(end), *[a for fv in online for a in ("--views", fv.name)]])
     else:
-        feast_cli(["materialize", _iso(start), _iso(end), *view_args], config, repo, table_root)
-    seconds = time.perf_counter() - began
-    return {"config": config, "end": _iso(end), "start": _iso(start) if start else None, "seconds": seconds}
+        fresh = [fv for fv in online if not fv.materialization_intervals]
+        done = [fv for fv in online if fv.materialization_intervals]
+        if fresh:
+            earliest = min(_earliest(fv) for fv in fresh)
+            runs.append(["materialize", _iso(earliest), _iso(end), *[a for fv in fresh for a in ("--views", fv.name)]])
+        if done:
+            runs.append(["materialize-incremental", _iso(end), *[a for fv in done for a in ("--views", fv.name)]])
+    for args in runs:
+        feast_cli(args, config, repo, table_root)
+    return {"config": config, "end": _iso(end), "runs": [" ".join(r) for r in runs], "seconds": time.perf_counter() - began}
+
+
+def _earliest(fv) -> dt.datetime:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    value = con.execute(f"SELECT min({fv.batch_source.timestamp_field}) FROM read_parquet('{source_glob(fv.batch_source)}')").fetchone()[0]
+    if value is None:
+        return dt.datetime(1970, 1, 2, tzinfo=dt.timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value - dt.timedelta(seconds=1)
 
 
 def _iso(value: dt.datetime) -> str:

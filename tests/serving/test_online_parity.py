@@ -20,8 +20,10 @@ def applied(tmp_path, root, config, port=None):
         path = repo / "feature_store.redis.yaml"
         path.write_text(path.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
     feast_store.apply(config, repo, root)
-    feast_store.materialize(config, repo, root, end=AFTER_ALL)
-    return feast_store.open_store(config, repo, root)
+    first = feast_store.materialize(config, repo, root, end=AFTER_ALL)
+    # First run: from the earliest row, not Feast's default of wall-clock now - ttl.
+    assert [r.split()[0] for r in first["runs"]] == ["materialize"] and first["runs"][0].split()[1] == "2019-11-30T23:59:59.000000"  # earliest row - 1 s
+    return feast_store.open_store(config, repo, root), repo
 
 
 def check_store(store):
@@ -60,11 +62,14 @@ def check_store(store):
 
 def test_sqlite_materialise_ttl_and_parity(tiny_root, tmp_path):
     root, _ = tiny_root
-    check_store(applied(tmp_path, root, "duckdb"))
+    store, repo = applied(tmp_path, root, "duckdb")
+    check_store(store)
+    again = feast_store.materialize("duckdb", repo, root, end=AFTER_ALL + dt.timedelta(days=1))
+    assert [r.split()[0] for r in again["runs"]] == ["materialize-incremental"]
 
 
 @pytest.mark.integration
 def test_redis_materialise_ttl_and_parity(tiny_root, tmp_path):
     root, _ = tiny_root
     with redis_server(tmp_path) as port:
-        check_store(applied(tmp_path, root, "redis", port))
+        check_store(applied(tmp_path, root, "redis", port)[0])
