@@ -1,0 +1,35 @@
+"""AUC, GAUC and logloss, the way CTR papers report them."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels = np.asarray(labels)
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+
+
+def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Per-user AUC weighted by the user's impressions, over users with both classes only."""
+    order = np.argsort(users, kind="stable")
+    users, labels, scores = users[order], labels[order], scores[order]
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    total, weight = 0.0, 0
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(users)]):
+        y = labels[lo:hi]
+        positives = y.sum()
+        if 0 < positives < len(y):
+            total += roc_auc_score(y, scores[lo:hi]) * len(y)
+            weight += len(y)
+    return total / weight if weight else float("nan")
+
+
+def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    return float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1]))
+
+
+def all_metrics(users: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    probabilities = 1 / (1 + np.exp(-logits))
+    return {"auc": auc(labels, logits), "gauc": gauc(users, labels, logits), "logloss": logloss(labels, probabilities),
+            "rows": int(len(labels))}

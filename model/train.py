@@ -1,0 +1,308 @@
+"""``mmfs train``: train a CTR model on a Feast training set, early-stopped on validation AUC.
+
+    mmfs train --model dmf --training-set out/movielens/training_sets/ctr_dmf_v1 --out out/models/dmf
+    mmfs train --config my.yaml --lr=0.002 --model.buckets=20 --max_epochs=3
+
+Config: frozen dataclasses; a YAML file and then ``--key=value`` overrides (dotted keys reach the
+model config). The resolved config is printed and saved in the checkpoint. AdamW; early stopping
+on validation AUC only (the test split is read once, after selection); deterministic seeding;
+CUDA with bf16 autocast when available, else CPU. Writes ``checkpoint.pt`` (state_dict, config,
+feature service, encoder identity, vocabulary; load with ``weights_only=True``), ``metrics.json``
+and ``curve.png`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from model.data import LoaderConfig, TrainingSetDataset, read_manifest
+from model.metrics import all_metrics, auc
+from model.models import SERVICES, DataSpec, ModelConfig, build_model
+from model.vocab import IdVocab
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    training_set: str = "out/movielens/training_sets/ctr_dmf_v1"
+    out: str = "out/models/dmf"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 10
+    patience: int = 2
+    max_len: int = 50
+    seed: int = 0
+    device: str = "auto"
+    max_steps_per_epoch: int = 0  # 0: the whole split
+    progress: bool = True
+
+
+# -- config resolution ----------------------------------------------------------------------------
+
+def _coerce(value, target_type):
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def with_overrides(config, updates: dict):
+    """A copy of a (nested) frozen dataclass with ``updates`` applied; unknown keys are errors."""
+    names = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for key, value in updates.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            raise ValueError(f"unknown config key {key!r} for {type(config).__name__}; known: {sorted(names)}")
+        current = getattr(config, head)
+        if dataclasses.is_dataclass(current):
+            changes[head] = with_overrides(current, value if isinstance(value, dict) and not rest else {rest: value})
+        elif rest:
+            raise ValueError(f"{head} has no sub-keys (got {key!r})")
+        else:
+            changes[head] = _coerce(value, names[head].type)
+    return dataclasses.replace(config, **changes)
+
+
+def resolve_config(yaml_path: str | None, overrides: list[str], base: TrainConfig | None = None) -> TrainConfig:
+    config = base or TrainConfig()
+    if yaml_path:
+        config = with_overrides(config, yaml.safe_load(Path(yaml_path).read_text()) or {})
+    for item in overrides:
+        key, sep, raw = item.lstrip("-").partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must be --key=value")
+        config = with_overrides(config, {key.replace("-", "_"): yaml.safe_load(raw)})
+    return config
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def model_vectors(name: str, manifest: dict) -> tuple[str, ...]:
+    if name == "din":
+        return ()
+    if name == "diffmsin":
+        return tuple(v for v in ("text_emb", "image_emb") if any(f.endswith(f":{v}") for f in manifest["features"]))
+    return ("mm_emb",)
+
+
+def prepare(batch: dict, vocab: IdVocab, device: torch.device) -> dict:
+    batch = dict(batch)
+    batch["item_idx"] = vocab.index(batch["item_id"])
+    batch["hist_idx"] = vocab.index(batch["hist_item_ids"], batch["hist_mask"])
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def datasets(config: TrainConfig, vectors: tuple[str, ...]) -> dict[str, TrainingSetDataset]:
+    out = {}
+    for split in ("train", "valid", "test"):
+        loader = LoaderConfig(split=split, batch_size=config.batch_size, max_len=config.max_len, vectors=vectors,
+                              shuffle=split == "train", seed=config.seed)
+        out[split] = TrainingSetDataset(config.training_set, loader)
+    for vector in vectors:  # share one embedding index across splits
+        out["valid"].indexes[vector] = out["test"].indexes[vector] = out["train"].indexes[vector]
+    return out
+
+
+def data_spec(vocab: IdVocab, train: TrainingSetDataset, vectors: tuple[str, ...]) -> DataSpec:
+    dims = {v: train.indexes[v].dim for v in vectors}
+    modal = tuple((v, d) for v, d in dims.items() if d > 0 and v != "mm_emb")
+    return DataSpec(n_items=len(vocab), mm_dim=dims.get("mm_emb", 0), modal_dims=modal)
+
+
+def forward(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    if hasattr(model, "forward_with_aux"):
+        return model.forward_with_aux(batch)
+    return model(batch), {}
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, aux: dict) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), labels) + sum(aux.values(), torch.zeros((), device=logits.device))
+
+
+@torch.no_grad()
+def evaluate(model, data: TrainingSetDataset, vocab: IdVocab, device: torch.device) -> dict:
+    model.eval()
+    users, labels, logits = [], [], []
+    for batch in data:
+        batch = prepare(batch, vocab, device)
+        with autocast(device):
+            out = model(batch)
+        users.append(batch["user_id"].cpu().numpy())
+        labels.append(batch["label"].cpu().numpy())
+        logits.append(out.float().cpu().numpy())
+    return all_metrics(np.concatenate(users), np.concatenate(labels), np.concatenate(logits))
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# -- training --------------------------------------------------------------------------------------
+
+def train(config: TrainConfig) -> dict:
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    manifest = read_manifest(config.training_set)
+    vectors = model_vectors(config.model.name, manifest)
+    data = datasets(config, vectors)
+    vocab = IdVocab.from_training_set(config.training_set)
+    spec = data_spec(vocab, data["train"], vectors)
+    model = build_model(spec, config.model).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history, best, best_state, waited = [], -1.0, None, 0
+    train_rows, train_seconds = 0, 0.0
+    for epoch in range(config.max_epochs):
+        model.train()
+        data["train"].set_epoch(epoch)
+        steps = len(data["train"]) if not config.max_steps_per_epoch else min(len(data["train"]), config.max_steps_per_epoch)
+        bar = tqdm(total=steps, desc=f"{config.model.name} epoch {epoch + 1}", disable=not config.progress, leave=False)
+        recent_labels, recent_logits, losses = [], [], []
+        started = time.perf_counter()
+        for step, batch in enumerate(data["train"]):
+            if config.max_steps_per_epoch and step >= config.max_steps_per_epoch:
+                break
+            batch = prepare(batch, vocab, device)
+            with autocast(device):
+                logits, aux = forward(model, batch)
+            loss = loss_fn(logits, batch["label"], aux)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            train_rows += len(batch["label"])
+            losses.append(loss.item())
+            recent_labels.append(batch["label"].cpu().numpy())
+            recent_logits.append(logits.detach().float().cpu().numpy())
+            recent_labels, recent_logits = recent_labels[-20:], recent_logits[-20:]
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", auc=f"{auc(np.concatenate(recent_labels), np.concatenate(recent_logits)):.4f}")
+        bar.close()
+        train_seconds += time.perf_counter() - started
+        valid = evaluate(model, data["valid"], vocab, device)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), **{f"valid_{k}": v for k, v in valid.items()}})
+        if config.progress:
+            print(f"{config.model.name} epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, valid AUC {valid['auc']:.4f}, "
+                  f"GAUC {valid['gauc']:.4f}, logloss {valid['logloss']:.4f}", file=sys.stderr)
+        if valid["auc"] > best:
+            best, best_state, waited = valid["auc"], copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    metrics = {
+        "model": config.model.name, "params": params, "device": str(device),
+        "best_epoch": max(history, key=lambda h: h["valid_auc"])["epoch"],
+        "valid": evaluate(model, data["valid"], vocab, device), "test": evaluate(model, data["test"], vocab, device),
+        "train_samples_per_s": train_rows / train_seconds if train_seconds else float("nan"), "history": history,
+    }
+    save(config, model, vocab, spec, manifest, metrics)
+    return metrics
+
+
+def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: dict, metrics: dict) -> None:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "config": json.dumps(asdict(config)),
+        "data_spec": json.dumps(asdict(spec)),
+        "feature_service": manifest["feature_service"],
+        "encoder_identity": json.dumps(manifest.get("encoder_identity") or {}),
+        "vocab": torch.from_numpy(vocab.ids),
+    }
+    torch.save(checkpoint, out / "checkpoint.pt")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curve(metrics["history"], out / "curve.png", config.model.name)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, checkpoint metadata). Only tensors and strings: ``weights_only=True``."""
+    checkpoint = torch.load(Path(path), map_location=map_location, weights_only=True)
+    config = json.loads(checkpoint["config"])
+    model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()})
+    spec_raw = json.loads(checkpoint["data_spec"])
+    spec = DataSpec(spec_raw["n_items"], spec_raw["mm_dim"], tuple(tuple(x) for x in spec_raw["modal_dims"]))
+    model = build_model(spec, model_config)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    meta = {"config": config, "feature_service": checkpoint["feature_service"],
+            "encoder_identity": json.loads(checkpoint["encoder_identity"]), "vocab": IdVocab(checkpoint["vocab"].numpy())}
+    return model, meta
+
+
+def plot_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("train loss")
+    right = left.twinx()
+    right.plot(epochs, [h["valid_auc"] for h in history], "s-", color="tab:orange", label="valid AUC")
+    right.set_ylabel("valid AUC")
+    fig.suptitle(f"{title}: training curve")
+    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmfs train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="din | mmctr_din | dmf | diffmsin (= --model.name=...)")
+    parser.add_argument("--training-set", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields")
+    args, overrides = parser.parse_known_args(argv)
+    if args.model:
+        overrides = [f"--model.name={args.model}"] + overrides
+    if args.training_set:
+        overrides.append(f"--training_set={args.training_set}")
+    if args.out:
+        overrides.append(f"--out={args.out}")
+    config = resolve_config(args.config, overrides)
+    print(yaml.safe_dump(json.loads(json.dumps(asdict(config))), sort_keys=False), file=sys.stderr)
+    if SERVICES.get(config.model.name) and read_manifest(config.training_set)["feature_service"] != SERVICES[config.model.name]:
+        print(f"note: {config.model.name} trains on {read_manifest(config.training_set)['feature_service']} "
+              f"(its own service is {SERVICES[config.model.name]})", file=sys.stderr)
+    metrics = train(config)
+    print(json.dumps({k: metrics[k] for k in ("model", "params", "best_epoch", "valid", "test", "train_samples_per_s")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Item id vocabulary: raw ids -> embedding rows (0 padding, 1 unseen, 2.. ids seen in training)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from model.layers import OOV, PAD
+
+
+class IdVocab:
+    def __init__(self, ids: np.ndarray):
+        self.ids = np.unique(np.asarray(ids, dtype=np.int64))  # sorted
+
+    def __len__(self) -> int:
+        return len(self.ids) + 2
+
+    def index(self, raw: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Same shape as ``raw``: row indices; OOV for unseen ids, PAD where ``mask`` is false."""
+        values = raw.cpu().numpy()
+        pos = np.searchsorted(self.ids, values)
+        found = (pos < len(self.ids)) & (self.ids[np.minimum(pos, len(self.ids) - 1)] == values) if len(self.ids) else np.zeros_like(values, bool)
+        idx = torch.from_numpy(np.where(found, pos + 2, OOV).astype(np.int64))
+        return idx if mask is None else torch.where(mask.cpu(), idx, torch.full_like(idx, PAD))
+
+    @classmethod
+    def from_training_set(cls, training_set: str | Path, split: str = "train") -> "IdVocab":
+        """Every target and history id in one split, streamed row group by row group."""
+        seen = []
+        for path in sorted((Path(training_set) / f"split={split}").glob("*.parquet")):
+            file = pq.ParquetFile(path)
+            for group in range(file.num_row_groups):
+                table = file.read_row_group(group, columns=["item_id", "hist_item_ids"])
+                seen.append(np.unique(table.column("item_id").to_numpy()))
+                seen.append(np.unique(pc.list_flatten(table.column("hist_item_ids")).to_numpy()))
+        return cls(np.concatenate(seen) if seen else np.zeros(0, np.int64))
