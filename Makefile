@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test test-all bench bench-feast java redis clean
+.PHONY: demo test test-all bench bench-feast bench-models java redis clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,7 @@ redis:
 		apt-get update -q && apt-get install -y -q redis-server; }
 
 AS_OF ?= 2018-10-01T00:00:00Z
+DEMO_EPOCHS ?= 3
 
 demo: $(INSTALLED) java
 	$(VENV)/bin/mmfs pipeline --source movielens --input data/movielens-small --out $(OUT)
@@ -36,6 +37,10 @@ demo: $(INSTALLED) java
 	$(VENV)/bin/mmfs materialize --root $(OUT) --end $(AS_OF)
 	$(VENV)/bin/mmfs online-read --root $(OUT) --user 414 --at $(AS_OF)
 	$(VENV)/bin/mmfs parity --root $(OUT) --at $(AS_OF) --sample 200 --out $(OUT)/reports
+	$(VENV)/bin/mmfs training-set --root $(OUT) --service ctr_din_v1
+	$(VENV)/bin/mmfs train --model din --training-set $(OUT)/training_sets/ctr_din_v1 --out $(OUT)/models/din --max_epochs=$(DEMO_EPOCHS)
+	$(VENV)/bin/mmfs train --model dmf --training-set $(OUT)/training_sets/ctr_dmf_v1 --out $(OUT)/models/dmf --max_epochs=$(DEMO_EPOCHS)
+	$(VENV)/bin/mmfs model-report $(OUT)/models/din $(OUT)/models/dmf
 
 test: $(INSTALLED) java redis
 	$(PY) -m pytest
@@ -49,6 +54,9 @@ bench: $(INSTALLED) java redis
 
 bench-feast: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_feast
+
+bench-models: $(INSTALLED) java
+	$(PY) -m benchmarks.bench_models
 
 clean:
 	rm -rf out bench_out .pytest_cache

@@ -295,7 +295,8 @@ class DiffMSIN(nn.Module):
         return logits, aux
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.forward_with_aux(batch)[0]
+        logits, self.aux_losses = self.forward_with_aux(batch)  # read by the trainer (DDP calls forward)
+        return logits
 
 
 MODELS = {"din": DIN, "mmctr_din": MMCTRDIN, "dmf": DMF, "diffmsin": DiffMSIN}

@@ -118,11 +118,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def datasets(config: TrainConfig, vectors: tuple[str, ...]) -> dict[str, TrainingSetDataset]:
+def datasets(config: TrainConfig, vectors: tuple[str, ...], rank: int = 0, world_size: int = 1) -> dict[str, TrainingSetDataset]:
+    """Train rows are sharded across ranks (by row group); every rank evaluates all valid/test rows."""
     out = {}
     for split in ("train", "valid", "test"):
+        sharded = split == "train"
         loader = LoaderConfig(split=split, batch_size=config.batch_size, max_len=config.max_len, vectors=vectors,
-                              shuffle=split == "train", seed=config.seed)
+                              shuffle=split == "train", seed=config.seed,
+                              rank=rank if sharded else 0, world_size=world_size if sharded else 1)
         out[split] = TrainingSetDataset(config.training_set, loader)
     for vector in vectors:  # share one embedding index across splits
         out["valid"].indexes[vector] = out["test"].indexes[vector] = out["train"].indexes[vector]
@@ -136,9 +139,10 @@ def data_spec(vocab: IdVocab, train: TrainingSetDataset, vectors: tuple[str, ...
 
 
 def forward(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    if hasattr(model, "forward_with_aux"):
-        return model.forward_with_aux(batch)
-    return model(batch), {}
+    """Logits and the model's auxiliary losses (Diff-MSIN's), through DDP's wrapper when there is one."""
+    logits = model(batch)
+    core = getattr(model, "module", model)
+    return logits, (getattr(core, "aux_losses", None) or {}) if core.training else {}
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, aux: dict) -> torch.Tensor:
@@ -168,16 +172,26 @@ def autocast(device: torch.device):
 # -- training --------------------------------------------------------------------------------------
 
 def train(config: TrainConfig) -> dict:
+    """Train, select on validation AUC, test once. Runs data-parallel (DDP) when a torch process
+    group is initialised (``run_distributed``); rank 0 then writes the outputs."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.join import Join
+    from torch.nn.parallel import DistributedDataParallel
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     seed_everything(config.seed)
     device = pick_device(config.device)
     manifest = read_manifest(config.training_set)
     vectors = model_vectors(config.model.name, manifest)
-    data = datasets(config, vectors)
+    data = datasets(config, vectors, rank, world)
     vocab = IdVocab.from_training_set(config.training_set)
     spec = data_spec(vocab, data["train"], vectors)
-    model = build_model(spec, config.model).to(device)
+    model = build_model(spec, config.model).to(device)  # same seed: same initial weights on every rank
     params = sum(p.numel() for p in model.parameters())
+    trained = DistributedDataParallel(model) if distributed else model
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    config = dataclasses.replace(config, progress=config.progress and rank == 0)
     history, best, best_state, waited = [], -1.0, None, 0
     train_rows, train_seconds = 0, 0.0
     for epoch in range(config.max_epochs):
@@ -187,24 +201,26 @@ def train(config: TrainConfig) -> dict:
         bar = tqdm(total=steps, desc=f"{config.model.name} epoch {epoch + 1}", disable=not config.progress, leave=False)
         recent_labels, recent_logits, losses = [], [], []
         started = time.perf_counter()
-        for step, batch in enumerate(data["train"]):
-            if config.max_steps_per_epoch and step >= config.max_steps_per_epoch:
-                break
-            batch = prepare(batch, vocab, device)
-            with autocast(device):
-                logits, aux = forward(model, batch)
-            loss = loss_fn(logits, batch["label"], aux)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            train_rows += len(batch["label"])
-            losses.append(loss.item())
-            recent_labels.append(batch["label"].cpu().numpy())
-            recent_logits.append(logits.detach().float().cpu().numpy())
-            recent_labels, recent_logits = recent_labels[-20:], recent_logits[-20:]
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", auc=f"{auc(np.concatenate(recent_labels), np.concatenate(recent_logits)):.4f}")
+        # Join: ranks may hold different numbers of batches (row-group sharding); DDP copes.
+        with Join([trained]) if distributed else _nothing():
+            for step, batch in enumerate(data["train"]):
+                if config.max_steps_per_epoch and step >= config.max_steps_per_epoch:
+                    break
+                batch = prepare(batch, vocab, device)
+                with autocast(device):
+                    logits, aux = forward(trained, batch)
+                loss = loss_fn(logits, batch["label"], aux)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                train_rows += len(batch["label"])
+                losses.append(loss.item())
+                recent_labels.append(batch["label"].cpu().numpy())
+                recent_logits.append(logits.detach().float().cpu().numpy())
+                recent_labels, recent_logits = recent_labels[-20:], recent_logits[-20:]
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", auc=f"{auc(np.concatenate(recent_labels), np.concatenate(recent_logits)):.4f}")
         bar.close()
         train_seconds += time.perf_counter() - started
         valid = evaluate(model, data["valid"], vocab, device)
@@ -225,8 +241,45 @@ def train(config: TrainConfig) -> dict:
         "valid": evaluate(model, data["valid"], vocab, device), "test": evaluate(model, data["test"], vocab, device),
         "train_samples_per_s": train_rows / train_seconds if train_seconds else float("nan"), "history": history,
     }
-    save(config, model, vocab, spec, manifest, metrics)
+    metrics["world_size"] = world
+    if rank == 0:
+        save(config, model, vocab, spec, manifest, metrics)
     return metrics
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _distributed_worker(config_json: str) -> dict:
+    """Runs in each TorchDistributor process (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR)."""
+    import torch.distributed as dist
+
+    from model.train import TrainConfig, resolve_config, train  # noqa: F811 - fresh process
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        config = resolve_config(None, [], _from_json(TrainConfig, json.loads(config_json)))
+        return train(config)
+    finally:
+        dist.destroy_process_group()
+
+
+def _from_json(cls, raw: dict):
+    return with_overrides(cls(), raw)
+
+
+def run_distributed(config: TrainConfig, num_processes: int) -> dict:
+    """Data-parallel training through Spark's TorchDistributor (local mode on one machine; on a
+    cluster, ``local_mode=False`` spreads the processes over executors)."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    distributor = TorchDistributor(num_processes=num_processes, local_mode=True, use_gpu=torch.cuda.is_available())
+    return distributor.run(_distributed_worker, json.dumps(asdict(config)))
 
 
 def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: dict, metrics: dict) -> None:
@@ -287,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-set", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields")
+    parser.add_argument("--distributed", type=int, default=0, metavar="N",
+                        help="train data-parallel in N processes through pyspark's TorchDistributor")
     args, overrides = parser.parse_known_args(argv)
     if args.model:
         overrides = [f"--model.name={args.model}"] + overrides
@@ -299,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     if SERVICES.get(config.model.name) and read_manifest(config.training_set)["feature_service"] != SERVICES[config.model.name]:
         print(f"note: {config.model.name} trains on {read_manifest(config.training_set)['feature_service']} "
               f"(its own service is {SERVICES[config.model.name]})", file=sys.stderr)
-    metrics = train(config)
+    if args.distributed:
+        from pipelines.spark_session import build_spark
+
+        build_spark("mmfs-train")  # TorchDistributor runs under the active SparkSession
+        metrics = run_distributed(config, args.distributed)
+    else:
+        metrics = train(config)
     print(json.dumps({k: metrics[k] for k in ("model", "params", "best_epoch", "valid", "test", "train_samples_per_s")}, indent=2))
     return 0
 

@@ -9,6 +9,7 @@
     mmfs apply --root out/movielens [--config duckdb|spark|redis]   # check tables, then `feast apply`
     mmfs training-set --root out/movielens --service ctr_dmf_v1
     mmfs materialize --root out/movielens [--config redis] [--end 2018-10-01T00:00:00Z]
+    mmfs train --model dmf --training-set out/movielens/training_sets/ctr_dmf_v1 --out out/models/dmf
     mmfs online-read --root out/movielens --user 414 --at 2018-10-01T00:00:00Z
     mmfs parity --root out/movielens --at 2018-10-01T00:00:00Z [--config redis]
 
@@ -32,6 +33,8 @@ JOBS = {
     "training-set": "pipelines.training_set",
     "parity": "serving.parity",
     "online-read": "serving.online",
+    "train": "model.train",
+    "model-report": "model.report",
 }
 
 

@@ -1,0 +1,30 @@
+"""``mmfs model-report DIR...``: valid/test AUC, GAUC and logloss of trained models side by side."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def main(argv: list[str] | None = None) -> int:
+    dirs = [Path(d) for d in (sys.argv[1:] if argv is None else argv)]
+    if not dirs:
+        print("usage: mmfs model-report OUT_DIR [OUT_DIR ...]  (folders written by mmfs train)")
+        return 2
+    table = Table(title="models (selected on validation AUC; test read once)")
+    for column in ("model", "params", "best epoch", "valid AUC", "valid GAUC", "test AUC", "test GAUC", "test logloss", "train samples/s"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for d in dirs:
+        m = json.loads((d / "metrics.json").read_text())
+        table.add_row(m["model"], f"{m['params']:,}", str(m["best_epoch"]), f"{m['valid']['auc']:.4f}", f"{m['valid']['gauc']:.4f}",
+                      f"{m['test']['auc']:.4f}", f"{m['test']['gauc']:.4f}", f"{m['test']['logloss']:.4f}",
+                      f"{m['train_samples_per_s']:,.0f}")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""mmfs train on a tiny Feast training set: config overrides, metrics, checkpoint round trip."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from model.data import LoaderConfig, TrainingSetDataset
+from model.metrics import gauc
+from model.models import ModelConfig
+from model.train import TrainConfig, load_checkpoint, prepare, resolve_config, train
+from pipelines import feast_store, training_set
+from pipelines.training_set import SplitPoints
+
+
+def at(text):
+    return pd.Timestamp(text, tz="UTC").to_pydatetime()
+
+
+@pytest.fixture(scope="module")
+def dmf_set(applied_repo, tmp_path_factory):
+    repo, root = applied_repo
+    out = tmp_path_factory.mktemp("sets") / "dmf"
+    # train: Jan 1-2, valid: Jan 3 - Jul 1 (both classes), test: Jul 1 on
+    training_set.build(feast_store.open_store("duckdb", repo, root), "ctr_dmf_v1", root / "events", out,
+                       split=SplitPoints(at("2020-01-02"), at("2020-07-01")), saved_dataset=False)
+    return out
+
+
+def test_overrides_reach_nested_configs_and_reject_unknown_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.01\nmodel:\n  name: din\n  mlp: [16, 8]\n")
+    config = resolve_config(str(path), ["--model.buckets=20", "--max_epochs=3"])
+    assert (config.lr, config.max_epochs, config.model.name, config.model.mlp, config.model.buckets) == (0.01, 3, "din", (16, 8), 20)
+    with pytest.raises(ValueError, match="unknown config key 'bucket' for ModelConfig"):
+        resolve_config(None, ["--model.bucket=3"])
+
+
+def test_gauc_weights_users_with_both_classes_only():
+    import numpy as np
+
+    users = np.array([1, 1, 1, 2, 2, 3])
+    labels = np.array([1, 0, 0, 1, 0, 1])  # user 3 has one class: left out
+    scores = np.array([0.9, 0.1, 0.95, 0.2, 0.8, 0.5])
+    assert gauc(users, labels, scores) == pytest.approx((0.5 * 3 + 0.0 * 2) / 5)
+
+
+@pytest.mark.parametrize("name", ["dmf", "din"])
+def test_train_writes_a_checkpoint_that_reloads_to_the_same_logits(dmf_set, tmp_path, name):
+    config = TrainConfig(training_set=str(dmf_set), out=str(tmp_path / name), batch_size=4, max_epochs=2, patience=5,
+                         max_len=4, progress=False, model=ModelConfig(name=name, id_dim=4, mlp=(8,), buckets=5, tiers=3))
+    metrics = train(config)
+    assert {"auc", "gauc", "logloss"} <= metrics["valid"].keys() and len(metrics["history"]) == 2
+    assert (tmp_path / name / "curve.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert saved["test"]["rows"] == 1 and saved["valid"]["rows"] == 4 and saved["valid"]["auc"] == saved["valid"]["auc"]  # not NaN
+    model, meta = load_checkpoint(tmp_path / name / "checkpoint.pt")
+    assert meta["feature_service"] == "ctr_dmf_v1" and meta["config"]["model"]["name"] == name
+    vectors = () if name == "din" else ("mm_emb",)
+    data = TrainingSetDataset(dmf_set, LoaderConfig(split="valid", batch_size=8, max_len=4, vectors=vectors, shuffle=False))
+    batch = prepare(next(iter(data)), meta["vocab"], torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(batch)
+    again, _ = load_checkpoint(tmp_path / name / "checkpoint.pt")
+    with torch.no_grad():
+        assert torch.equal(logits, again(batch))
+
+
+@pytest.mark.integration
+def test_torch_distributor_trains_data_parallel_in_two_processes(dmf_set, tmp_path, spark):
+    import pyarrow.parquet as pq
+
+    from model.train import run_distributed
+
+    for path in (dmf_set / "split=train").glob("*.parquet"):  # several row groups, so both ranks get data
+        pq.write_table(pq.read_table(path), path, row_group_size=1)
+    config = TrainConfig(training_set=str(dmf_set), out=str(tmp_path / "ddp"), batch_size=2, max_epochs=2, patience=5,
+                         max_len=4, progress=False, model=ModelConfig(name="dmf", id_dim=4, mlp=(8,), buckets=5, tiers=3))
+    metrics = run_distributed(config, num_processes=2)
+    assert metrics["world_size"] == 2 and len(metrics["history"]) == 2
+    model, meta = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
+    assert meta["feature_service"] == "ctr_dmf_v1"
