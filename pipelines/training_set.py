@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -207,7 +208,8 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET threads = {threads or os.cpu_count() or 1}")
-    con.execute("SET preserve_insertion_order = false")  # row order is not part of the contract; COPY streams in parallel
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / 'mmfs-duckdb'}'")  # not ./.tmp  # row order is not part of the contract; COPY streams in parallel
     return con
 
 
