@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--movielens-root", default=str(ROOT / "out" / "movielens"))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--synthetic-seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--report", default=str(ROOT / "docs" / "models.md"))
     parser.add_argument("--findings", default=str(ROOT / "docs" / "models_findings.md"),
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    budget = {"max_epochs": args.epochs, "patience": 2, "batch_size": 512, "lr": 1e-3, "weight_decay": 1e-4}
+    budget = {"max_epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": 1e-3, "weight_decay": 1e-4}
     rows, seeds = [], {}
     movielens = Path(args.movielens_root)
     ensure_tables(movielens, ["--source", "movielens", "--input", str(ROOT / "data" / "movielens-small")])

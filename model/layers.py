@@ -63,7 +63,7 @@ class IdEmbedding(nn.Embedding):
 class DinAttention(nn.Module):
     """DIN's activation unit: weight_j = MLP([q, k_j, q - k_j, q * k_j]); sum-pooled, masked (no softmax)."""
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 32)):
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (36,)):  # the DIN paper: 36 units
         super().__init__()
         self.unit = MLP(4 * dim, hidden, 1, activation=nn.Sigmoid)
 
