@@ -66,9 +66,16 @@ def build_sets(work: Path, root: Path, name: str) -> dict[str, Path]:
 
 
 def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict) -> list[dict]:
+    """Train every variant for every seed; rows already in <work>/rows.json (same budget) are reused."""
+    done_file = work / "rows.json"
+    done = json.loads(done_file.read_text()) if done_file.exists() else []
     rows = []
     for label, model in VARIANTS.items():
         for seed in range(seeds):
+            previous = next((r for r in done if (r["dataset"], r["model"], r["seed"], r.get("budget")) == (dataset, label, seed, budget)), None)
+            if previous:
+                rows.append(previous)
+                continue
             config = TrainConfig(training_set=str(sets[SERVICES[model.name]]), out=str(work / f"models_{dataset}" / f"{model.name}_{seed}"),
                                  model=model, seed=seed, progress=False, **budget)
             metrics = train(config)
@@ -76,8 +83,10 @@ def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dic
                          "valid_auc": metrics["valid"]["auc"], "test_auc": metrics["test"]["auc"],
                          "valid_gauc": metrics["valid"]["gauc"], "test_gauc": metrics["test"]["gauc"],
                          "test_logloss": metrics["test"]["logloss"], "best_epoch": metrics["best_epoch"],
-                         "samples_s": metrics["train_samples_per_s"]})
+                         "samples_s": metrics["train_samples_per_s"], "budget": budget})
             print(json.dumps(rows[-1]), flush=True)
+            done.append(rows[-1])
+            done_file.write_text(json.dumps(done, indent=1))
     return rows
 
 
@@ -165,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
                                "--out", str(synth_root)])
         rows += run(build_sets(work, synth_root, "synthetic"), work, "Synthetic, planted image signal", args.synthetic_seeds, budget)
         seeds["Synthetic, planted image signal"] = args.synthetic_seeds
-    (work / "rows.json").write_text(json.dumps(rows, indent=1))
     findings = Path(args.findings).read_text() if Path(args.findings).exists() else "(none recorded yet)"
     report = Path(args.report)
     write_report(rows, budget, seeds, report, findings)

@@ -90,7 +90,7 @@ def load_embedding_index(table_dir: str | Path, column: str) -> ItemEmbeddingInd
     files = sorted(Path(table_dir).glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(f, columns=["item_id", "event_timestamp", "created_timestamp", column]) for f in files])
     values = table.column(column).combine_chunks()
-    lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)  # null: no vector
     dim = int(lengths.max()) if len(lengths) else 0
     if len(set(lengths.tolist()) - {0}) > 1:
         raise ValueError(f"{table_dir}: {column} has mixed vector lengths {sorted(set(lengths.tolist()))}")

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(m["model"], f"{m['params']:,}", str(m["best_epoch"]), f"{m['valid']['auc']:.4f}", f"{m['valid']['gauc']:.4f}",
                       f"{m['test']['auc']:.4f}", f"{m['test']['gauc']:.4f}", f"{m['test']['logloss']:.4f}",
                       f"{m['train_samples_per_s']:,.0f}")
-    Console().print(table)
+    Console(width=160).print(table)
     return 0
 
 

@@ -78,3 +78,17 @@ def test_workers_and_ranks_share_row_groups_without_overlap(applied_repo, tmp_pa
             seen += list(zip(b["user_id"].tolist(), b["item_id"].tolist(), b["event_us"].tolist()))
     assert len(seen) == len(set(seen)) == len(EVENTS)
     assert 0 < len(list(data[1]._my_row_groups())) < len(data[1].row_groups)
+
+
+def test_embedding_index_treats_null_and_empty_vectors_as_no_version(tmp_path):
+    from model.data import load_embedding_index
+
+    ts = pa.array([at("2020-01-01")] * 3, pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "event_timestamp": ts, "created_timestamp": ts,
+                             "image_emb": pa.array([None, [], [1.0, 2.0]], pa.list_(pa.float32()))}), tmp_path / "part-0.parquet")
+    index = load_embedding_index(tmp_path, "image_emb")
+    vectors, found = index.vectors_at(np.array([1, 2, 3]), np.full(3, 1_700_000_000_000_000))
+    assert index.dim == 2 and found.tolist() == [False, False, True] and vectors[2].tolist() == [1.0, 2.0]
+    pq.write_table(pa.table({"item_id": [1], "event_timestamp": ts[:1], "created_timestamp": ts[:1],
+                             "image_emb": pa.array([None], pa.list_(pa.float32()))}), tmp_path / "part-0.parquet")
+    assert load_embedding_index(tmp_path, "image_emb").dim == 0  # no images at all (MovieLens)
