@@ -65,12 +65,15 @@ def build_sets(work: Path, root: Path, name: str) -> dict[str, Path]:
     return sets
 
 
-def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict) -> list[dict]:
+def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict, only: set[str] | None = None) -> list[dict]:
     """Train every variant for every seed; rows already in <work>/rows.json (same budget) are reused."""
     done_file = work / "rows.json"
     done = json.loads(done_file.read_text()) if done_file.exists() else []
     rows = []
     for label, model in VARIANTS.items():
+        if only and label not in only:
+            rows += [r for r in done if r["dataset"] == dataset and r["model"] == label and r.get("budget") == budget]
+            continue
         for seed in range(seeds):
             previous = next((r for r in done if (r["dataset"], r["model"], r["seed"], r.get("budget")) == (dataset, label, seed, budget)), None)
             if previous:
@@ -91,8 +94,8 @@ def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dic
 
 
 def table(rows: list[dict], dataset: str) -> list[str]:
-    lines = ["| model | valid AUC | test AUC | test GAUC | test logloss | params | train samples/s | best epoch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | seeds | valid AUC | test AUC | test GAUC | test logloss | params | train samples/s | best epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label in VARIANTS:
         group = [r for r in rows if r["dataset"] == dataset and r["model"] == label]
         if not group:
@@ -102,7 +105,7 @@ def table(rows: list[dict], dataset: str) -> list[str]:
             values = np.array([r[key] for r in group], dtype=float)
             return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0:.{digits}f}"
 
-        lines.append(f"| {label} | {ms('valid_auc')} | {ms('test_auc')} | {ms('test_gauc')} | {ms('test_logloss')} | "
+        lines.append(f"| {label} | {len(group)} | {ms('valid_auc')} | {ms('test_auc')} | {ms('test_gauc')} | {ms('test_logloss')} | "
                      f"{group[0]['params']:,} | {np.mean([r['samples_s'] for r in group]):,.0f} | "
                      f"{np.mean([r['best_epoch'] for r in group]):.1f} |")
     return lines
@@ -138,7 +141,7 @@ def write_report(rows: list[dict], budget: dict, seeds: dict, path: Path, findin
              "Each model trains on its own feature service's training set (same tables, same time split: 80% / 10% / 10%",
              "by event time). GAUC: per-user AUC weighted by impressions, users with both classes only.", ""]
     for dataset in sorted({r["dataset"] for r in rows}):
-        lines += [f"## {dataset} ({seeds[dataset]} seeds)", ""] + table(rows, dataset) + [""]
+        lines += [f"## {dataset}", ""] + table(rows, dataset) + [""]
     lines += ["![test AUC by model](models_auc.png)", "", "## Findings", "", findings.strip(), ""]
     path.write_text("\n".join(lines))
 
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--only", action="append", default=None, help="train only these variants (exact labels); others come from saved rows")
     parser.add_argument("--report", default=str(ROOT / "docs" / "models.md"))
     parser.add_argument("--findings", default=str(ROOT / "docs" / "models_findings.md"),
                         help="hand-written findings included in the report")
@@ -163,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, seeds = [], {}
     movielens = Path(args.movielens_root)
     ensure_tables(movielens, ["--source", "movielens", "--input", str(ROOT / "data" / "movielens-small")])
-    rows += run(build_sets(work, movielens, "movielens"), work, "MovieLens ml-latest-small", args.seeds, budget)
+    rows += run(build_sets(work, movielens, "movielens"), work, "MovieLens ml-latest-small", args.seeds, budget,
+               set(args.only) if args.only else None)
     seeds["MovieLens ml-latest-small"] = args.seeds
     if not args.skip_synthetic:
         raw = work / "synthetic_raw"
@@ -172,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             synth.generate(raw, n_users=3000, n_items=400, n_events=120_000, n_images=400, seed=11)
             run_pipeline.main(["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet",
                                "--out", str(synth_root)])
-        rows += run(build_sets(work, synth_root, "synthetic"), work, "Synthetic, planted image signal", args.synthetic_seeds, budget)
+        rows += run(build_sets(work, synth_root, "synthetic"), work, "Synthetic, planted image signal", args.synthetic_seeds, budget,
+                    set(args.only) if args.only else None)
         seeds["Synthetic, planted image signal"] = args.synthetic_seeds
     findings = Path(args.findings).read_text() if Path(args.findings).exists() else "(none recorded yet)"
     report = Path(args.report)
