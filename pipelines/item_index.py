@@ -32,6 +32,8 @@ class ItemEmbeddingIndex:
         """Row index of the version valid at ``as_of_us`` for each query, or ``MISSING``. Shapes (N,)."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
         as_of_us = np.broadcast_to(np.asarray(as_of_us, dtype=np.int64), item_ids.shape)
+        if len(self.item_ids) == 0:  # no versions at all (e.g. no item has an image)
+            return np.full(item_ids.shape, MISSING)
         first = np.searchsorted(self.item_ids, item_ids, side="left")
         idx = np.searchsorted(self.item_ids, item_ids, side="right") - 1  # newest version of the item
         pending = idx >= first

@@ -91,4 +91,6 @@ def test_embedding_index_treats_null_and_empty_vectors_as_no_version(tmp_path):
     assert index.dim == 2 and found.tolist() == [False, False, True] and vectors[2].tolist() == [1.0, 2.0]
     pq.write_table(pa.table({"item_id": [1], "event_timestamp": ts[:1], "created_timestamp": ts[:1],
                              "image_emb": pa.array([None], pa.list_(pa.float32()))}), tmp_path / "part-0.parquet")
-    assert load_embedding_index(tmp_path, "image_emb").dim == 0  # no images at all (MovieLens)
+    empty = load_embedding_index(tmp_path, "image_emb")  # no images at all (MovieLens)
+    vectors, found = empty.vectors_at(np.array([1, 2]), np.full(2, 1_700_000_000_000_000))
+    assert empty.dim == 0 and vectors.shape == (2, 0) and not found.any()
