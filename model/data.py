@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipelines.item_index import ItemEmbeddingIndex
+from pipelines.item_index import ItemEmbeddingIndex, to_micros
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,6 @@ class LoaderConfig:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
-
-
-def to_micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
 
 
 def pad_lists(column: pa.Array, width: int, dtype, fill=0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,15 +85,7 @@ def load_embedding_index(table_dir: str | Path, column: str) -> ItemEmbeddingInd
     """All versions of one vector column of the embedding table (items x D, small)."""
     files = sorted(Path(table_dir).glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(f, columns=["item_id", "event_timestamp", "created_timestamp", column]) for f in files])
-    values = table.column(column).combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)  # null: no vector
-    dim = int(lengths.max()) if len(lengths) else 0
-    if len(set(lengths.tolist()) - {0}) > 1:
-        raise ValueError(f"{table_dir}: {column} has mixed vector lengths {sorted(set(lengths.tolist()))}")
-    vectors, found = pad_lists(values, dim, np.float32)
-    keep = lengths > 0  # empty vectors (e.g. no image) are "no version"
-    return ItemEmbeddingIndex(table.column("item_id").to_numpy()[keep], to_micros(table.column("event_timestamp"))[keep],
-                              to_micros(table.column("created_timestamp"))[keep], vectors[keep])
+    return ItemEmbeddingIndex.from_arrow(table, column, str(table_dir))
 
 
 class TrainingSetDataset(IterableDataset):

@@ -13,6 +13,7 @@ and ``curve.png`` into ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -53,10 +54,8 @@ class TrainConfig:
 
 # -- config resolution ----------------------------------------------------------------------------
 
-def _coerce(value, target_type):
-    if isinstance(value, list):
-        return tuple(value)
-    return value
+def _coerce(value):
+    return tuple(value) if isinstance(value, list) else value  # YAML lists -> the configs' tuples
 
 
 def with_overrides(config, updates: dict):
@@ -73,7 +72,7 @@ def with_overrides(config, updates: dict):
         elif rest:
             raise ValueError(f"{head} has no sub-keys (got {key!r})")
         else:
-            changes[head] = _coerce(value, names[head].type)
+            changes[head] = _coerce(value)
     return dataclasses.replace(config, **changes)
 
 
@@ -202,7 +201,7 @@ def train(config: TrainConfig) -> dict:
         recent_labels, recent_logits, losses = [], [], []
         started = time.perf_counter()
         # Join: ranks may hold different numbers of batches (row-group sharding); DDP copes.
-        with Join([trained]) if distributed else _nothing():
+        with Join([trained]) if distributed else contextlib.nullcontext():
             for step, batch in enumerate(data["train"]):
                 if config.max_steps_per_epoch and step >= config.max_steps_per_epoch:
                     break
@@ -247,30 +246,18 @@ def train(config: TrainConfig) -> dict:
     return metrics
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _distributed_worker(config_json: str) -> dict:
     """Runs in each TorchDistributor process (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR)."""
     import torch.distributed as dist
 
-    from model.train import TrainConfig, resolve_config, train  # noqa: F811 - fresh process
+    from model.train import TrainConfig, train, with_overrides  # noqa: F811 - fresh process
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        config = resolve_config(None, [], _from_json(TrainConfig, json.loads(config_json)))
+        config = with_overrides(TrainConfig(), json.loads(config_json))
         return train(config)
     finally:
         dist.destroy_process_group()
-
-
-def _from_json(cls, raw: dict):
-    return with_overrides(cls(), raw)
 
 
 def run_distributed(config: TrainConfig, num_processes: int) -> dict:

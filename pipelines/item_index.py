@@ -7,8 +7,15 @@ value back-filled after T is never seen at T.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 MISSING = -1
+
+
+def to_micros(timestamps: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow timestamp column (any unit, UTC) -> int64 microseconds since the epoch."""
+    return pc.cast(pc.cast(timestamps, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
 
 
 class ItemEmbeddingIndex:
@@ -23,6 +30,22 @@ class ItemEmbeddingIndex:
         self.event_us = np.asarray(event_us, dtype=np.int64)[order]
         self.created_us = np.asarray(created_us, dtype=np.int64)[order]
         self.vectors = np.asarray(vectors, dtype=np.float32)[order]  # (V, D)
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, column: str, source: str = "") -> "ItemEmbeddingIndex":
+        """All versions of one vector column of an Arrow table with item_id, event_timestamp,
+        created_timestamp. Null or empty vectors (an item without an image) are not versions."""
+        values = table.column(column).combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)  # (V,)
+        keep = lengths > 0
+        dims = sorted(set(lengths[keep].tolist()))
+        if len(dims) > 1:
+            raise ValueError(f"{source or 'table'}: {column} has mixed vector lengths {dims}")
+        dim = dims[0] if dims else 0
+        flat = pc.fill_null(values.filter(pa.array(keep)).flatten(), 0.0)
+        vectors = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim) if dim else np.zeros((0, 0), np.float32)
+        return cls(table.column("item_id").to_numpy()[keep], to_micros(table.column("event_timestamp"))[keep],
+                   to_micros(table.column("created_timestamp"))[keep], vectors)
 
     @property
     def dim(self) -> int:

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import reports
-from pipelines.item_index import ItemEmbeddingIndex
+from pipelines.item_index import ItemEmbeddingIndex, to_micros
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import TARGET_SIMILARITY_SCHEMA, columns
 from pipelines.similarity import target_similarity
@@ -42,21 +42,10 @@ def output_rules() -> TableRules:
     )
 
 
-def to_micros(timestamps: pa.Array) -> np.ndarray:
-    """An Arrow timestamp column (any unit, UTC) -> int64 microseconds since the epoch."""
-    return pc.cast(pc.cast(timestamps, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
-
-
 def build_index(item_embeddings: DataFrame) -> ItemEmbeddingIndex:
     """Collect the (small) versioned mm_emb table once; workers get it as a broadcast."""
     table = item_embeddings.select("item_id", "event_timestamp", "created_timestamp", "mm_emb").toArrow()
-    mm_emb = table.column("mm_emb").combine_chunks()
-    dim = len(mm_emb[0]) if len(mm_emb) else 1
-    vectors = mm_emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)  # (V, D)
-    return ItemEmbeddingIndex(
-        table.column("item_id").to_numpy(), to_micros(table.column("event_timestamp")),
-        to_micros(table.column("created_timestamp")), vectors,
-    )
+    return ItemEmbeddingIndex.from_arrow(table, "mm_emb", "item_embeddings")
 
 
 CHUNK_ROWS = 2048  # bounds the padded (rows, L, D) float64 block the similarity function builds

@@ -165,6 +165,12 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def split_sql(column: str, split: SplitPoints) -> str:
+    """The split a row falls in by its event time; rows at a cut go to the later split."""
+    return (f"CASE WHEN {column} < {_lit(split.valid_from.isoformat())}::TIMESTAMPTZ THEN 'train' "
+            f"WHEN {column} < {_lit(split.test_from.isoformat())}::TIMESTAMPTZ THEN 'valid' ELSE 'test' END AS split")
+
+
 def pit_query(views: list[ViewJoin], embeddings: str = "reference", split: SplitPoints | None = None) -> str:
     """SQL over the registered ``entity`` relation: entity columns + every feature, point-in-time."""
     ctes, joins = [], []
@@ -198,9 +204,7 @@ def pit_query(views: list[ViewJoin], embeddings: str = "reference", split: Split
         value_alias = f"v{i}" if view.created else f"t{i}"
         selects += [f"CASE WHEN {fresh} THEN {value_alias}.{_q(c)} END AS {_q(c)}" for c in cols]
     if split is not None:
-        selects.append(
-            f"CASE WHEN e.event_timestamp < {_lit(split.valid_from.isoformat())}::TIMESTAMPTZ THEN 'train' "
-            f"WHEN e.event_timestamp < {_lit(split.test_from.isoformat())}::TIMESTAMPTZ THEN 'valid' ELSE 'test' END AS split")
+        selects.append(split_sql("e.event_timestamp", split))
     return f"WITH {', '.join(ctes)} SELECT {', '.join(selects)} FROM entity e {' '.join(joins)}"
 
 
@@ -289,9 +293,7 @@ def build(store, service_name: str, entity_source, out: str | Path, engine: str 
         elif engine == "feast":
             con.register("feast_rows", feast_join(store, service_name, entity, views, embeddings))
             con.register("entity", entity)
-            query = (f"SELECT *, CASE WHEN event_timestamp < {_lit(split.valid_from.isoformat())}::TIMESTAMPTZ THEN 'train' "
-                     f"WHEN event_timestamp < {_lit(split.test_from.isoformat())}::TIMESTAMPTZ THEN 'valid' ELSE 'test' END AS split "
-                     f"FROM feast_rows")
+            query = f"SELECT *, {split_sql('event_timestamp', split)} FROM feast_rows"
         else:
             raise ValueError(f"engine must be duckdb or feast, got {engine!r}")
         con.execute(f"COPY ({query}) TO {_lit(str(tmp))} (FORMAT parquet, PARTITION_BY (split), "
