@@ -25,6 +25,7 @@ TABLE_ROOT = os.environ.get("MMFS_TABLE_ROOT", str(Path(__file__).resolve().pare
 MM_DIM = int(os.environ.get("MMFS_MM_DIM", "64"))
 TEXT_DIM = int(os.environ.get("MMFS_TEXT_DIM", "384"))
 IMAGE_DIM = int(os.environ.get("MMFS_IMAGE_DIM", "1280"))
+ENCODER_ID = os.environ.get("MMFS_ENCODER_ID", "")  # the embedding table's encoder identity (set by mmfs apply)
 TTL = timedelta(days=int(os.environ.get("MMFS_TTL_DAYS", "3650")))
 
 
@@ -88,7 +89,7 @@ item_embeddings_fv = FeatureView(
     ],
     source=item_embeddings_source,
     online=True,
-    tags={"team": "ranking", "producer": "pipelines/encode_items.py"},
+    tags={"team": "ranking", "producer": "pipelines/encode_items.py", "encoder_id": ENCODER_ID},
 )
 
 item_stats_fv = FeatureView(

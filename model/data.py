@@ -77,6 +77,15 @@ def pad_lists(column: pa.Array, width: int, dtype, fill=0) -> tuple[np.ndarray, 
     return out, mask
 
 
+def dense_block(impressions: np.ndarray, clicks: np.ndarray, ctr: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Item stats -> the models' dense block: (B, 3) log1p(impressions), log1p(clicks), ctr (zeros
+    where unknown) and the (B,) known mask. Shared by the loader and the online scorer."""
+    known = np.asarray(known, dtype=bool)
+    columns = [np.log1p(np.asarray(impressions, dtype=np.float32)), np.log1p(np.asarray(clicks, dtype=np.float32)),
+               np.asarray(ctr, dtype=np.float32)]
+    return np.where(known[:, None], np.stack(columns, axis=1), np.float32(0)).astype(np.float32), known  # (B, 3), (B,)
+
+
 def read_manifest(training_set: str | Path) -> dict:
     return json.loads((Path(training_set) / "manifest.json").read_text())
 
@@ -147,9 +156,8 @@ class TrainingSetDataset(IterableDataset):
             batch["hist_sim"], batch["hist_sim_mask"] = np.nan_to_num(sims), sim_known & hist_mask
         if "impressions" in table.column_names:
             known = table.column("impressions").is_valid().to_numpy(zero_copy_only=False)
-            columns = [np.log1p(pc.fill_null(table.column(c), 0).to_numpy().astype(np.float32)) for c in ("impressions", "clicks")]
-            columns.append(pc.fill_null(table.column("ctr"), 0.0).to_numpy().astype(np.float32))
-            batch["dense"], batch["dense_mask"] = np.stack(columns, axis=1), known  # (B, 3), (B,)
+            impressions, clicks = (pc.fill_null(table.column(c), 0).to_numpy() for c in ("impressions", "clicks"))
+            batch["dense"], batch["dense_mask"] = dense_block(impressions, clicks, pc.fill_null(table.column("ctr"), 0.0).to_numpy(), known)
         for vector, index in self.indexes.items():
             as_of = batch["event_us"]
             target, found = index.vectors_at(batch["item_id"], as_of)  # (B, D), (B,)

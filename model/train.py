@@ -278,6 +278,7 @@ def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: d
         "data_spec": json.dumps(asdict(spec)),
         "feature_service": manifest["feature_service"],
         "encoder_identity": json.dumps(manifest.get("encoder_identity") or {}),
+        "features": json.dumps(manifest["features"]),
         "vocab": torch.from_numpy(vocab.ids),
     }
     torch.save(checkpoint, out / "checkpoint.pt")
@@ -296,7 +297,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     meta = {"config": config, "feature_service": checkpoint["feature_service"],
-            "encoder_identity": json.loads(checkpoint["encoder_identity"]), "vocab": IdVocab(checkpoint["vocab"].numpy())}
+            "encoder_identity": json.loads(checkpoint["encoder_identity"]), "vocab": IdVocab(checkpoint["vocab"].numpy()),
+            "features": json.loads(checkpoint["features"]) if "features" in checkpoint else None, "data_spec": spec}
     return model, meta
 
 

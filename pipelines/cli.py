@@ -33,6 +33,7 @@ JOBS = {
     "training-set": "pipelines.training_set",
     "parity": "serving.parity",
     "online-read": "serving.online",
+    "serve": "serving.app:main",
     "train": "model.train",
     "model-report": "model.report",
 }

@@ -52,6 +52,22 @@ def repo_env(table_root: str | Path | None, fs_yaml: Path) -> dict[str, str]:
     env = {"MMFS_OFFLINE_STORE": offline_store_type(fs_yaml)}
     if table_root is not None:
         env["MMFS_TABLE_ROOT"] = str(Path(table_root).resolve())
+        env.update(encoder_env(Path(table_root) / "item_embeddings" / "_mmfs_meta.json"))
+    return env
+
+
+def encoder_env(meta_file: Path) -> dict[str, str]:
+    """Vector dims and encoder id of the embedding table, for features.py's declarations (tags)."""
+    if not meta_file.is_file():
+        return {}
+    identity = json.loads(meta_file.read_text()).get("encoder_identity") or {}
+    env = {"MMFS_ENCODER_ID": str(identity.get("encoder_id") or "")}
+    if identity.get("mm_dim"):
+        env["MMFS_MM_DIM"] = str(identity["mm_dim"])
+    if (identity.get("text") or {}).get("dim"):
+        env["MMFS_TEXT_DIM"] = str(identity["text"]["dim"])
+    if (identity.get("image") or {}).get("dim"):
+        env["MMFS_IMAGE_DIM"] = str(identity["image"]["dim"])
     return env
 
 

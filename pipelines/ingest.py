@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import logging
 import sys
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -250,6 +251,16 @@ def transform(
     }
 
 
+def with_feedback(spark: SparkSession, events: DataFrame, out: str) -> DataFrame:
+    """The events plus those recorded online since (``<out>/feedback_events``, written by the
+    scorer's feedback path), so a full recompute keeps them."""
+    landing = Path(out) / "feedback_events"
+    if not any(landing.glob("*.parquet")):
+        return events
+    feedback = spark.read.schema(EVENTS_SCHEMA).parquet(str(landing)).select(*columns(EVENTS_SCHEMA))
+    return events.unionByName(feedback)
+
+
 def write_outputs(result: dict, out: str, source: str) -> list[ValidationReport]:
     reports_ = list(result["reports"])
     for name, rules in (("items", canonical_item_rules()), ("events", canonical_event_rules())):
@@ -304,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_users:
         raw_items, raw_events = sample_users(raw_items, raw_events, args.max_users)
     result = transform(raw_items, raw_events, dt.datetime.now(dt.timezone.utc), args.max_invalid_fraction)
+    result["events"] = with_feedback(spark, result["events"], args.out)
     reports.print_reports(write_outputs(result, args.out, source), out_paths={
         "items": f"{args.out}/items", "events": f"{args.out}/events",
         "quarantine": f"{args.out}/quarantine/{{items,events}}",

@@ -11,6 +11,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
@@ -71,20 +73,42 @@ class OnlineReader:
         values = {f: [] for f in features}
         status, stamps = [], []
         for event_ts, data in rows:
-            # Redis answers an unknown key with an empty row (and a zero timestamp), SQLite with None.
-            if data is None or event_ts is None or not any(p is not None and p.WhichOneof("val") for p in data.values()):
+            event_ts, data = row_or_missing(event_ts, data)
+            if data is None:
                 status.append(MISSING)
                 stamps.append(None)
                 for f in features:
                     values[f].append(None)
                 continue
-            event_ts = event_ts if event_ts.tzinfo else event_ts.replace(tzinfo=dt.timezone.utc)
             stamps.append(event_ts)
             status.append(STALE if ttl is not None and event_ts < now - ttl else PRESENT)
             for f in features:
                 proto = data.get(f)
-                values[f].append(None if proto is None or proto.WhichOneof("val") is None else feast_value_type_to_python_type(proto))
+                values[f].append(None if proto is None or proto.WhichOneof("val") is None else decode(proto))
         return ViewRows(view, values, status, stamps)
+
+
+def row_or_missing(event_ts, data) -> tuple[dt.datetime | None, dict | None]:
+    """One online_read row as (aware timestamp, features) or (None, None) when the key is absent.
+
+    Redis answers an unknown key with an empty row (and a zero timestamp), SQLite with None."""
+    if data is None or event_ts is None or not any(p is not None and p.WhichOneof("val") for p in data.values()):
+        return None, None
+    return (event_ts if event_ts.tzinfo else event_ts.replace(tzinfo=dt.timezone.utc)), data
+
+
+def decode(proto: ValueProto, arrays: bool = False):
+    """A Feast ValueProto -> Python value; float lists as float32 numpy arrays when ``arrays``."""
+    kind = proto.WhichOneof("val")
+    if kind is None:
+        return None
+    if arrays and kind == "float_list_val":
+        return np.asarray(proto.float_list_val.val, dtype=np.float32)
+    if kind.endswith("_list_val"):
+        return list(getattr(proto, kind).val)
+    if kind in ("unix_timestamp_val", "string_val", "bytes_val"):
+        return feast_value_type_to_python_type(proto)
+    return getattr(proto, kind)
 
 
 def online_similarities(reader: OnlineReader, user_id: int, item_ids: Sequence[int], now: dt.datetime | None = None,

@@ -1,0 +1,366 @@
+"""The online scorer: one user's C candidates, features from the Feast online store.
+
+    scorer = Scorer.from_checkpoint("out/movielens/models/dmf/checkpoint.pt", store)
+    result = scorer.score(user_id=414, item_ids=[1, 50, 318])
+
+The checkpoint names the feature service it was trained on (the train/serve contract). The
+scorer refuses a store that lacks that service, declares it with other features, or holds
+embeddings from another encoder. Per request it reads:
+
+- the user's sequence snapshot (one online read, never cached: it changes with every click);
+- the candidates' and history items' features (embeddings, item stats), through a bounded LRU
+  cache. Item features change only when they are materialised, so the cache is cleared when the
+  Feast registry changes (materialisation records its interval there) and entries also expire
+  after ``item_cache_max_age_s`` (for registries that are not a local file). TTL is judged on each
+  request from the value's own timestamp, cached or not.
+
+It computes s_j with the one shared function (``pipelines.similarity``), builds the same tensors
+the training loader builds, and runs DMF's decoupled path: ``encode_user`` once, then
+``score_candidates`` for all C candidates in one batch. Other models run ``forward`` on the
+user's history broadcast to C rows.
+
+What the training join does, the scorer does: a value older than its view's TTL is not used
+(the join gives null) and is flagged ``stale``; a missing sequence is an empty history (cold
+start). An item is an error entry only when neither the store nor the model knows it; an item
+the model never saw in training is scored with the unseen-id embedding and flagged ``new_item``,
+one without an embedding is flagged ``no_embedding`` (its vector is zeros and its similarities
+unknown, as in training).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from cachetools import TTLCache
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from model.data import dense_block
+from model.train import load_checkpoint, model_vectors
+from pipelines.similarity import target_similarity
+from serving.online import MISSING, PRESENT, STALE, OnlineReader, decode, row_or_missing
+
+SEQUENCE_VIEW = "user_sequence"
+
+
+class StoreMismatch(RuntimeError):
+    """The online store does not serve what the checkpoint was trained on."""
+
+
+class BadRequest(ValueError):
+    """A request the scorer will not score (too many candidates, wrong types)."""
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    max_candidates: int = 2000
+    item_cache_size: int = 500_000  # (view, item) entries; 0 disables the cache
+    item_cache_max_age_s: float = 300.0
+    torch_threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class ItemScore:
+    item_id: int
+    score: float | None  # click probability; None with an error
+    logit: float | None
+    flags: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class ScoreResult:
+    user_id: int
+    feature_service: str
+    items: list[ItemScore]
+    user_flags: list[str]
+    history_len: int
+    stale_features: int
+    timings_ms: dict[str, float]
+
+    @property
+    def scores(self) -> list[float | None]:
+        return [i.score for i in self.items]
+
+
+def store_features(store, service_name: str) -> list[str]:
+    service = store.get_feature_service(service_name)
+    return [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+
+
+def check_store(store, meta: dict) -> None:
+    """Raise ``StoreMismatch`` unless ``store`` serves the checkpoint's feature service as trained."""
+    name = meta["feature_service"]
+    available = sorted(s.name for s in store.list_feature_services())
+    if name not in available:
+        raise StoreMismatch(f"the checkpoint was trained on feature service {name!r}, which this store does not have "
+                            f"(it has {available}); apply the feature repo that declares it, or serve a checkpoint trained on one of these")
+    if meta.get("features") is not None:
+        served, trained = set(store_features(store, name)), set(meta["features"])
+        if served != trained:
+            raise StoreMismatch(f"feature service {name!r} differs from the one the checkpoint was trained on: "
+                                f"missing online {sorted(trained - served)}, not in training {sorted(served - trained)}; "
+                                "a changed service needs a new version name and a retrained model")
+    views = {p.name for p in store.get_feature_service(name).feature_view_projections}
+    if "item_embeddings" in views:
+        trained_id = (meta.get("encoder_identity") or {}).get("encoder_id") or ""
+        served_id = store.get_feature_view("item_embeddings").tags.get("encoder_id", "")
+        if trained_id != served_id:
+            raise StoreMismatch(f"encoder identity differs: the checkpoint's embeddings came from encoder {trained_id or '(none)'!r}, "
+                                f"the store's item_embeddings from {served_id or '(none)'!r}; similarities and vectors would not "
+                                "mean what the model learned. Serve a model trained on this encoder's tables")
+
+
+class ItemFeatureCache:
+    """Bounded LRU cache of item rows as read from the online store, cleared on registry change."""
+
+    def __init__(self, store, maxsize: int, max_age_s: float):
+        self.store = store
+        self.enabled = maxsize > 0
+        self.entries: TTLCache = TTLCache(maxsize=max(maxsize, 1), ttl=max_age_s)
+        registry = store.config.registry
+        path = Path(getattr(registry, "path", "") or "")
+        if path and not path.is_absolute():
+            path = Path(store.repo_path) / path
+        self.registry_path = path if path and path.is_file() else None
+        self.registry_stamp = self._stamp()
+        self.hits = self.misses = self.invalidations = 0
+
+    def _stamp(self):
+        if self.registry_path is None:
+            return None
+        try:
+            st = os.stat(self.registry_path)
+            return st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    def check_registry(self) -> None:
+        stamp = self._stamp()
+        if stamp != self.registry_stamp:
+            self.registry_stamp = stamp
+            self.clear()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.invalidations += 1
+
+    def get(self, key):
+        if not self.enabled:
+            return None
+        found = self.entries.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def put(self, key, value) -> None:
+        if self.enabled:
+            self.entries[key] = value
+
+    def discard(self, key) -> None:
+        self.entries.pop(key, None)
+
+
+class Scorer:
+    """Scores one user's candidates with a trained model and the online store's features."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict, store, config: ScorerConfig = ScorerConfig()):
+        check_store(store, meta)
+        self.model = model.eval()
+        self.meta = meta
+        self.config = config
+        self.feature_service = meta["feature_service"]
+        self.reader = OnlineReader(store, self.feature_service)
+        if SEQUENCE_VIEW not in self.reader.views:
+            raise StoreMismatch(f"feature service {self.feature_service!r} has no online {SEQUENCE_VIEW} view to score with")
+        self.vocab = meta["vocab"]
+        self.max_len = int(meta["config"]["max_len"])
+        features = meta.get("features") or store_features(store, self.feature_service)
+        self.vectors = model_vectors(meta["config"]["model"]["name"], {"features": features})
+        spec = meta["data_spec"]
+        self.dims = {"mm_emb": spec.mm_dim, **dict(spec.modal_dims)}
+        self.vectors = tuple(v for v in self.vectors if self.dims.get(v))
+        self.item_views = [v for v, (fv, _) in self.reader.views.items() if tuple(fv.join_keys) == ("item_id",)]
+        self.online_store = self.reader.provider.online_store
+        self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
+        self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, store, config: ScorerConfig = ScorerConfig()) -> "Scorer":
+        model, meta = load_checkpoint(path)
+        return cls(model, meta, store, config)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _read_items(self, view: str, ids: list[int], now: dt.datetime) -> dict[int, tuple[dict | None, dt.datetime | None]]:
+        """item -> (decoded features or None, event timestamp): cached rows, the rest in one online read."""
+        fv, features = self.reader.views[view]
+        out, misses = {}, []
+        for item in ids:
+            hit = self.cache.get((view, item))
+            if hit is None:
+                misses.append(item)
+            else:
+                out[item] = hit
+        if misses:
+            keys = [EntityKeyProto(join_keys=["item_id"], entity_values=[ValueProto(int64_val=int(i))]) for i in misses]
+            rows = self.online_store.online_read(self.reader.store.config, fv, keys, list(features))
+            for item, (event_ts, data) in zip(misses, rows):
+                event_ts, data = row_or_missing(event_ts, data)
+                value = (None if data is None else {f: decode(data[f], arrays=True) if f in data else None for f in features}, event_ts)
+                out[item] = value
+                self.cache.put((view, item), value)
+        return out
+
+    def _status(self, view: str, event_ts: dt.datetime | None, now: dt.datetime) -> str:
+        if event_ts is None:
+            return MISSING
+        ttl = self.reader.ttl(view)
+        return STALE if ttl is not None and event_ts < now - ttl else PRESENT
+
+    def invalidate_item(self, item_id: int) -> None:
+        for view in self.item_views:
+            self.cache.discard((view, item_id))
+
+    # -- scoring -----------------------------------------------------------------------------------
+
+    def validate(self, user_id, item_ids) -> list[int]:
+        if isinstance(user_id, bool) or not isinstance(user_id, (int, np.integer)):
+            raise BadRequest(f"user_id must be an integer, got {user_id!r}")
+        items = list(item_ids)
+        if not items:
+            raise BadRequest("item_ids is empty: send at least one candidate")
+        if len(items) > self.config.max_candidates:
+            raise BadRequest(f"{len(items)} candidates is more than the limit of {self.config.max_candidates}")
+        for i, item in enumerate(items):
+            if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+                raise BadRequest(f"item_ids[{i}] must be an integer, got {item!r}")
+        return [int(i) for i in items]
+
+    @torch.inference_mode()
+    def score(self, user_id: int, item_ids: Sequence[int], now: dt.datetime | None = None) -> ScoreResult:
+        began = time.perf_counter()
+        items = self.validate(user_id, item_ids)
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if now.tzinfo is None:
+            raise BadRequest("now must be timezone-aware (UTC)")
+        self.cache.check_registry()
+        user_flags, stale = [], 0
+
+        # The user's sequence: one online read. Stale or missing = empty history, as in training.
+        seq = self.reader.read(SEQUENCE_VIEW, [int(user_id)], now)
+        status = seq.status[0]
+        if status == STALE:
+            user_flags.append(f"stale:{SEQUENCE_VIEW}")
+            stale += 1
+        elif status == MISSING:
+            user_flags.append("no_sequence")
+        hist = [int(x) for x in (seq.values["hist_item_ids"][0] or [])][-self.max_len:] if status == PRESENT else []
+        t_user = time.perf_counter()
+
+        # Item features: candidates and history items, through the cache.
+        rows = {view: self._read_items(view, list(dict.fromkeys(items + hist)) if view == "item_embeddings" else list(dict.fromkeys(items)), now)
+                for view in self.item_views}
+        t_items = time.perf_counter()
+
+        C, L = len(items), max(len(hist), 1)
+        batch: dict[str, np.ndarray] = {}
+        hist_ids = np.zeros((1, L), np.int64)
+        hist_mask = np.zeros((1, L), bool)
+        hist_ids[0, :len(hist)] = hist
+        hist_mask[0, :len(hist)] = True
+        flags = [[] for _ in items]
+        known_any = np.zeros(C, bool)
+        for view in self.item_views:
+            for c, item in enumerate(items):
+                values, event_ts = rows[view][item]
+                st = self._status(view, event_ts, now)
+                if st != MISSING:
+                    known_any[c] = True
+                if st == STALE:
+                    flags[c].append(f"stale:{view}")
+                    stale += 1
+                elif st == MISSING:
+                    flags[c].append("no_embedding" if view == "item_embeddings" else f"no_{view}")
+
+        # Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere.
+        emb = rows.get("item_embeddings", {})
+        for vector in self.vectors:
+            target, found = self._vectors(emb, items, vector, now)  # (C, D), (C,)
+            hist_vec, hist_found = self._vectors(emb, hist, vector, now)  # (len(hist), D)
+            h = np.zeros((1, L, target.shape[1]), np.float32)  # (1, L, D)
+            hf = np.zeros((1, L), bool)
+            h[0, :len(hist)], hf[0, :len(hist)] = hist_vec, hist_found
+            batch[vector], batch[f"{vector}_found"] = target, found
+            batch[f"hist_{vector}"], batch[f"hist_{vector}_found"] = h, hf & hist_mask
+        if "mm_emb" in batch:
+            sims = target_similarity(batch["mm_emb"], batch["hist_mm_emb"], batch["hist_mm_emb_found"])  # (C, L)
+            known = batch["mm_emb_found"][:, None] & batch["hist_mm_emb_found"]  # (C, L)
+            batch["hist_sim"], batch["hist_sim_mask"] = np.where(known, sims, np.float32(0)), known
+        t_sim = time.perf_counter()
+        if "item_stats" in self.item_views:
+            impressions, clicks, ctr = np.zeros(C), np.zeros(C), np.zeros(C)
+            dense_known = np.zeros(C, bool)
+            for c, item in enumerate(items):
+                values, event_ts = rows["item_stats"][item]
+                if self._status("item_stats", event_ts, now) == PRESENT:
+                    impressions[c], clicks[c], ctr[c], dense_known[c] = values["impressions"], values["clicks"], values["ctr"], True
+            batch["dense"], batch["dense_mask"] = dense_block(impressions, clicks, ctr, dense_known)
+        else:
+            batch["dense"], batch["dense_mask"] = np.zeros((C, 3), np.float32), np.zeros(C, bool)
+
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+        item_tensor = torch.from_numpy(np.asarray(items, np.int64))
+        tensors["item_idx"] = self.vocab.index(item_tensor)
+        tensors["hist_idx"] = self.vocab.index(torch.from_numpy(hist_ids), torch.from_numpy(hist_mask))
+        tensors["hist_mask"] = torch.from_numpy(hist_mask)
+        in_vocab = tensors["item_idx"].numpy() > 1
+        t_assemble = time.perf_counter()
+        logits = self.forward(tensors, C).float().numpy()
+        t_model = time.perf_counter()
+
+        results = []
+        for c, item in enumerate(items):
+            item_flags = flags[c] + ([] if in_vocab[c] else ["new_item"])
+            if not known_any[c] and not in_vocab[c]:
+                results.append(ItemScore(item, None, None, item_flags, "unknown item: not in the online store and never seen in training"))
+                continue
+            logit = float(logits[c])
+            results.append(ItemScore(item, 1.0 / (1.0 + math.exp(-logit)), logit, item_flags))
+        ms = lambda a, b: round((b - a) * 1e3, 4)  # noqa: E731
+        timings = {"read_user": ms(began, t_user), "read_items": ms(t_user, t_items), "similarity": ms(t_items, t_sim),
+                   "assemble": ms(t_sim, t_assemble), "model": ms(t_assemble, t_model), "total": ms(began, t_model)}
+        return ScoreResult(int(user_id), self.feature_service, results, user_flags, len(hist), stale, timings)
+
+    def forward(self, tensors: dict[str, torch.Tensor], C: int) -> torch.Tensor:
+        """Logits (C,). DMF: encode_user once (U = 1), score_candidates for all C at once."""
+        user_keys = [k for k in tensors if k.startswith("hist_") and k not in ("hist_sim", "hist_sim_mask")]
+        if self.decoupled:
+            user = self.model.encode_user({k: tensors[k] for k in user_keys})
+            return self.model.score_candidates(user, tensors)
+        batch = dict(tensors)
+        for k in user_keys:  # one user's history, broadcast to the C rows (views, no copies)
+            batch[k] = tensors[k].expand(C, *tensors[k].shape[1:])
+        return self.model(batch)
+
+    def _vectors(self, rows: dict, ids: list[int], vector: str, now: dt.datetime) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) fresh vectors, zeros where missing or stale, and the (N,) found mask."""
+        out = np.zeros((len(ids), self.dims[vector]), np.float32)
+        found = np.zeros(len(ids), bool)
+        for n, item in enumerate(ids):
+            values, event_ts = rows.get(item, (None, None))
+            v = values.get(vector) if values and self._status("item_embeddings", event_ts, now) == PRESENT else None
+            if v is not None and len(v) == out.shape[1]:
+                out[n], found[n] = v, True
+        return out, found

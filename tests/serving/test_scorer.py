@@ -1,0 +1,221 @@
+"""The online scorer: train/serve skew, cold start, bad candidates, stale features, store checks, HTTP."""
+import datetime as dt
+import math
+import os
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from pyspark.sql import Row
+
+from model.data import LoaderConfig, TrainingSetDataset
+from model.models import ModelConfig
+from model.train import TrainConfig, load_checkpoint, prepare, train
+from pipelines import feast_store, training_set
+from serving.scorer import BadRequest, Scorer, ScorerConfig, StoreMismatch, check_store
+from tests.feast_tables import DIMS, copy_repo, write_tables
+
+UTC = dt.timezone.utc
+START = dt.datetime(2021, 1, 1, tzinfo=UTC)
+N_USERS, N_ITEMS = 12, 20  # item 20 never gets an embedding; 21 is unknown to everything
+
+
+def events():
+    """~300 events over 30 days; users like items whose angle is near their own taste."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for n in range(300):
+        user = int(rng.integers(1, N_USERS + 1))
+        item = int(rng.integers(1, N_ITEMS + 1))
+        at = START + dt.timedelta(minutes=int(rng.integers(0, 30 * 24 * 60)), seconds=n % 60)
+        like = math.cos(math.radians(item * 18 - user * 30)) + rng.normal(0, 0.5) > 0
+        rows.append((user, item, at.strftime("%Y-%m-%d %H:%M:%S"), int(like)))
+    return rows
+
+
+def embedding_rows():
+    rows = []
+    for item in range(1, N_ITEMS):
+        a = math.radians(item * 18)
+        rows.append(Row(item_id=item, text_emb=[1.0], image_emb=None, mm_emb=[math.cos(a), math.sin(a)], has_image=False,
+                        encoder_id="enc-test", event_timestamp=dt.datetime(2020, 12, 1), created_timestamp=dt.datetime(2020, 12, 1)))
+    # item 5 is re-encoded mid-way (known from its event time: no back-fill)
+    rows.append(Row(item_id=5, text_emb=[1.0], image_emb=None, mm_emb=[0.0, -1.0], has_image=False, encoder_id="enc-test",
+                    event_timestamp=dt.datetime(2021, 1, 15), created_timestamp=dt.datetime(2021, 1, 15)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def served(spark, tmp_path_factory):
+    """Tables, an applied repo, a training set and a small trained DMF."""
+    root = tmp_path_factory.mktemp("serve_tables")
+    write_tables(spark, root, events=events(), embeddings=embedding_rows())
+    (root / "item_embeddings" / "_mmfs_meta.json").write_text('{"encoder_identity": {"encoder_id": "enc-test", "mm_dim": 2, "text": {"dim": 1}}}')
+    os.environ.update(DIMS)
+    repo = copy_repo(tmp_path_factory.mktemp("serve_repo"))
+    feast_store.apply("duckdb", repo, root)
+    store = feast_store.open_store("duckdb", repo, root)
+    sets = root / "training_sets" / "ctr_dmf_v1"
+    training_set.build(store, "ctr_dmf_v1", root / "events", sets, saved_dataset=False)
+    out = tmp_path_factory.mktemp("serve_model")
+    train(TrainConfig(training_set=str(sets), out=str(out), model=ModelConfig(name="dmf", id_dim=8, mlp=(16,), dropout=0.0, buckets=5, tiers=4),
+                      batch_size=64, max_epochs=2, patience=5, progress=False))
+    return {"root": root, "repo": repo, "store": store, "sets": sets, "checkpoint": out / "checkpoint.pt"}
+
+
+def offline_logits(served) -> dict:
+    """(user, item, event_us) -> (logit, history length) from the training rows, through model.forward."""
+    model, meta = load_checkpoint(served["checkpoint"])
+    out = {}
+    for split in ("train", "valid", "test"):
+        data = TrainingSetDataset(served["sets"], LoaderConfig(split=split, batch_size=4096, vectors=("mm_emb",), shuffle=False))
+        for batch in data:
+            batch = prepare(batch, meta["vocab"], torch.device("cpu"))
+            with torch.inference_mode():
+                logits = model(batch)
+            for u, i, t, logit, n in zip(batch["user_id"].tolist(), batch["item_id"].tolist(), batch["event_us"].tolist(),
+                                         logits.tolist(), batch["hist_mask"].sum(1).tolist()):
+                out.setdefault((u, i, t), []).append((logit, n))
+    return out
+
+
+def test_online_logits_equal_offline_training_rows(served):
+    """Skew test: materialise up to T, score online; the logit equals the model's on the training row."""
+    rows = offline_logits(served)
+    unique = {k: v[0] for k, v in rows.items() if len(v) == 1}
+    times = sorted({t for (_, _, t) in unique})
+    chosen = [times[len(times) // 4], times[len(times) // 2], times[-3]]  # ascending: incremental materialisation
+    scorer = Scorer.from_checkpoint(served["checkpoint"], served["store"])
+    compared, with_history = 0, 0
+    for t_us in chosen:
+        at = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=t_us)
+        served["store"].materialize(start_date=START - dt.timedelta(days=60), end_date=at)
+        users = sorted({u for (u, _, t) in unique if t == t_us})
+        for user in users:
+            keys = [k for k in unique if k[0] == user and k[2] == t_us]
+            items = [k[1] for k in keys] + [1, 5, 20]  # plus other candidates in the same batch
+            result = scorer.score(user, items, now=at)
+            for key, item_score in zip(keys, result.items):
+                expected, n_hist = unique[key]
+                assert item_score.logit == pytest.approx(expected, abs=1e-5), (key, result)
+                assert result.history_len == n_hist
+                compared += 1
+                with_history += n_hist > 0
+    assert compared >= 3 and with_history >= 2
+
+
+def test_cold_start_unknown_items_and_stale_features(served):
+    store = served["store"]
+    store.materialize(start_date=START - dt.timedelta(days=60), end_date=START + dt.timedelta(days=31))
+    scorer = Scorer.from_checkpoint(served["checkpoint"], store)
+    at = START + dt.timedelta(days=31)
+    cold = scorer.score(99_999, [1, 2], now=at)
+    assert cold.user_flags == ["no_sequence"] and cold.history_len == 0
+    assert all(i.score is not None and 0 < i.score < 1 for i in cold.items)
+
+    result = scorer.score(1, [1, 20, 21], now=at)
+    by_item = {i.item_id: i for i in result.items}
+    assert by_item[1].error is None and by_item[1].flags == []
+    assert "no_embedding" in by_item[20].flags and by_item[20].score is not None  # known item, no vector: as in training
+    assert by_item[21].score is None and "unknown item" in by_item[21].error  # never a made-up vector
+
+    later = scorer.score(1, [1, 2], now=at + dt.timedelta(days=365 * 20))  # beyond the 10-year TTL
+    assert "stale:user_sequence" in later.user_flags and later.history_len == 0
+    assert all("stale:item_stats" in i.flags for i in later.items) and later.stale_features == 3
+
+    with pytest.raises(BadRequest, match="more than the limit of 3"):
+        Scorer.from_checkpoint(served["checkpoint"], store, ScorerConfig(max_candidates=3)).score(1, [1, 2, 3, 4], now=at)
+    with pytest.raises(BadRequest, match=r"item_ids\[1\] must be an integer"):
+        scorer.score(1, [1, "2"], now=at)
+
+
+def test_item_cache_is_cleared_by_materialisation(served):
+    store = served["store"]
+    scorer = Scorer.from_checkpoint(served["checkpoint"], store)
+    at = START + dt.timedelta(days=31)
+    scorer.score(1, [1, 2], now=at)
+    scorer.score(1, [1, 2], now=at)
+    assert scorer.cache.hits > 0
+    invalidations = scorer.cache.invalidations
+    store.materialize(start_date=START - dt.timedelta(days=60), end_date=at)  # records an interval in the registry
+    scorer.score(1, [1, 2], now=at)
+    assert scorer.cache.invalidations == invalidations + 1
+
+
+def test_store_checks_refuse_another_service_or_encoder(served):
+    _, meta = load_checkpoint(served["checkpoint"])
+    check_store(served["store"], meta)
+    with pytest.raises(StoreMismatch, match="ctr_dmf_v9"):
+        check_store(served["store"], {**meta, "feature_service": "ctr_dmf_v9"})
+    with pytest.raises(StoreMismatch, match="encoder identity differs"):
+        check_store(served["store"], {**meta, "encoder_identity": {"encoder_id": "another-encoder"}})
+    with pytest.raises(StoreMismatch, match="missing online"):
+        check_store(served["store"], {**meta, "features": meta["features"] + ["item_stats:views"]})
+
+
+def test_http_app(served):
+    from fastapi.testclient import TestClient
+
+    from serving.app import ServeSettings, create_app
+
+    at = (START + dt.timedelta(days=31)).isoformat()
+    settings = ServeSettings(checkpoint=str(served["checkpoint"]), root=str(served["root"]), repo=str(served["repo"]), max_candidates=5)
+    with TestClient(create_app(settings, load_in_background=False)) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/ready").status_code == 200
+        ok = client.post("/score", json={"user_id": 1, "item_ids": [1, 2, 21], "at": at})
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert body["feature_service"] == "ctr_dmf_v1" and body["model"] == "dmf"
+        assert [i["item_id"] for i in body["items"]] == [1, 2, 21] and body["items"][2]["error"]
+        too_many = client.post("/score", json={"user_id": 1, "item_ids": [1, 2, 3, 4, 5, 6]})
+        assert too_many.status_code == 413 and "limit of 5" in too_many.json()["detail"]
+        for bad in ({"user_id": 1, "item_ids": ["x"]}, {"user_id": 1, "item_ids": []}, {"user_id": "1", "item_ids": [1]},
+                    {"user_id": 1, "item_ids": [1], "path": "/etc/passwd"}, {"user_id": 1, "item_ids": [1.5]}):
+            response = client.post("/score", json=bad)
+            assert response.status_code == 422 and response.json()["detail"][0]["field"], (bad, response.text)
+        nan = client.post("/score", content='{"user_id": 1, "item_ids": [NaN]}', headers={"content-type": "application/json"})
+        assert nan.status_code == 422
+        naive = client.post("/score", json={"user_id": 1, "item_ids": [1], "at": "2021-02-01T00:00:00"})
+        assert naive.status_code == 422 and "at" in naive.json()["detail"][0]["field"]
+
+        # Feedback: a click is seen by the next score and lands in the offline tables.
+        before = client.post("/score", json={"user_id": 1, "item_ids": [3], "at": at}).json()
+        clicked = (START + dt.timedelta(days=31, hours=1)).isoformat()
+        pushed = client.post("/events", json={"events": [{"user_id": 1, "item_id": 7, "label": 1, "event_timestamp": clicked}]})
+        assert pushed.status_code == 200 and pushed.json()["snapshots"] == 1
+        after = client.post("/score", json={"user_id": 1, "item_ids": [3], "at": (START + dt.timedelta(days=31, hours=2)).isoformat()}).json()
+        assert after["history_len"] == min(before["history_len"] + 1, 50)
+        late = client.post("/events", json={"events": [{"user_id": 1, "item_id": 8, "label": 1, "event_timestamp": at}]})
+        assert late.status_code == 409 and "older than its online user_sequence" in late.json()["detail"]
+
+        metrics = client.get("/metrics").text
+        assert 'mmfs_requests_total{endpoint="/score",status="200"}' in metrics
+        assert 'mmfs_requests_total{endpoint="/score",status="413"} 1.0' in metrics
+        assert "mmfs_score_latency_seconds_bucket" in metrics and "mmfs_stale_features_total" in metrics
+
+    con = duckdb.connect()
+    root = served["root"]
+    event_row = con.execute(f"SELECT count(*) FROM read_parquet('{root}/events/*.parquet') WHERE user_id = 1 AND item_id = 7 "
+                            f"AND event_timestamp = '{clicked}'::TIMESTAMPTZ").fetchone()[0]
+    landing = con.execute(f"SELECT count(*) FROM read_parquet('{root}/feedback_events/*.parquet')").fetchone()[0]
+    snapshot = con.execute(f"SELECT hist_item_ids FROM read_parquet('{root}/user_sequence_snapshots/*.parquet') WHERE user_id = 1 "
+                           "ORDER BY event_timestamp DESC LIMIT 1").fetchone()[0]
+    sim = con.execute(f"SELECT hist_sim, target_has_emb FROM read_parquet('{root}/target_similarity/*.parquet') "
+                      f"WHERE user_id = 1 AND item_id = 7 AND event_timestamp = '{clicked}'::TIMESTAMPTZ").fetchall()
+    assert event_row == 1 and landing == 1 and snapshot[-1] == 7
+    assert len(sim) == 1 and sim[0][1] is True and len(sim[0][0]) == before["history_len"]
+
+
+def test_ready_reports_a_failed_load(served, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serving.app import ServeSettings, create_app
+
+    settings = ServeSettings(checkpoint=str(tmp_path / "missing.pt"), root=str(served["root"]), repo=str(served["repo"]))
+    with TestClient(create_app(settings, load_in_background=False)) as client:
+        assert client.get("/health").status_code == 200
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and "missing.pt" in ready.json()["reason"]
+        assert client.post("/score", json={"user_id": 1, "item_ids": [1]}).status_code == 503
