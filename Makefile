@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test test-all bench bench-feast bench-models java redis clean
+.PHONY: demo test test-all bench bench-serving bench-feast bench-models java redis clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,7 @@ demo: $(INSTALLED) java
 	$(VENV)/bin/mmfs train --model din --training-set $(OUT)/training_sets/ctr_din_v1 --out $(OUT)/models/din --max_epochs=$(DEMO_EPOCHS)
 	$(VENV)/bin/mmfs train --model dmf --training-set $(OUT)/training_sets/ctr_dmf_v1 --out $(OUT)/models/dmf --max_epochs=$(DEMO_EPOCHS)
 	$(VENV)/bin/mmfs model-report $(OUT)/models/din $(OUT)/models/dmf
+	$(VENV)/bin/mmfs try-serve --checkpoint $(OUT)/models/dmf/checkpoint.pt --root $(OUT) --user 414 --at $(AS_OF)
 
 test: $(INSTALLED) java redis
 	$(PY) -m pytest
@@ -51,6 +52,10 @@ test-all: $(INSTALLED) java redis
 bench: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_pipelines
 	$(PY) -m benchmarks.bench_feast
+	$(PY) -m benchmarks.bench_serving
+
+bench-serving: $(INSTALLED) java redis
+	$(PY) -m benchmarks.bench_serving
 
 bench-feast: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_feast

@@ -26,7 +26,6 @@ from pipelines.spark_session import build_spark
 
 ROOT = Path(__file__).resolve().parents[1]
 FEAST_SECTION = "## Feast: training sets, materialisation, online reads"
-FEAST_END = "<!-- end feast section -->"
 NOTES_MARKER = "<!-- notes below this line are kept when make bench rewrites the tables above -->"
 
 
@@ -145,9 +144,10 @@ def write_report(path: Path, encode_rows: list[dict], scale_rows: list[dict]) ->
     text = "\n".join(lines) + "\n"
     current = path.read_text() if path.exists() else ""
     kept = current.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in current else "\n"
-    # The Feast section (benchmarks/bench_feast.py) is its own run's; keep it.
-    feast = current[current.index(FEAST_SECTION):current.index(FEAST_END) + len(FEAST_END)] + "\n" if FEAST_SECTION in current and FEAST_END in current else ""
-    path.write_text(text + ("\n" + feast if feast else "") + "\n" + NOTES_MARKER + kept)
+    # The sections written by the other benchmarks (bench_feast, bench_serving) are their own runs'; keep them.
+    head = current.split(NOTES_MARKER, 1)[0]
+    others = head[head.index(FEAST_SECTION):].rstrip() + "\n" if FEAST_SECTION in head else ""
+    path.write_text(text + ("\n" + others if others else "") + "\n" + NOTES_MARKER + kept)
     return text
 
 

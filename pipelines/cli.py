@@ -34,6 +34,7 @@ JOBS = {
     "parity": "serving.parity",
     "online-read": "serving.online",
     "serve": "serving.app:main",
+    "try-serve": "serving.try_http:main",
     "train": "model.train",
     "model-report": "model.report",
 }

@@ -76,6 +76,16 @@ class ItemScore:
 
 
 @dataclass
+class Prepared:
+    tensors: dict[str, torch.Tensor]
+    flags: list[list[str]]
+    unknown: np.ndarray  # (C,) bool: neither the store nor the model knows the item
+    user_flags: list[str]
+    stale: int
+    similarity_ms: float
+
+
+@dataclass
 class ScoreResult:
     user_id: int
     feature_service: str
@@ -256,23 +266,42 @@ class Scorer:
         if now.tzinfo is None:
             raise BadRequest("now must be timezone-aware (UTC)")
         self.cache.check_registry()
-        user_flags, stale = [], 0
-
         # The user's sequence: one online read. Stale or missing = empty history, as in training.
         seq = self.reader.read(SEQUENCE_VIEW, [int(user_id)], now)
-        status = seq.status[0]
+        status, hist_raw = seq.status[0], seq.values["hist_item_ids"][0]
+        t_user = time.perf_counter()
+        hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status == PRESENT else []
+        # Item features: candidates and history items, through the cache.
+        rows = {view: self._read_items(view, list(dict.fromkeys(items + hist)) if view == "item_embeddings" else list(dict.fromkeys(items)), now)
+                for view in self.item_views}
+        t_items = time.perf_counter()
+        prepared = self.prepare(items, status, hist, rows, now)
+        t_assemble = time.perf_counter()
+        logits = self.forward(prepared.tensors, len(items)).float().numpy()
+        t_model = time.perf_counter()
+        results = []
+        for c, item in enumerate(items):
+            if prepared.unknown[c]:
+                results.append(ItemScore(item, None, None, prepared.flags[c], "unknown item: not in the online store and never seen in training"))
+                continue
+            logit = float(logits[c])
+            results.append(ItemScore(item, 1.0 / (1.0 + math.exp(-logit)), logit, prepared.flags[c]))
+        ms = lambda a, b: round((b - a) * 1e3, 4)  # noqa: E731
+        timings = {"read_user": ms(began, t_user), "read_items": ms(t_user, t_items), "similarity": round(prepared.similarity_ms, 4),
+                   "assemble": round(ms(t_items, t_assemble) - prepared.similarity_ms, 4), "model": ms(t_assemble, t_model),
+                   "total": ms(began, t_model)}
+        return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings)
+
+    def prepare(self, items: list[int], status: str, hist: list[int], rows: dict, now: dt.datetime) -> "Prepared":
+        """The model's tensors for one user's C candidates, from online rows: ``rows[view][item] =
+        (features or None, event timestamp)``; ``hist`` the user's (truncated) history, ``status``
+        its sequence's status. The same tensors the training loader builds for these rows."""
+        user_flags, stale = [], 0
         if status == STALE:
             user_flags.append(f"stale:{SEQUENCE_VIEW}")
             stale += 1
         elif status == MISSING:
             user_flags.append("no_sequence")
-        hist = [int(x) for x in (seq.values["hist_item_ids"][0] or [])][-self.max_len:] if status == PRESENT else []
-        t_user = time.perf_counter()
-
-        # Item features: candidates and history items, through the cache.
-        rows = {view: self._read_items(view, list(dict.fromkeys(items + hist)) if view == "item_embeddings" else list(dict.fromkeys(items)), now)
-                for view in self.item_views}
-        t_items = time.perf_counter()
 
         C, L = len(items), max(len(hist), 1)
         batch: dict[str, np.ndarray] = {}
@@ -304,11 +333,13 @@ class Scorer:
             h[0, :len(hist)], hf[0, :len(hist)] = hist_vec, hist_found
             batch[vector], batch[f"{vector}_found"] = target, found
             batch[f"hist_{vector}"], batch[f"hist_{vector}_found"] = h, hf & hist_mask
+        similarity_ms = 0.0
         if "mm_emb" in batch:
+            t_sim0 = time.perf_counter()
             sims = target_similarity(batch["mm_emb"], batch["hist_mm_emb"], batch["hist_mm_emb_found"])  # (C, L)
             known = batch["mm_emb_found"][:, None] & batch["hist_mm_emb_found"]  # (C, L)
             batch["hist_sim"], batch["hist_sim_mask"] = np.where(known, sims, np.float32(0)), known
-        t_sim = time.perf_counter()
+            similarity_ms = (time.perf_counter() - t_sim0) * 1e3
         if "item_stats" in self.item_views:
             impressions, clicks, ctr = np.zeros(C), np.zeros(C), np.zeros(C)
             dense_known = np.zeros(C, bool)
@@ -326,22 +357,9 @@ class Scorer:
         tensors["hist_idx"] = self.vocab.index(torch.from_numpy(hist_ids), torch.from_numpy(hist_mask))
         tensors["hist_mask"] = torch.from_numpy(hist_mask)
         in_vocab = tensors["item_idx"].numpy() > 1
-        t_assemble = time.perf_counter()
-        logits = self.forward(tensors, C).float().numpy()
-        t_model = time.perf_counter()
-
-        results = []
-        for c, item in enumerate(items):
-            item_flags = flags[c] + ([] if in_vocab[c] else ["new_item"])
-            if not known_any[c] and not in_vocab[c]:
-                results.append(ItemScore(item, None, None, item_flags, "unknown item: not in the online store and never seen in training"))
-                continue
-            logit = float(logits[c])
-            results.append(ItemScore(item, 1.0 / (1.0 + math.exp(-logit)), logit, item_flags))
-        ms = lambda a, b: round((b - a) * 1e3, 4)  # noqa: E731
-        timings = {"read_user": ms(began, t_user), "read_items": ms(t_user, t_items), "similarity": ms(t_items, t_sim),
-                   "assemble": ms(t_sim, t_assemble), "model": ms(t_assemble, t_model), "total": ms(began, t_model)}
-        return ScoreResult(int(user_id), self.feature_service, results, user_flags, len(hist), stale, timings)
+        unknown = ~known_any & ~in_vocab
+        flags = [f + ([] if in_vocab[c] else ["new_item"]) for c, f in enumerate(flags)]
+        return Prepared(tensors, flags, unknown, user_flags, stale, similarity_ms)
 
     def forward(self, tensors: dict[str, torch.Tensor], C: int) -> torch.Tensor:
         """Logits (C,). DMF: encode_user once (U = 1), score_candidates for all C at once."""

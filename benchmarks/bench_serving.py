@@ -1,0 +1,410 @@
+"""Online scoring benchmark (``make bench-serving``, part of ``make bench``).
+
+On the MovieLens tables and the DMF checkpoint that ``make demo`` writes (trained here if absent),
+with the online store materialised up to AS_OF, for one real user with a 50-item history:
+
+- in-process ``Scorer.score`` p50/p99/QPS for C in {1, 100, 500, 1200} candidates, with the item
+  cache warm and disabled (every request reads every item from the online store), and the bare
+  model forward on the same tensors already in memory (the floor);
+- the same request through Feast's standard ``get_online_features`` for the same features, then
+  the same similarity, tensors and forward; the speed-up is measured side by side;
+- DMF's decoupled path against early fusion at C = 1200 with sequence lengths 50 and 200
+  (random weights: speed only), with the time split into per-user and per-candidate work;
+- HTTP: ``mmfs serve`` in a subprocess, a load generator in a second process on loopback
+  (fixed concurrency, request count and time limit), client-side p50/p99, errors, server RSS
+  before and after;
+- the in-process figures again with a real redis-server as the online store.
+
+Writes the "Online scoring" section of docs/benchmarks.md and docs/serving_latency.png.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.resources import machine_description
+from pipelines import feast_store
+from pipelines.feast_store import parse_time
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Online scoring (serving/)"
+END = "<!-- end serving section -->"
+SIZES = (1, 100, 500, 1200)
+
+
+def percentiles(seconds: list[float]) -> dict:
+    a = np.asarray(seconds) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
+            "qps": float(1e3 / a.mean()), "n": len(a)}
+
+
+def timed(fn, n: int, warmup: int = 5) -> dict:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        began = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - began)
+    return percentiles(out)
+
+
+def repeats(C: int, base: int) -> int:
+    return max(30, base // max(1, C // 100))
+
+
+# -- set-up ----------------------------------------------------------------------------------------
+
+def prepare_store(work: Path, root: Path, config: str = "duckdb", port: int | None = None) -> Path:
+    repo = work / f"repo_{config}" / "feature_repo"
+    shutil.rmtree(repo.parent, ignore_errors=True)
+    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    if port is not None:
+        path = repo / "feature_store.redis.yaml"
+        path.write_text(path.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
+    feast_store.apply(config, repo, root)
+    return repo
+
+
+def pick_user_and_items(root: Path, at: dt.datetime, max_c: int, seed: int = 0) -> tuple[int, list[int]]:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    user = con.execute(f"""SELECT user_id FROM read_parquet('{root}/user_sequence_snapshots/*.parquet')
+                           WHERE event_timestamp <= '{at.isoformat()}'::TIMESTAMPTZ AND hist_len >= 50
+                           GROUP BY user_id ORDER BY max(event_timestamp) DESC, user_id LIMIT 1""").fetchone()[0]
+    items = [r[0] for r in con.execute(f"SELECT DISTINCT item_id FROM read_parquet('{root}/item_embeddings/*.parquet') ORDER BY 1").fetchall()]
+    rng = np.random.default_rng(seed)
+    return int(user), [int(i) for i in rng.choice(items, size=min(max_c, len(items)), replace=False)]
+
+
+def feast_request(store, scorer, user: int, items: list[int], at: dt.datetime):
+    """The same request through Feast's standard get_online_features path, then our scoring."""
+    from serving.online import MISSING, PRESENT
+
+    seq = store.get_online_features(features=["user_sequence:hist_item_ids"], entity_rows=[{"user_id": user}]).to_dict()
+    hist = [int(x) for x in (seq["hist_item_ids"][0] or [])][-scorer.max_len:]
+    ids = list(dict.fromkeys(items + hist))
+    feats = store.get_online_features(features=["item_embeddings:mm_emb", "item_stats:impressions", "item_stats:clicks", "item_stats:ctr"],
+                                      entity_rows=[{"item_id": i} for i in ids]).to_dict()
+    rows = {"item_embeddings": {}, "item_stats": {}}
+    for n, i in enumerate(ids):
+        emb = feats["mm_emb"][n]
+        rows["item_embeddings"][i] = ({"mm_emb": np.asarray(emb, np.float32)}, at) if emb is not None else (None, None)
+        rows["item_stats"][i] = ({k: feats[k][n] for k in ("impressions", "clicks", "ctr")}, at) if feats["impressions"][n] is not None else (None, None)
+    prepared = scorer.prepare(items, PRESENT if seq["hist_item_ids"][0] is not None else MISSING, hist, rows, at)
+    with torch.inference_mode():
+        return scorer.forward(prepared.tensors, len(items))
+
+
+def bench_in_process(store, checkpoint: Path, user: int, items: list[int], at: dt.datetime, base: int, with_feast: bool) -> list[dict]:
+    from serving.scorer import Scorer, ScorerConfig
+
+    warm = Scorer.from_checkpoint(checkpoint, store)
+    cold = Scorer.from_checkpoint(checkpoint, store, ScorerConfig(item_cache_size=0))
+    rows = []
+    for C in SIZES:
+        cands = items[:C]
+        n = repeats(C, base)
+        result = warm.score(user, cands, now=at)
+        assert result.history_len == warm.max_len, result.history_len
+        seq = warm.reader.read("user_sequence", [user], at)
+        hist = seq.values["hist_item_ids"][0][-warm.max_len:]
+        item_rows = {v: warm._read_items(v, list(dict.fromkeys(cands + hist)) if v == "item_embeddings" else cands, at) for v in warm.item_views}
+        prepared = warm.prepare(cands, seq.status[0], hist, item_rows, at)
+
+        def floor():
+            with torch.inference_mode():
+                warm.forward(prepared.tensors, C)
+
+        row = {"C": C, "L": len(hist), "floor": timed(floor, n), "warm": timed(lambda: warm.score(user, cands, now=at), n),
+               "cold": timed(lambda: cold.score(user, cands, now=at), max(20, n // 3))}
+        parts = [warm.score(user, cands, now=at).timings_ms for _ in range(min(n, 50))]
+        row["parts_ms"] = {k: float(np.median([p[k] for p in parts])) for k in parts[0]}
+        if with_feast:
+            ours = torch.tensor([i.logit for i in result.items])
+            theirs = feast_request(store, warm, user, cands, at)
+            row["feast_max_abs_diff"] = float((ours - theirs).abs().max())
+            row["feast"] = timed(lambda: feast_request(store, warm, user, cands, at), max(20, n // 3), warmup=2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
+    """Decoupled target attention vs early fusion at C = 1200 (random weights, speed only)."""
+    from model.models import DMF
+    from model.train import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    spec, config = meta["data_spec"], model.config
+    early = DMF(spec, dataclasses.replace(config, early_fusion=True)).eval()
+    decoupled = DMF(spec, config).eval()
+    C, rows = 1200, []
+    gen = torch.Generator().manual_seed(0)
+    for L in (50, 200):
+        user = {"hist_idx": torch.randint(2, spec.n_items, (1, L), generator=gen), "hist_mask": torch.ones(1, L, dtype=torch.bool),
+                "hist_mm_emb": torch.randn(1, L, spec.mm_dim, generator=gen), "hist_mm_emb_found": torch.ones(1, L, dtype=torch.bool)}
+        cands = {"item_idx": torch.randint(2, spec.n_items, (C,), generator=gen), "mm_emb": torch.randn(C, spec.mm_dim, generator=gen),
+                 "hist_sim": torch.rand(C, L, generator=gen) * 2 - 1, "hist_sim_mask": torch.ones(C, L, dtype=torch.bool),
+                 "dense": torch.randn(C, 3, generator=gen), "dense_mask": torch.ones(C, dtype=torch.bool)}
+        row = {"C": C, "L": L}
+        for name, m in (("decoupled", decoupled), ("early_fusion", early)):
+            with torch.inference_mode():
+                state = m.encode_user(user)
+                row[name] = timed(lambda: m.score_candidates(m.encode_user(user), cands), max(20, base // 10))
+                row[f"{name}_encode_user"] = timed(lambda: m.encode_user(user), max(20, base // 10))
+                row[f"{name}_candidates"] = timed(lambda: m.score_candidates(state, cands), max(20, base // 10))
+        row["speedup"] = row["early_fusion"]["mean_ms"] / row["decoupled"]["mean_ms"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _load(url: str, body: dict, concurrency: int, requests: int, duration: float) -> dict:
+    import httpx
+
+    latencies, errors, statuses = [], 0, {}
+    sent = 0
+    deadline = time.perf_counter() + duration
+    async with httpx.AsyncClient(timeout=30) as client:
+        async def worker():
+            nonlocal sent, errors
+            while sent < requests and time.perf_counter() < deadline:
+                sent += 1
+                began = time.perf_counter()
+                try:
+                    r = await client.post(url, json=body)
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    if r.status_code != 200:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - began
+    return {**percentiles(latencies), "qps": len(latencies) / wall, "errors": errors, "statuses": statuses, "wall_s": wall,
+            "concurrency": concurrency}
+
+
+def load_client(argv: list[str]) -> int:
+    """The load generator (a second process): prints one JSON line."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--body", required=True)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--duration", type=float, default=60)
+    a = p.parse_args(argv)
+    print(json.dumps(asyncio.run(_load(a.url, json.loads(a.body), a.concurrency, a.requests, a.duration))))
+    return 0
+
+
+def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[int], at: dt.datetime, requests: int) -> list[dict]:
+    import httpx
+    import psutil
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", str(checkpoint), "--root", str(root),
+                               "--repo", str(repo), "--port", str(port), "--log-level", "warning"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    rows = []
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mmfs serve did not become ready: {server.stdout.read().decode()[-2000:]}")
+            time.sleep(0.5)
+        proc = psutil.Process(server.pid)
+        for C, concurrency in ((100, 1), (100, 4), (1200, 4)):
+            body = {"user_id": user, "item_ids": items[:C], "at": at.isoformat()}
+            rss_before = proc.memory_info().rss
+            client = subprocess.run([sys.executable, "-m", "benchmarks.bench_serving", "--load-client", "--url", f"http://127.0.0.1:{port}/score",
+                                     "--body", json.dumps(body), "--concurrency", str(concurrency),
+                                     "--requests", str(requests if C <= 100 else requests // 4), "--duration", "60"],
+                                    capture_output=True, text=True, cwd=ROOT, check=True)
+            row = {"C": C, **json.loads(client.stdout.strip().splitlines()[-1]), "rss_before_mib": rss_before / 2**20,
+                   "rss_after_mib": proc.memory_info().rss / 2**20}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        server.terminate()
+        rc = server.wait(timeout=30)
+        rows[-1]["shutdown_rc"] = rc
+    finally:
+        if server.poll() is None:
+            server.kill()
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def section(results: dict, machine: str) -> str:
+    sq = results["sqlite"]
+    lines = [SECTION, "", f"Generated by `make bench-serving` on {dt.date.today()} ({machine}). MovieLens tables and the demo's DMF "
+             f"checkpoint ({results['model']}), online store materialised to {results['at']}; user {results['user']} with a "
+             f"{sq[0]['L']}-item history; candidates drawn from the catalogue. p50/p99 over repeated requests, one process.", "",
+             "### In-process, SQLite online store", "",
+             "| C | floor p50 / p99 ms | scorer, warm cache p50 / p99 ms | QPS | added over floor p99 | scorer, no cache p50 / p99 ms | "
+             "Feast get_online_features + scoring p50 / p99 ms | Feast / ours (p99) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sq:
+        added = r["warm"]["p99_ms"] - r["floor"]["p99_ms"]
+        feast = f"{r['feast']['p50_ms']:.2f} / {r['feast']['p99_ms']:.2f}" if "feast" in r else "-"
+        ratio = f"{r['feast']['p99_ms'] / r['warm']['p99_ms']:.1f}x" if "feast" in r else "-"
+        lines.append(f"| {r['C']} | {r['floor']['p50_ms']:.2f} / {r['floor']['p99_ms']:.2f} | {r['warm']['p50_ms']:.2f} / {r['warm']['p99_ms']:.2f} | "
+                     f"{r['warm']['qps']:,.0f} | {added:+.2f} ms ({added / r['floor']['p99_ms']:.0%}) | "
+                     f"{r['cold']['p50_ms']:.2f} / {r['cold']['p99_ms']:.2f} | {feast} | {ratio} |")
+    lines += ["", "Median time per part of a warm request (ms):", "", "| C | read user | read items | similarity | tensors | model | total |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sq:
+        p = r["parts_ms"]
+        lines.append(f"| {r['C']} | {p['read_user']:.2f} | {p['read_items']:.2f} | {p['similarity']:.2f} | {p['assemble']:.2f} | {p['model']:.2f} | {p['total']:.2f} |")
+    if results.get("redis"):
+        lines += ["", "### In-process, Redis online store (redis-server on loopback)", "",
+                  "| C | scorer, warm cache p50 / p99 ms | scorer, no cache p50 / p99 ms | Feast + scoring p50 / p99 ms | Feast / ours (p99) |",
+                  "|---:|---:|---:|---:|---:|"]
+        for r in results["redis"]:
+            feast = f"{r['feast']['p50_ms']:.2f} / {r['feast']['p99_ms']:.2f}" if "feast" in r else "-"
+            ratio = f"{r['feast']['p99_ms'] / r['warm']['p99_ms']:.1f}x" if "feast" in r else "-"
+            lines.append(f"| {r['C']} | {r['warm']['p50_ms']:.2f} / {r['warm']['p99_ms']:.2f} | {r['cold']['p50_ms']:.2f} / {r['cold']['p99_ms']:.2f} | {feast} | {ratio} |")
+    lines += ["", "### DMF: decoupled target attention vs early fusion (C = 1200, random weights)", "",
+              "| L | decoupled ms (user + candidates) | early fusion ms (user + candidates) | QPS decoupled / early | speed-up |",
+              "|---:|---:|---:|---:|---:|"]
+    for r in results["dmf_paths"]:
+        d, e = r["decoupled"], r["early_fusion"]
+        lines.append(f"| {r['L']} | {d['mean_ms']:.2f} ({r['decoupled_encode_user']['mean_ms']:.2f} + {r['decoupled_candidates']['mean_ms']:.2f}) | "
+                     f"{e['mean_ms']:.2f} ({r['early_fusion_encode_user']['mean_ms']:.2f} + {r['early_fusion_candidates']['mean_ms']:.2f}) | "
+                     f"{d['qps']:.0f} / {e['qps']:.0f} | {r['speedup']:.2f}x |")
+    if results.get("http"):
+        lines += ["", "### HTTP (`mmfs serve`, load from a second process on loopback)", "",
+                  "| C | concurrency | requests | errors | p50 ms | p99 ms | QPS | in-process p99 ms | HTTP / in-process p99 | server RSS MiB before -> after |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        inproc = {r["C"]: r["warm"]["p99_ms"] for r in sq}
+        for r in results["http"]:
+            lines.append(f"| {r['C']} | {r['concurrency']} | {r['n']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.0f} | "
+                         f"{inproc[r['C']]:.2f} | {r['p99_ms'] / inproc[r['C']]:.2f}x | {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} |")
+    lines += ["", "![latency by candidate count](serving_latency.png)", ""]
+    return "\n".join(lines) + END + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sq = results["sqlite"]
+    Cs = [r["C"] for r in sq]
+    for key, label in (("floor", "model forward (floor)"), ("warm", "scorer, warm item cache"), ("cold", "scorer, no cache"), ("feast", "Feast get_online_features + scoring")):
+        if all(key in r for r in sq):
+            ax.plot(Cs, [r[key]["p99_ms"] for r in sq], marker="o", label=label)
+    ax.set_xlabel("candidates per request (C)")
+    ax.set_ylabel("p99 latency, ms")
+    ax.set_yscale("log")
+    ax.set_title("Online scoring, SQLite online store, in-process")
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_section(report: Path, text: str) -> None:
+    current = report.read_text() if report.exists() else ""
+    if SECTION in current:
+        current = re.sub(re.escape(SECTION) + r".*?" + re.escape(END) + r"\n?", lambda _: text, current, flags=re.S)
+    else:
+        marker = "<!-- notes below this line"
+        at = current.find(marker)
+        current = current + "\n" + text if at < 0 else current[:at] + text + "\n" + current[at:]
+    report.write_text(current)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--load-client":
+        return load_client(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=str(ROOT / "out" / "movielens"))
+    parser.add_argument("--checkpoint", default=None, help="default: <root>/models/dmf/checkpoint.pt")
+    parser.add_argument("--at", type=parse_time, default=parse_time("2018-10-01T00:00:00Z"))
+    parser.add_argument("--work", default=str(ROOT / "bench_out" / "serving"))
+    parser.add_argument("--repeats", type=int, default=500, help="requests per size at C = 100 (fewer for larger C)")
+    parser.add_argument("--http-requests", type=int, default=2000)
+    parser.add_argument("--skip-redis", action="store_true")
+    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--report", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    root, work = Path(args.root), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (root / "target_similarity").exists():
+        raise SystemExit(f"{root} has no tables: run `make demo` first")
+    checkpoint = Path(args.checkpoint or root / "models" / "dmf" / "checkpoint.pt")
+    if not checkpoint.exists():
+        from model.train import main as train_main
+
+        train_main(["--model", "dmf", "--training-set", str(root / "training_sets" / "ctr_dmf_v1"), "--out", str(checkpoint.parent), "--max_epochs=3"])
+    results = {"at": args.at.isoformat(), "machine": machine_description()}
+    from model.train import load_checkpoint
+
+    _, meta = load_checkpoint(checkpoint)
+    m = meta["config"]["model"]
+    results["model"] = f"{m['name']}, id_dim {m['id_dim']}, MLP {tuple(m['mlp'])}"
+    repo = prepare_store(work, root)
+    feast_store.materialize("duckdb", repo, root, end=args.at)
+    store = feast_store.open_store("duckdb", repo, root)
+    user, items = pick_user_and_items(root, args.at, max(SIZES))
+    results["user"] = user
+    results["sqlite"] = bench_in_process(store, checkpoint, user, items, args.at, args.repeats, with_feast=True)
+    results["dmf_paths"] = bench_dmf_paths(checkpoint, args.repeats)
+    if not args.skip_http:
+        results["http"] = bench_http(checkpoint, root, repo, user, items, args.at, args.http_requests)
+    if not args.skip_redis:
+        from tests.redis_server import redis_server
+
+        with redis_server(work) as port:
+            redis_repo = prepare_store(work, root, "redis", port)
+            feast_store.materialize("redis", redis_repo, root, end=args.at)
+            rstore = feast_store.open_store("redis", redis_repo, root)
+            results["redis"] = bench_in_process(rstore, checkpoint, user, items, args.at, args.repeats // 2, with_feast=True)
+    (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    text = section(results, results["machine"])
+    write_section(Path(args.report), text)
+    chart(results, Path(args.report).parent / "serving_latency.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""``mmfs try-serve``: start ``mmfs serve``, score one real user's candidates over HTTP, print the
+top items with their titles, stop the server. The end of ``make demo``.
+
+    mmfs try-serve --checkpoint out/movielens/models/dmf/checkpoint.pt --root out/movielens --user 414 --at 2018-10-01T00:00:00Z
+
+Candidates: the catalogue's most-rated items (events before --at) that the user has not rated
+yet, as a retrieval stage would hand them over.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipelines.feast_store import parse_time
+
+
+def candidates(root: Path, user: int, at, n: int) -> tuple[list[int], dict[int, str]]:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    events = f"read_parquet('{root}/events/*.parquet')"
+    rows = con.execute(f"""
+        SELECT e.item_id, any_value(i.title) FROM {events} e JOIN read_parquet('{root}/items/*.parquet') i USING (item_id)
+        WHERE e.event_timestamp < ?::TIMESTAMPTZ
+          AND e.item_id NOT IN (SELECT item_id FROM {events} WHERE user_id = ? AND event_timestamp < ?::TIMESTAMPTZ)
+        GROUP BY e.item_id ORDER BY count(*) DESC, e.item_id LIMIT ?""", [at.isoformat(), user, at.isoformat(), n]).fetchall()
+    return [int(r[0]) for r in rows], {int(r[0]): r[1] for r in rows}
+
+
+def history_titles(root: Path, user: int, at, n: int = 5) -> list[str]:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    rows = con.execute(f"""
+        SELECT i.title FROM read_parquet('{root}/events/*.parquet') e JOIN read_parquet('{root}/items/*.parquet') i USING (item_id)
+        WHERE e.user_id = ? AND e.label = 1 AND e.event_timestamp < ?::TIMESTAMPTZ ORDER BY e.event_timestamp DESC LIMIT ?""",
+                       [user, at.isoformat(), n]).fetchall()
+    return [r[0] for r in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(prog="mmfs try-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--user", type=int, required=True)
+    parser.add_argument("--at", type=parse_time, required=True, help="score as of this UTC time (the data's present)")
+    parser.add_argument("--candidates", type=int, default=300)
+    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--config", default="duckdb")
+    args = parser.parse_args(argv)
+    console = Console()
+    root = Path(args.root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", args.checkpoint, "--root", args.root,
+                               "--config", args.config, "--port", str(port), "--log-level", "warning"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        began = time.time()
+        while True:
+            try:
+                ready = httpx.get(f"{url}/ready", timeout=2)
+                if ready.status_code == 200:
+                    break
+                if "loading" not in ready.text:
+                    raise SystemExit(f"the server could not load: {ready.text}")
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.time() - began > 180:
+                raise SystemExit("mmfs serve did not become ready")
+            time.sleep(0.5)
+        console.print(f"mmfs serve ready on {url} after {time.time() - began:.1f} s")
+        items, titles = candidates(root, args.user, args.at, args.candidates)
+        response = httpx.post(f"{url}/score", json={"user_id": args.user, "item_ids": items, "at": args.at.isoformat()}, timeout=30)
+        response.raise_for_status()
+        body = response.json()
+        console.print(f"user {args.user}, last liked: {history_titles(root, args.user, args.at)}", markup=False)
+        console.print(f"POST /score: {len(items)} candidates, {body['feature_service']} ({body['model']}), history {body['history_len']} items, "
+                      f"server time {body['timings_ms']['total']:.1f} ms, flags {body['user_flags'] or 'none'}", markup=False)
+        ranked = sorted((i for i in body["items"] if i["score"] is not None), key=lambda i: -i["score"])
+        table = Table(title=f"top {args.top} of {len(items)} for user {args.user}")
+        for column in ("rank", "item", "title", "p(click)", "flags"):
+            table.add_column(column)
+        for rank, item in enumerate(ranked[:args.top], 1):
+            table.add_row(str(rank), str(item["item_id"]), titles.get(item["item_id"], "?"), f"{item['score']:.3f}", ",".join(item["flags"]) or "-")
+        console.print(table)
+        errors = [i for i in body["items"] if i["error"]]
+        if errors:
+            console.print(f"{len(errors)} candidates answered with an error, e.g. {errors[0]}", markup=False)
+    finally:
+        server.terminate()
+        rc = server.wait(timeout=30)
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 is a clean stop.
+        console.print(f"server stopped ({'clean shutdown' if rc in (0, -15) else f'exit status {rc}'})")
+    return 0 if rc in (0, -15) else 1
