@@ -38,7 +38,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from cachetools import TTLCache
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
@@ -129,12 +128,17 @@ def check_store(store, meta: dict) -> None:
 
 
 class ItemFeatureCache:
-    """Bounded LRU cache of item rows as read from the online store, cleared on registry change."""
+    """Bounded cache of item rows as read from the online store (FIFO eviction, plain dict lookups).
+
+    Cleared when the Feast registry file changes (materialisation records its interval there) and
+    when older than ``max_age_s`` (the bound for registries that are not a local file)."""
 
     def __init__(self, store, maxsize: int, max_age_s: float):
-        self.store = store
         self.enabled = maxsize > 0
-        self.entries: TTLCache = TTLCache(maxsize=max(maxsize, 1), ttl=max_age_s)
+        self.maxsize = maxsize
+        self.max_age_s = max_age_s
+        self.entries: dict = {}
+        self.filled_at = time.monotonic()
         registry = store.config.registry
         path = Path(getattr(registry, "path", "") or "")
         if path and not path.is_absolute():
@@ -152,29 +156,36 @@ class ItemFeatureCache:
         except OSError:
             return None
 
-    def check_registry(self) -> None:
+    def check(self) -> None:
+        """Once per request: clear on a registry change or when the cache is too old."""
         stamp = self._stamp()
-        if stamp != self.registry_stamp:
+        if stamp != self.registry_stamp or time.monotonic() - self.filled_at > self.max_age_s:
             self.registry_stamp = stamp
             self.clear()
 
     def clear(self) -> None:
         self.entries.clear()
+        self.filled_at = time.monotonic()
         self.invalidations += 1
 
-    def get(self, key):
+    def get_many(self, view: str, ids: list[int]) -> list:
         if not self.enabled:
-            return None
-        found = self.entries.get(key)
-        if found is None:
-            self.misses += 1
-        else:
-            self.hits += 1
+            self.misses += len(ids)
+            return [None] * len(ids)
+        get = self.entries.get
+        found = [get((view, i)) for i in ids]
+        missed = found.count(None)
+        self.misses += missed
+        self.hits += len(ids) - missed
         return found
 
     def put(self, key, value) -> None:
-        if self.enabled:
-            self.entries[key] = value
+        if not self.enabled:
+            return
+        if len(self.entries) >= self.maxsize:  # evict the oldest entries (insertion order)
+            for old in list(self.entries)[: max(1, self.maxsize // 10)]:
+                del self.entries[old]
+        self.entries[key] = value
 
     def discard(self, key) -> None:
         self.entries.pop(key, None)
@@ -202,6 +213,7 @@ class Scorer:
         self.item_views = [v for v, (fv, _) in self.reader.views.items() if tuple(fv.join_keys) == ("item_id",)]
         self.online_store = self.reader.provider.online_store
         self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
+        self._cutoffs: dict = {}  # (view, now) -> now - ttl
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -216,13 +228,9 @@ class Scorer:
     def _read_items(self, view: str, ids: list[int], now: dt.datetime) -> dict[int, tuple[dict | None, dt.datetime | None]]:
         """item -> (decoded features or None, event timestamp): cached rows, the rest in one online read."""
         fv, features = self.reader.views[view]
-        out, misses = {}, []
-        for item in ids:
-            hit = self.cache.get((view, item))
-            if hit is None:
-                misses.append(item)
-            else:
-                out[item] = hit
+        cached = self.cache.get_many(view, ids)
+        out = {item: hit for item, hit in zip(ids, cached) if hit is not None}
+        misses = [item for item, hit in zip(ids, cached) if hit is None]
         if misses:
             keys = [EntityKeyProto(join_keys=["item_id"], entity_values=[ValueProto(int64_val=int(i))]) for i in misses]
             rows = self.online_store.online_read(self.reader.store.config, fv, keys, list(features))
@@ -236,8 +244,14 @@ class Scorer:
     def _status(self, view: str, event_ts: dt.datetime | None, now: dt.datetime) -> str:
         if event_ts is None:
             return MISSING
-        ttl = self.reader.ttl(view)
-        return STALE if ttl is not None and event_ts < now - ttl else PRESENT
+        cutoff = self._cutoffs.get((view, now))
+        if cutoff is None:
+            ttl = self.reader.ttl(view)
+            cutoff = now - ttl if ttl is not None else None
+            if len(self._cutoffs) > 64:
+                self._cutoffs.clear()
+            self._cutoffs[(view, now)] = cutoff if cutoff is not None else False
+        return STALE if cutoff and event_ts < cutoff else PRESENT
 
     def invalidate_item(self, item_id: int) -> None:
         for view in self.item_views:
@@ -265,7 +279,7 @@ class Scorer:
         now = now or dt.datetime.now(dt.timezone.utc)
         if now.tzinfo is None:
             raise BadRequest("now must be timezone-aware (UTC)")
-        self.cache.check_registry()
+        self.cache.check()
         # The user's sequence: one online read. Stale or missing = empty history, as in training.
         seq = self.reader.read(SEQUENCE_VIEW, [int(user_id)], now)
         status, hist_raw = seq.status[0], seq.values["hist_item_ids"][0]
