@@ -41,6 +41,20 @@ VARIANTS = {
 }
 
 
+# DMF knobs tried on MovieLens (issue 4: "if DMF does not beat the peers, investigate bucket count,
+# alpha, the embedding projections"); run with --sweep.
+SWEEP = {
+    "DMF, 10 buckets": ModelConfig(name="dmf", buckets=10),
+    "DMF, 70 buckets": ModelConfig(name="dmf", buckets=70),
+    "DMF, alpha fixed 0.5": ModelConfig(name="dmf", alpha=0.5),
+    "DMF, id/projection dim 64": ModelConfig(name="dmf", id_dim=64),
+}
+
+
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+
+
 def ensure_tables(root: Path, source_args: list[str]) -> None:
     if not (root / "target_similarity").exists() or not (root / "item_stats").exists():
         run_pipeline.main(source_args + ["--out", str(root)])
@@ -65,12 +79,13 @@ def build_sets(work: Path, root: Path, name: str) -> dict[str, Path]:
     return sets
 
 
-def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict, only: set[str] | None = None) -> list[dict]:
+def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict, only: set[str] | None = None,
+        variants: dict[str, ModelConfig] = VARIANTS) -> list[dict]:
     """Train every variant for every seed; rows already in <work>/rows.json (same budget) are reused."""
     done_file = work / "rows.json"
     done = json.loads(done_file.read_text()) if done_file.exists() else []
     rows = []
-    for label, model in VARIANTS.items():
+    for label, model in variants.items():
         if only and label not in only:
             rows += [r for r in done if r["dataset"] == dataset and r["model"] == label and r.get("budget") == budget]
             continue
@@ -79,7 +94,7 @@ def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dic
             if previous:
                 rows.append(previous)
                 continue
-            config = TrainConfig(training_set=str(sets[SERVICES[model.name]]), out=str(work / f"models_{dataset}" / f"{model.name}_{seed}"),
+            config = TrainConfig(training_set=str(sets[SERVICES[model.name]]), out=str(work / f"models_{dataset}" / f"{slug(label)}_{seed}"),
                                  model=model, seed=seed, progress=False, **budget)
             metrics = train(config)
             rows.append({"dataset": dataset, "model": label, "seed": seed, "params": metrics["params"],
@@ -93,10 +108,60 @@ def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dic
     return rows
 
 
-def table(rows: list[dict], dataset: str) -> list[str]:
+def slice_analysis(sets: dict[str, Path], work: Path, budget: dict, seed: int = 0) -> list[dict]:
+    """Test AUC of DIN, MMCTR DIN and DMF (one seed each) on rows whose target item was seen in
+    training and on rows whose item was not: where does the valid/test disagreement come from?"""
+    import torch
+
+    from model.data import LoaderConfig, TrainingSetDataset
+    from model.metrics import auc
+    from model.train import load_checkpoint, model_vectors, prepare
+
+    out = []
+    for label in ("DIN", "MMCTR DIN (MHTA + SENet, V4)", "DMF"):
+        model_config = VARIANTS[label]
+        training_set = sets[SERVICES[model_config.name]]
+        target = work / "analysis" / f"{slug(label)}_{seed}"
+        if not (target / "checkpoint.pt").exists():
+            train(TrainConfig(training_set=str(training_set), out=str(target), model=model_config, seed=seed, progress=False, **budget))
+        model, meta = load_checkpoint(target / "checkpoint.pt")
+        row = {"model": label}
+        for split in ("valid", "test"):
+            vectors = model_vectors(model_config.name, meta)
+            data = TrainingSetDataset(training_set, LoaderConfig(split=split, batch_size=4096, vectors=vectors, shuffle=False))
+            labels, logits, seen, history = [], [], [], []
+            for batch in data:
+                batch = prepare(batch, meta["vocab"], torch.device("cpu"))
+                with torch.inference_mode():
+                    logits.append(model(batch).numpy())
+                labels.append(batch["label"].numpy())
+                seen.append(batch["item_idx"].numpy() > 1)
+                history.append(batch["hist_mask"].any(1).numpy())
+            labels, logits, seen, history = map(np.concatenate, (labels, logits, seen, history))
+            row[f"{split}_seen_share"] = float(seen.mean())
+            row[f"{split}_auc_seen"] = auc(labels[seen], logits[seen])
+            row[f"{split}_auc_unseen"] = auc(labels[~seen], logits[~seen]) if (~seen).any() else float("nan")
+            row[f"{split}_auc_all"] = auc(labels, logits)
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
+def slice_table(rows: list[dict]) -> list[str]:
+    lines = ["| model (seed 0) | valid AUC all | valid AUC, seen items | valid AUC, unseen items | test AUC all | test AUC, seen items | test AUC, unseen items |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['valid_auc_all']:.4f} | {r['valid_auc_seen']:.4f} | {r['valid_auc_unseen']:.4f} | "
+                     f"{r['test_auc_all']:.4f} | {r['test_auc_seen']:.4f} | {r['test_auc_unseen']:.4f} |")
+    if rows:
+        lines += ["", f"Rows whose target item was seen in training: valid {rows[0]['valid_seen_share']:.1%}, test {rows[0]['test_seen_share']:.1%}."]
+    return lines
+
+
+def table(rows: list[dict], dataset: str, variants: dict[str, ModelConfig] = VARIANTS) -> list[str]:
     lines = ["| model | seeds | valid AUC | test AUC | test GAUC | test logloss | params | train samples/s | best epoch |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for label in VARIANTS:
+    for label in variants:
         group = [r for r in rows if r["dataset"] == dataset and r["model"] == label]
         if not group:
             continue
@@ -134,7 +199,8 @@ def chart(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(rows: list[dict], budget: dict, seeds: dict, path: Path, findings: str) -> None:
+def write_report(rows: list[dict], budget: dict, seeds: dict, path: Path, findings: str,
+                 sweep: list[dict] | None = None, slices: list[dict] | None = None) -> None:
     lines = ["# Model comparison", "",
              f"Generated by `make bench-models` on {dt.date.today()} ({machine_description()}).", "",
              f"Same budget for every model: {json.dumps(budget)}; AdamW; early stopping on validation AUC; test read once.",
@@ -142,7 +208,13 @@ def write_report(rows: list[dict], budget: dict, seeds: dict, path: Path, findin
              "by event time). GAUC: per-user AUC weighted by impressions, users with both classes only.", ""]
     for dataset in sorted({r["dataset"] for r in rows}):
         lines += [f"## {dataset}", ""] + table(rows, dataset) + [""]
-    lines += ["![test AUC by model](models_auc.png)", "", "## Findings", "", findings.strip(), ""]
+    lines += ["![test AUC by model](models_auc.png)", ""]
+    if sweep:
+        lines += ["## DMF knobs (MovieLens)", "", "Same budget; DMF defaults: 35 buckets, learned alpha, id/projection dim 32.", ""]
+        lines += table(rows + sweep, "MovieLens ml-latest-small", {"DMF": VARIANTS["DMF"], **SWEEP}) + [""]
+    if slices:
+        lines += ["## Seen and unseen target items (MovieLens, one seed)", ""] + slice_table(slices) + [""]
+    lines += ["## Findings", "", findings.strip(), ""]
     path.write_text("\n".join(lines))
 
 
@@ -156,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="also train the DMF knob variants on MovieLens (3 seeds)")
+    parser.add_argument("--slices", action="store_true", help="also compare seen/unseen-item AUC (one seed of DIN, MMCTR DIN, DMF)")
     parser.add_argument("--only", action="append", default=None, help="train only these variants (exact labels); others come from saved rows")
     parser.add_argument("--report", default=str(ROOT / "docs" / "models.md"))
     parser.add_argument("--findings", default=str(ROOT / "docs" / "models_findings.md"),
@@ -167,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, seeds = [], {}
     movielens = Path(args.movielens_root)
     ensure_tables(movielens, ["--source", "movielens", "--input", str(ROOT / "data" / "movielens-small")])
-    rows += run(build_sets(work, movielens, "movielens"), work, "MovieLens ml-latest-small", args.seeds, budget,
-               set(args.only) if args.only else None)
+    movielens_sets = build_sets(work, movielens, "movielens")
+    rows += run(movielens_sets, work, "MovieLens ml-latest-small", args.seeds, budget, set(args.only) if args.only else None)
     seeds["MovieLens ml-latest-small"] = args.seeds
+    sweep = run(movielens_sets, work, "MovieLens ml-latest-small", 3, budget, variants=SWEEP) if args.sweep else None
+    slices = slice_analysis(movielens_sets, work, budget) if args.slices else None
     if not args.skip_synthetic:
         raw = work / "synthetic_raw"
         synth_root = work / "synthetic"
@@ -182,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds["Synthetic, planted image signal"] = args.synthetic_seeds
     findings = Path(args.findings).read_text() if Path(args.findings).exists() else "(none recorded yet)"
     report = Path(args.report)
-    write_report(rows, budget, seeds, report, findings)
+    write_report(rows, budget, seeds, report, findings, sweep, slices)
     chart(rows, report.parent / "models_auc.png")
     print(report.read_text())
     return 0

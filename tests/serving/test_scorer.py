@@ -61,15 +61,21 @@ def served(spark, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve_model")
     train(TrainConfig(training_set=str(sets), out=str(out), model=ModelConfig(name="dmf", id_dim=8, mlp=(16,), dropout=0.0, buckets=5, tiers=4),
                       batch_size=64, max_epochs=2, patience=5, progress=False))
-    return {"root": root, "repo": repo, "store": store, "sets": sets, "checkpoint": out / "checkpoint.pt"}
+    din_sets = root / "training_sets" / "ctr_din_v1"
+    training_set.build(store, "ctr_din_v1", root / "events", din_sets, saved_dataset=False)
+    din = tmp_path_factory.mktemp("serve_din")
+    train(TrainConfig(training_set=str(din_sets), out=str(din), model=ModelConfig(name="din", id_dim=8, mlp=(16,), dropout=0.0),
+                      batch_size=64, max_epochs=1, progress=False))
+    return {"root": root, "repo": repo, "store": store, "sets": sets, "checkpoint": out / "checkpoint.pt",
+            "din_sets": din_sets, "din_checkpoint": din / "checkpoint.pt"}
 
 
-def offline_logits(served) -> dict:
+def offline_logits(checkpoint, sets, vectors=("mm_emb",)) -> dict:
     """(user, item, event_us) -> (logit, history length) from the training rows, through model.forward."""
-    model, meta = load_checkpoint(served["checkpoint"])
+    model, meta = load_checkpoint(checkpoint)
     out = {}
     for split in ("train", "valid", "test"):
-        data = TrainingSetDataset(served["sets"], LoaderConfig(split=split, batch_size=4096, vectors=("mm_emb",), shuffle=False))
+        data = TrainingSetDataset(sets, LoaderConfig(split=split, batch_size=4096, vectors=vectors, shuffle=False))
         for batch in data:
             batch = prepare(batch, meta["vocab"], torch.device("cpu"))
             with torch.inference_mode():
@@ -80,17 +86,24 @@ def offline_logits(served) -> dict:
     return out
 
 
-def test_online_logits_equal_offline_training_rows(served):
-    """Skew test: materialise up to T, score online; the logit equals the model's on the training row."""
-    rows = offline_logits(served)
+@pytest.mark.parametrize("model", ["dmf", "din"])
+def test_online_logits_equal_offline_training_rows(served, model, tmp_path):
+    """Skew test: materialise up to T, score online; the logit equals the model's on the training row.
+    DMF runs the decoupled path online and forward offline; DIN runs forward on a broadcast history."""
+    checkpoint = served["checkpoint"] if model == "dmf" else served["din_checkpoint"]
+    rows = offline_logits(checkpoint, served["sets"] if model == "dmf" else served["din_sets"], ("mm_emb",) if model == "dmf" else ())
     unique = {k: v[0] for k, v in rows.items() if len(v) == 1}
     times = sorted({t for (_, _, t) in unique})
     chosen = [times[len(times) // 4], times[len(times) // 2], times[-3]]  # ascending: incremental materialisation
-    scorer = Scorer.from_checkpoint(served["checkpoint"], served["store"])
+    repo = copy_repo(tmp_path)  # an empty online store: each T's materialisation is all the store holds
+    feast_store.apply("duckdb", repo, served["root"])
+    store = feast_store.open_store("duckdb", repo, served["root"])
+    scorer = Scorer.from_checkpoint(checkpoint, store)
+    assert scorer.decoupled == (model == "dmf")
     compared, with_history = 0, 0
     for t_us in chosen:
         at = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=t_us)
-        served["store"].materialize(start_date=START - dt.timedelta(days=60), end_date=at)
+        store.materialize(start_date=START - dt.timedelta(days=60), end_date=at)
         users = sorted({u for (u, _, t) in unique if t == t_us})
         for user in users:
             keys = [k for k in unique if k[0] == user and k[2] == t_us]
