@@ -113,3 +113,20 @@ def test_files_adapter_reads_csv_and_names_missing_columns(spark, tmp_path):
     result = ingest.transform(items, events, NOW, 0.0)
     assert [r.title for r in result["items"].collect()] == ["Alien, the film"]
     assert result["events"].count() == 1
+
+
+def test_feedback_events_recorded_online_join_the_next_full_run(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.schemas import EVENTS_SCHEMA
+
+    events = spark.createDataFrame([(1, 10, ts("2020-01-01 00:00:00"), 1)], EVENTS_SCHEMA)
+    assert ingest.with_feedback(spark, events, str(tmp_path)).count() == 1  # no landing table: unchanged
+    (tmp_path / "feedback_events").mkdir()
+    pq.write_table(pa.table({"user_id": pa.array([1], pa.int64()), "item_id": pa.array([11], pa.int64()),
+                             "event_timestamp": pa.array([dt.datetime(2020, 1, 2, tzinfo=dt.timezone.utc)], pa.timestamp("us", tz="UTC")),
+                             "label": pa.array([0], pa.int32())}), tmp_path / "feedback_events" / "feedback-1.parquet")
+    rows = sorted(ingest.with_feedback(spark, events, str(tmp_path)).collect())
+    assert [(r.user_id, r.item_id, r.event_timestamp, r.label) for r in rows] == [(1, 10, ts("2020-01-01 00:00:00"), 1),
+                                                                                 (1, 11, ts("2020-01-02 00:00:00"), 0)]
