@@ -29,8 +29,10 @@ def target_similarity(target: np.ndarray, history: np.ndarray, mask: np.ndarray)
         raise ValueError(f"expected target (B, D) and history (B, L, D), got {target.shape} and {history.shape}")
     target_norm = np.linalg.norm(target, axis=-1)  # (B,)
     history_norm = np.linalg.norm(history, axis=-1)  # (B|1, L)
-    history = np.broadcast_to(history, (target.shape[0],) + history.shape[1:])  # (B, L, D)
-    dots = np.einsum("bd,bld->bl", target, history)  # (B, L)
+    if history.shape[0] == 1:  # one user's history shared by B candidates: one matrix product
+        dots = target @ history[0].T  # (B, L)
+    else:
+        dots = np.einsum("bd,bld->bl", target, history)  # (B, L)
     denom = target_norm[:, None] * history_norm  # (B, L)
     valid = np.broadcast_to(mask, dots.shape) & (denom > 0)
     sims = np.divide(dots, denom, out=np.zeros_like(dots), where=valid)

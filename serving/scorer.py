@@ -213,7 +213,6 @@ class Scorer:
         self.item_views = [v for v, (fv, _) in self.reader.views.items() if tuple(fv.join_keys) == ("item_id",)]
         self.online_store = self.reader.provider.online_store
         self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
-        self._cutoffs: dict = {}  # (view, now) -> now - ttl
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -241,17 +240,13 @@ class Scorer:
                 self.cache.put((view, item), value)
         return out
 
-    def _status(self, view: str, event_ts: dt.datetime | None, now: dt.datetime) -> str:
-        if event_ts is None:
-            return MISSING
-        cutoff = self._cutoffs.get((view, now))
-        if cutoff is None:
-            ttl = self.reader.ttl(view)
-            cutoff = now - ttl if ttl is not None else None
-            if len(self._cutoffs) > 64:
-                self._cutoffs.clear()
-            self._cutoffs[(view, now)] = cutoff if cutoff is not None else False
-        return STALE if cutoff and event_ts < cutoff else PRESENT
+    def _statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
+        """present | stale (older than the view's TTL at ``now``) | missing, per timestamp."""
+        ttl = self.reader.ttl(view)
+        if ttl is None:
+            return [MISSING if t is None else PRESENT for t in stamps]
+        cutoff = now - ttl
+        return [MISSING if t is None else (STALE if t < cutoff else PRESENT) for t in stamps]
 
     def invalidate_item(self, item_id: int) -> None:
         for view in self.item_views:
@@ -325,23 +320,23 @@ class Scorer:
         hist_mask[0, :len(hist)] = True
         flags = [[] for _ in items]
         known_any = np.zeros(C, bool)
-        for view in self.item_views:
-            for c, item in enumerate(items):
-                values, event_ts = rows[view][item]
-                st = self._status(view, event_ts, now)
-                if st != MISSING:
-                    known_any[c] = True
-                if st == STALE:
+        statuses = {view: self._statuses(view, [rows[view][item][1] for item in items], now) for view in self.item_views}
+        for view, sts in statuses.items():
+            known_any |= np.fromiter((st != MISSING for st in sts), bool, C)
+            for c in (c for c, st in enumerate(sts) if st != PRESENT):
+                if sts[c] == STALE:
                     flags[c].append(f"stale:{view}")
                     stale += 1
-                elif st == MISSING:
+                else:
                     flags[c].append("no_embedding" if view == "item_embeddings" else f"no_{view}")
 
         # Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere.
-        emb = rows.get("item_embeddings", {})
+        if self.vectors:
+            emb = rows["item_embeddings"]
+            hist_statuses = self._statuses("item_embeddings", [emb[item][1] for item in hist], now)
         for vector in self.vectors:
-            target, found = self._vectors(emb, items, vector, now)  # (C, D), (C,)
-            hist_vec, hist_found = self._vectors(emb, hist, vector, now)  # (len(hist), D)
+            target, found = self._vectors(emb, items, statuses["item_embeddings"], vector)  # (C, D), (C,)
+            hist_vec, hist_found = self._vectors(emb, hist, hist_statuses, vector)  # (len(hist), D)
             h = np.zeros((1, L, target.shape[1]), np.float32)  # (1, L, D)
             hf = np.zeros((1, L), bool)
             h[0, :len(hist)], hf[0, :len(hist)] = hist_vec, hist_found
@@ -357,10 +352,9 @@ class Scorer:
         if "item_stats" in self.item_views:
             impressions, clicks, ctr = np.zeros(C), np.zeros(C), np.zeros(C)
             dense_known = np.zeros(C, bool)
-            for c, item in enumerate(items):
-                values, event_ts = rows["item_stats"][item]
-                if self._status("item_stats", event_ts, now) == PRESENT:
-                    impressions[c], clicks[c], ctr[c], dense_known[c] = values["impressions"], values["clicks"], values["ctr"], True
+            for c in (c for c, st in enumerate(statuses["item_stats"]) if st == PRESENT):
+                values = rows["item_stats"][items[c]][0]
+                impressions[c], clicks[c], ctr[c], dense_known[c] = values["impressions"], values["clicks"], values["ctr"], True
             batch["dense"], batch["dense_mask"] = dense_block(impressions, clicks, ctr, dense_known)
         else:
             batch["dense"], batch["dense_mask"] = np.zeros((C, 3), np.float32), np.zeros(C, bool)
@@ -386,13 +380,14 @@ class Scorer:
             batch[k] = tensors[k].expand(C, *tensors[k].shape[1:])
         return self.model(batch)
 
-    def _vectors(self, rows: dict, ids: list[int], vector: str, now: dt.datetime) -> tuple[np.ndarray, np.ndarray]:
+    def _vectors(self, rows: dict, ids: list[int], statuses: list[str], vector: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) fresh vectors, zeros where missing or stale, and the (N,) found mask."""
-        out = np.zeros((len(ids), self.dims[vector]), np.float32)
+        D = self.dims[vector]
+        out = np.zeros((len(ids), D), np.float32)
         found = np.zeros(len(ids), bool)
-        for n, item in enumerate(ids):
-            values, event_ts = rows.get(item, (None, None))
-            v = values.get(vector) if values and self._status("item_embeddings", event_ts, now) == PRESENT else None
-            if v is not None and len(v) == out.shape[1]:
-                out[n], found[n] = v, True
+        values = [rows[item][0][vector] if st == PRESENT else None for item, st in zip(ids, statuses)]
+        at = [n for n, v in enumerate(values) if v is not None and len(v) == D]
+        if at:
+            out[at] = np.stack([values[n] for n in at])
+            found[at] = True
         return out, found
