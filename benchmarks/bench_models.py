@@ -55,6 +55,21 @@ def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
+# (work dir name, dataset label, (users, items, events)); every item gets a drawn image.
+SYNTHETIC = [
+    ("synthetic", "Synthetic, planted image signal", (3000, 400, 120_000)),  # dense ids: ~300 events per item
+    ("synthetic_sparse", "Synthetic, 3,000 items (sparse ids)", (3000, 3000, 90_000)),  # ~30 events per item, long tail
+]
+
+
+def ensure_synthetic(work: Path, name: str, users: int, items: int, events: int) -> Path:
+    raw, root = work / f"{name}_raw", work / name
+    if not (root / "target_similarity").exists():
+        synth.generate(raw, n_users=users, n_items=items, n_events=events, n_images=items, seed=11)
+        run_pipeline.main(["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet", "--out", str(root)])
+    return root
+
+
 def ensure_tables(root: Path, source_args: list[str]) -> None:
     if not (root / "target_similarity").exists() or not (root / "item_stats").exists():
         run_pipeline.main(source_args + ["--out", str(root)])
@@ -247,15 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     sweep = run(movielens_sets, work, "MovieLens ml-latest-small", 3, budget, variants=SWEEP) if args.sweep else None
     slices = slice_analysis(movielens_sets, work, budget) if args.slices else None
     if not args.skip_synthetic:
-        raw = work / "synthetic_raw"
-        synth_root = work / "synthetic"
-        if not (synth_root / "target_similarity").exists():
-            synth.generate(raw, n_users=3000, n_items=400, n_events=120_000, n_images=400, seed=11)
-            run_pipeline.main(["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet",
-                               "--out", str(synth_root)])
-        rows += run(build_sets(work, synth_root, "synthetic"), work, "Synthetic, planted image signal", args.synthetic_seeds, budget,
-                    set(args.only) if args.only else None)
-        seeds["Synthetic, planted image signal"] = args.synthetic_seeds
+        for name, dataset, (users, items, events) in SYNTHETIC:
+            synth_root = ensure_synthetic(work, name, users, items, events)
+            rows += run(build_sets(work, synth_root, name), work, dataset, args.synthetic_seeds, budget,
+                        set(args.only) if args.only else None)
+            seeds[dataset] = args.synthetic_seeds
     findings = Path(args.findings).read_text() if Path(args.findings).exists() else "(none recorded yet)"
     report = Path(args.report)
     write_report(rows, budget, seeds, report, findings, sweep, slices)

@@ -15,11 +15,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server(tmp_dir):
+def redis_server(tmp_dir, port: int | None = None):
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run `make redis` (apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_dir), "--protected-mode", "yes"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

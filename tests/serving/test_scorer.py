@@ -232,3 +232,43 @@ def test_ready_reports_a_failed_load(served, tmp_path):
         ready = client.get("/ready")
         assert ready.status_code == 503 and "missing.pt" in ready.json()["reason"]
         assert client.post("/score", json={"user_id": 1, "item_ids": [1]}).status_code == 503
+
+
+@pytest.mark.integration
+def test_ready_is_false_while_redis_is_down_and_recovers(served, tmp_path):
+    """Stop the online store mid-serving: /score answers 503 and /ready false; both recover when it returns."""
+    from contextlib import ExitStack
+
+    from fastapi.testclient import TestClient
+
+    from serving.app import ServeSettings, create_app
+    from tests.redis_server import free_port, redis_server
+
+    port = free_port()
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r2").mkdir()
+    first = ExitStack()
+    first.enter_context(redis_server(tmp_path / "r1", port))
+    try:
+        repo = copy_repo(tmp_path)
+        config = repo / "feature_store.redis.yaml"
+        config.write_text(config.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
+        feast_store.apply("redis", repo, served["root"])
+        end = START + dt.timedelta(days=31)
+        feast_store.open_store("redis", repo, served["root"]).materialize(start_date=START - dt.timedelta(days=60), end_date=end)
+        body = {"user_id": 1, "item_ids": [1, 2], "at": end.isoformat()}
+        settings = ServeSettings(checkpoint=str(served["checkpoint"]), root=str(served["root"]), repo=str(repo), config="redis")
+        with TestClient(create_app(settings, load_in_background=False)) as client:
+            healthy = client.post("/score", json=body)
+            assert healthy.status_code == 200 and healthy.json()["history_len"] > 0
+            first.close()  # redis-server stops
+            down = client.post("/score", json=body)
+            assert down.status_code == 503 and "online store error" in down.json()["detail"]
+            assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
+            with redis_server(tmp_path / "r2", port):
+                feast_store.open_store("redis", repo, served["root"]).materialize(start_date=START - dt.timedelta(days=60), end_date=end)
+                statuses = [client.post("/score", json=body).status_code for _ in range(3)]
+                assert statuses[-1] == 200 and client.get("/ready").status_code == 200, statuses
+                assert 'mmfs_errors_total{endpoint="/score",kind="503"}' in client.get("/metrics").text
+    finally:
+        first.close()
