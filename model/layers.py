@@ -88,15 +88,23 @@ class MultiHeadTargetAttention(nn.Module):
         self.v = nn.Linear(key_dim, dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, L, _ = keys.shape
+    def project_keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query-independent half: (U, L, key_dim) -> K, V (U, H, L, d). U = 1 broadcasts over B queries."""
+        U, L, _ = keys.shape
+        k = self.k(keys).view(U, L, self.heads, self.head_dim).transpose(1, 2)  # (U, H, L, d)
+        v = self.v(keys).view(U, L, self.heads, self.head_dim).transpose(1, 2)  # (U, H, L, d)
+        return k, v
+
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B = query.shape[0]
         q = self.q(query).view(B, self.heads, 1, self.head_dim)  # (B, H, 1, d)
-        k = self.k(keys).view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, d)
-        v = self.v(keys).view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, d)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, 1, L)
         weights = masked_softmax(scores, mask[:, None, None, :])  # (B, H, 1, L)
         pooled = (weights @ v).reshape(B, self.heads * self.head_dim)  # (B, H*d)
         return self.out(pooled)  # (B, dim)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attend(query, *self.project_keys(keys), mask)
 
 
 class SENet(nn.Module):

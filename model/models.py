@@ -116,6 +116,7 @@ class UserState:
     hist_mm: torch.Tensor  # (U, L, D) projected m_j
     hist_mm_found: torch.Tensor  # (U, L) bool
     mask: torch.Tensor  # (U, L) bool
+    centric_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (U, H, L, d) x 2: the centric attention's K, V
 
 
 class DMF(nn.Module):
@@ -167,7 +168,8 @@ class DMF(nn.Module):
         else:
             keys, values = self.k(hist), self.v(hist)  # (U, L, D): once per user
         hist_mm = self.mm(batch["hist_mm_emb"])  # (U, L, D)
-        return UserState(keys, values, hist_mm, batch["hist_mm_emb_found"] & mask, mask)
+        centric_kv = self.centric_attention.project_keys(hist_mm) if self.centric_attention is not None else None
+        return UserState(keys, values, hist_mm, batch["hist_mm_emb_found"] & mask, mask, centric_kv)
 
     def score_candidates(self, user: UserState, candidates: dict) -> torch.Tensor:
         """Logits (C,) for C candidates against U = 1 or U = C user states."""
@@ -185,17 +187,22 @@ class DMF(nn.Module):
                 keys, values = self.k(fused), self.v(fused)  # (C, L, D): L projections per candidate
             else:
                 keys, values = user.keys, user.values  # (U, L, D), broadcast over C
-            keys = keys + self.bucket_k(bucket)  # (C, L, D)
-            values = values + self.bucket_v(bucket)  # (C, L, D)
+            # k_j = K_j + E_K[b_j], v_j = V_j + E_V[b_j], without materialising (C, L, D):
+            # q.k_j = q.K_j + (q E_K^T)[b_j];  sum_j w_j v_j = w V + (sum_j w_j onehot(b_j)) E_V.
             q = self.q(target)  # (C, D)
-            scores = torch.einsum("cd,cld->cl", q, keys) / math.sqrt(q.shape[-1])  # (C, L)
-            weights = masked_softmax(scores, mask)  # (C, L)
-            interests.append(self.enriched_mlp(torch.einsum("cl,cld->cd", weights, values)))  # (C, D)
+            shared = keys.shape[0] == 1 and C > 1  # one user's K, V for all C candidates
+            qk = q @ keys[0].T if shared else torch.einsum("cd,cld->cl", q, keys)  # (C, L)
+            qe = (q @ self.bucket_k.weight.T).gather(1, bucket)  # (C, L)
+            weights = masked_softmax((qk + qe) / math.sqrt(q.shape[-1]), mask)  # (C, L)
+            wv = weights @ values[0] if shared else torch.einsum("cl,cld->cd", weights, values)  # (C, D)
+            per_bucket = torch.zeros(C, self.config.buckets + 1, dtype=weights.dtype, device=weights.device)
+            we = per_bucket.scatter_add_(1, bucket, weights) @ self.bucket_v.weight  # (C, D)
+            interests.append(self.enriched_mlp(wv + we))  # (C, D)
         if self.config.centric_branch:
             parts = [similarity_tiers(sims, known, self.config.tiers)]  # (C, N)
             if self.centric_attention is not None:
-                hist_mm = user.hist_mm.expand(C, -1, -1)  # (C, L, D)
-                parts.append(self.centric_attention(target_mm, hist_mm, user.hist_mm_found.expand(C, -1)))  # (C, D)
+                k, v = user.centric_kv  # (U, H, L, d): projected once per user
+                parts.append(self.centric_attention.attend(target_mm, k, v, user.hist_mm_found.expand(C, -1)))  # (C, D)
             interests.append(self.centric_mlp(torch.cat(parts, dim=-1)))  # (C, D)
         alpha = self.alpha.to(target.dtype)
         if len(interests) == 2:
