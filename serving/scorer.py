@@ -204,6 +204,7 @@ class Scorer:
         self.meta = meta
         self.config = config
         self.feature_service = meta["feature_service"]
+        self.model_name = meta["config"]["model"]["name"]
         self.reader = OnlineReader(store, self.feature_service)
         if SEQUENCE_VIEW not in self.reader.views:
             raise StoreMismatch(f"feature service {self.feature_service!r} has no online {SEQUENCE_VIEW} view to score with")
