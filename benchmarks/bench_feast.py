@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.resources import machine_description, measured
+from benchmarks.resources import machine_description, measured, write_section
 from pipelines import encode_items, feast_store, ingest, item_stats, synth, target_similarity, training_set, user_sequences
 from pipelines.spark_session import build_spark
 from serving.online import OnlineReader
@@ -210,18 +209,6 @@ def section(train_rows, mat_rows, read_rows, machine: str) -> str:
     return "\n".join(lines) + "\n" + END + "\n"
 
 
-def write_section(report: Path, text: str) -> None:
-    current = report.read_text() if report.exists() else ""
-    if SECTION in current:
-        pattern = re.escape(SECTION) + r".*?" + re.escape(END) + r"\n?"
-        current = re.sub(pattern, lambda _: text, current, flags=re.S)
-    else:
-        marker = "<!-- notes below this line"
-        at = current.find(marker)
-        current = current + "\n" + text if at < 0 else current[:at] + text + "\n" + current[at:]
-    report.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "feast"))
@@ -259,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"training": train_rows, "materialize": mat_rows, "online": read_rows}, indent=1, default=str))
         shutil.rmtree(root)
     text = section(train_rows, mat_rows, read_rows, machine_description())
-    write_section(Path(args.report), text)
+    write_section(Path(args.report), text, SECTION, END)
     print(text)
     return 0
 

@@ -25,7 +25,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.resources import machine_description
+from benchmarks.resources import machine_description, write_section
 from pipelines import feast_store
 from pipelines.feast_store import parse_time
 
@@ -177,14 +176,6 @@ def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
 
 # -- HTTP ------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _load(url: str, body: dict, concurrency: int, requests: int, duration: float) -> dict:
     import httpx
 
@@ -228,6 +219,8 @@ def load_client(argv: list[str]) -> int:
 def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[int], at: dt.datetime, requests: int) -> list[dict]:
     import httpx
     import psutil
+
+    from tests.redis_server import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", str(checkpoint), "--root", str(root),
@@ -340,17 +333,6 @@ def chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_section(report: Path, text: str) -> None:
-    current = report.read_text() if report.exists() else ""
-    if SECTION in current:
-        current = re.sub(re.escape(SECTION) + r".*?" + re.escape(END) + r"\n?", lambda _: text, current, flags=re.S)
-    else:
-        marker = "<!-- notes below this line"
-        at = current.find(marker)
-        current = current + "\n" + text if at < 0 else current[:at] + text + "\n" + current[at:]
-    report.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--load-client":
@@ -400,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             results["redis"] = bench_in_process(rstore, checkpoint, user, items, args.at, args.repeats // 2, with_feast=True)
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     text = section(results, results["machine"])
-    write_section(Path(args.report), text)
+    write_section(Path(args.report), text, SECTION, END)
     chart(results, Path(args.report).parent / "serving_latency.png")
     print(text)
     return 0

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -61,3 +63,16 @@ def machine_description() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, GPU: {gpu}, "
             f"Python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+
+def write_section(report: Path, text: str, section: str, end: str) -> None:
+    """Replace the generated section from ``section`` to ``end`` in ``report`` with ``text``, or
+    insert it above the kept hand-written notes when the report has none yet."""
+    current = report.read_text() if report.exists() else ""
+    if section in current:
+        current = re.sub(re.escape(section) + r".*?" + re.escape(end) + r"\n?", lambda _: text, current, flags=re.S)
+    else:
+        marker = "<!-- notes below this line"
+        at = current.find(marker)
+        current = current + "\n" + text if at < 0 else current[:at] + text + "\n" + current[at:]
+    report.write_text(current)
