@@ -35,7 +35,7 @@ from pipelines import reports
 from pipelines.encoders import NO_IMAGE_MODEL, EncoderConfig, decode_image, load_image_encoder, load_text_encoder
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
-from pipelines.table_io import read_table, write_table
+from pipelines.table_io import job_main, read_table, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output, unit_vector_rule, validate_and_split
 
 log = logging.getLogger("mmfs.encode_items")
@@ -315,6 +315,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmfs").setLevel(logging.INFO)

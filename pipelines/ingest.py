@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pipelines import reports
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS, columns
-from pipelines.table_io import write_table
+from pipelines.table_io import job_main, write_table
 from pipelines.validation import (
     Rule,
     TableRules,
@@ -296,6 +296,7 @@ def source_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmfs ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(parser)

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pipelines import reports
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import ITEM_STATS_SCHEMA, columns
-from pipelines.table_io import read_table, write_table
+from pipelines.table_io import job_main, read_table, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output
 
 PRIOR_CTR = 0.5
@@ -53,6 +53,7 @@ def transform(events: DataFrame, prior_ctr: float = PRIOR_CTR, prior_weight: flo
     )
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmfs item-stats", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")

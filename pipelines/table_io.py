@@ -7,9 +7,12 @@ renames is repaired by the next write or read of that table.
 """
 from __future__ import annotations
 
+import functools
 import json
+import re
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -18,6 +21,57 @@ META_FILE = "_mmfs_meta.json"  # leading underscore: Spark and pyarrow skip it a
 
 class TableWriteError(RuntimeError):
     pass
+
+
+class TableReadError(RuntimeError):
+    """A table file Spark cannot read (truncated, corrupt, not parquet), named in the message."""
+
+    def __init__(self, file: str, reason: str):
+        self.file = file
+        table = file.rsplit("/", 1)[0] if "/" in file else file
+        super().__init__(
+            f"cannot read {file}: {reason}. The file is corrupt or not parquet; restore it, or re-run the job "
+            f"that writes {table} (its last good output is replaced only once a new one is complete)"
+        )
+
+
+_UNREADABLE = re.compile(r"\[(FAILED_READ_FILE[.A-Z_]*)\][^\n]*?(?:reading file|file) (\S+?\.parquet)\.?\s", re.S)
+_REASONS = {
+    "FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER": "its parquet footer cannot be read (is the file truncated?)",
+    "FAILED_READ_FILE.NO_HINT": "its data cannot be decoded",
+}
+
+
+def unreadable_file(exc: BaseException) -> TableReadError | None:
+    """The TableReadError for a Spark error that names an unreadable file, else None."""
+    found = _UNREADABLE.search(str(exc))
+    if not found:
+        return None
+    error_class, file = found.groups()
+    return TableReadError(file.removeprefix("file:"), _REASONS.get(error_class, error_class.lower().replace("_", " ")))
+
+
+@contextmanager
+def clear_read_errors():
+    """Turn Spark's long error for an unreadable parquet file into a TableReadError naming the file."""
+    try:
+        yield
+    except TableReadError:
+        raise
+    except Exception as exc:  # Py4JJavaError or a pyspark captured exception, whichever Spark raised
+        clear = unreadable_file(exc)
+        if clear is None:
+            raise
+        raise clear from None
+
+
+def job_main(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorator for a job's ``main``: a file it cannot read fails the job with a TableReadError."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        with clear_read_errors():
+            return main(*args, **kwargs)
+    return wrapped
 
 
 def _fs_and_path(spark: SparkSession, path: str):
@@ -46,6 +100,21 @@ def recover(spark: SparkSession, path: str) -> None:
         fs.rename(newest, live)
 
 
+def _remove_stale_temporaries(fs, live) -> None:
+    """Delete what a killed earlier run left half-written beside the table (``<table>.tmp-<run>``).
+
+    One writer per table at a time is the contract (a scheduler's retry starts after the failed
+    attempt ended), so any temporary sibling found here belongs to a run that died.
+    """
+    parent = live.getParent()
+    if parent is None or not fs.exists(parent):
+        return
+    prefix = live.getName() + ".tmp-"
+    for status in fs.listStatus(parent):
+        if status.getPath().getName().startswith(prefix):
+            fs.delete(status.getPath(), True)
+
+
 def write_table(
     df: DataFrame,
     path: str,
@@ -57,6 +126,7 @@ def write_table(
     spark = df.sparkSession
     recover(spark, path)
     fs, live = _fs_and_path(spark, path)
+    _remove_stale_temporaries(fs, live)
     run_id = uuid.uuid4().hex[:12]
     tmp = _sibling(spark, path, f"tmp-{run_id}")
     old = _sibling(spark, path, f"old-{run_id}")
@@ -89,7 +159,8 @@ def read_table(spark: SparkSession, path: str) -> DataFrame:
     fs, live = _fs_and_path(spark, path)
     if not fs.exists(live):
         raise FileNotFoundError(f"table {path} does not exist: run the job that writes it first")
-    return spark.read.parquet(path)
+    with clear_read_errors():
+        return spark.read.parquet(path)
 
 
 def read_meta(spark: SparkSession, path: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pipelines.item_index import ItemEmbeddingIndex, to_micros
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import TARGET_SIMILARITY_SCHEMA, columns
 from pipelines.similarity import target_similarity
-from pipelines.table_io import read_meta, read_table, write_table
+from pipelines.table_io import job_main, read_meta, read_table, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output
 
 
@@ -101,6 +101,7 @@ def transform(sequences: DataFrame, item_embeddings: DataFrame, encoder_id: str)
     )
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmfs target-similarity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root with sequences and item_embeddings")

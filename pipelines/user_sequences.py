@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pipelines import reports
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import SEQUENCES_SCHEMA, SNAPSHOT_SCHEMA, columns
-from pipelines.table_io import read_table, write_table
+from pipelines.table_io import job_main, read_table, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output
 
 DEFAULT_MAX_LEN = 50
@@ -124,6 +124,7 @@ def transform(events: DataFrame, max_len: int = DEFAULT_MAX_LEN) -> dict[str, Da
     }
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmfs user-sequences", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")
