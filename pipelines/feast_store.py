@@ -197,8 +197,12 @@ def apply(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Pat
 
 def materialize(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None,
                 end: dt.datetime | None = None, start: dt.datetime | None = None,
-                views: list[str] | None = None) -> dict:
+                views: list[str] | None = None, engine: str = "feast") -> dict:
     """Materialise the online views up to ``end`` (default now).
+
+    ``engine="feast"`` runs the feast CLI, whose materialisation holds every entity's latest row
+    in one process; ``engine="spark"`` writes the same rows partition by partition from Spark tasks
+    (``pipelines.materialize_spark``), with the same start/end rules below.
 
     With ``start``: ``feast materialize START END``. Without: ``feast materialize-incremental END``
     for views materialised before. A view never materialised would start at wall-clock
@@ -209,6 +213,18 @@ def materialize(config: str = "duckdb", repo: Path | str = REPO, table_root: str
     store = open_store(config, repo, table_root)
     online = [fv for fv in store.list_feature_views() if fv.online and (not views or fv.name in views)]
     began = time.perf_counter()
+    if engine == "spark":
+        from pipelines import materialize_spark
+
+        def start_of(fv) -> dt.datetime:
+            if start is not None:
+                return start
+            return fv.most_recent_end_time if fv.materialization_intervals else _earliest(fv)
+
+        runs = materialize_spark.materialize(store, online, start_of, end)
+        return {"config": config, "engine": "spark", "end": _iso(end), "runs": runs, "seconds": time.perf_counter() - began}
+    if engine != "feast":
+        raise ValueError(f"engine must be 'feast' or 'spark', not {engine!r}")
     runs = []
     if start is not None:
         runs.append(["materialize", _iso(start), _iso(end), *[a for fv in online for a in ("--views", fv.name)]])
@@ -273,6 +289,8 @@ def main_materialize(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", type=parse_time, default=None, help="materialise up to this UTC time (default now)")
     parser.add_argument("--start", type=parse_time, default=None, help="with --end: `feast materialize START END`")
     parser.add_argument("--views", action="append", default=None)
+    parser.add_argument("--engine", choices=["feast", "spark"], default="feast",
+                        help="feast: the feast CLI (whole view in one process); spark: written partition by partition")
     args = parser.parse_args(argv)
-    print(json.dumps(materialize(args.config, args.repo, args.root, args.end, args.start, args.views), indent=2))
+    print(json.dumps(materialize(args.config, args.repo, args.root, args.end, args.start, args.views, args.engine), indent=2, default=str))
     return 0
