@@ -33,7 +33,8 @@ REPORT = ROOT / "docs" / "scaling.md"
 MMFS = [sys.executable, "-m", "pipelines.cli"]
 NOTES_MARKER = "<!-- notes below this line are kept when bench_scale rewrites the tables above -->"
 STAGES = ("synth", "ingest", "encode_items", "user_sequences", "item_stats", "target_similarity", "feast_apply",
-          "training_set", "train_dmf", "materialize_redis", "score")
+          "training_set", "train_dmf", "materialize_redis_feast", "materialize_redis_spark", "score")
+EVAL_BATCHES = 100  # validation and test: their first 100 batches of 1024 rows
 
 
 def du(*paths: Path) -> int:
@@ -61,8 +62,8 @@ def run_logged(cmd: list[str], log: Path, env: dict | None = None) -> None:
         raise RuntimeError(f"stage failed ({done.returncode}): {' '.join(cmd)}; see {log}")
 
 
-def prepare_repo(work: Path, port: int) -> Path:
-    repo = work / "feature_repo"
+def prepare_repo(work: Path, port: int, name: str = "feature_repo") -> Path:
+    repo = work / name / "feature_repo"
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     path = repo / "feature_store.redis.yaml"
@@ -70,7 +71,7 @@ def prepare_repo(work: Path, port: int) -> Path:
     return repo
 
 
-def stage_plan(events: int, work: Path, images: int, train_steps: int, repo: Path) -> list[tuple[str, list[list[str]], callable, callable]]:
+def stage_plan(events: int, work: Path, images: int, train_steps: int, repo: Path, feast_repo: Path) -> list[tuple[str, list[list[str]], callable, callable]]:
     """(stage, commands, rows(), output paths()) for one size."""
     raw, root = work / "raw", work / "root"
     users, items = events // 10, events // 100
@@ -87,16 +88,22 @@ def stage_plan(events: int, work: Path, images: int, train_steps: int, repo: Pat
         ("item_stats", [MMFS + ["item-stats", "--root", r]], lambda: events, lambda: [root / "item_stats"]),
         ("target_similarity", [MMFS + ["target-similarity", "--root", r]], lambda: events, lambda: [root / "target_similarity"]),
         ("feast_apply", [MMFS + ["apply", "--root", r, "--config", "spark", "--repo", str(repo)],
-                         MMFS + ["apply", "--root", r, "--config", "redis", "--repo", str(repo)]],
+                         MMFS + ["apply", "--root", r, "--config", "redis", "--repo", str(repo)],
+                         MMFS + ["apply", "--root", r, "--config", "redis", "--repo", str(feast_repo)]],
          lambda: 0, lambda: [repo / "data"]),
         ("training_set", [MMFS + ["training-set", "--root", r, "--service", "ctr_dmf_v1", "--config", "redis", "--repo", str(repo)]],
          lambda: parquet_rows(root / "training_sets" / "ctr_dmf_v1"), lambda: [root / "training_sets"]),
         ("train_dmf", [MMFS + ["train", "--model", "dmf", "--training-set", f"{r}/training_sets/ctr_dmf_v1", "--out", f"{r}/models/dmf",
-                               "--max_epochs=1", f"--max_steps_per_epoch={train_steps}"]],
+                               "--max_epochs=1", f"--max_steps_per_epoch={train_steps}", f"--max_eval_batches={EVAL_BATCHES}"]],
          lambda: train_steps * 1024,
          lambda: [root / "models"]),
-        ("materialize_redis", [MMFS + ["materialize", "--root", r, "--config", "redis", "--repo", str(repo), "--end", "2025-01-01T00:00:00Z"]],
-         lambda: parquet_rows(root / "user_sequence_current") + 2 * items, lambda: [work / "redis"]),
+        # Feast's own materialisation, and ours (partition-wise), each into its own Redis server.
+        ("materialize_redis_feast", [MMFS + ["materialize", "--root", r, "--config", "redis", "--repo", str(feast_repo),
+                                             "--end", "2025-01-01T00:00:00Z"]],
+         lambda: parquet_rows(root / "user_sequence_current") + 2 * items, lambda: []),
+        ("materialize_redis_spark", [MMFS + ["materialize", "--root", r, "--config", "redis", "--repo", str(repo),
+                                             "--end", "2025-01-01T00:00:00Z", "--engine", "spark"]],
+         lambda: parquet_rows(root / "user_sequence_current") + 2 * items, lambda: []),
         ("score", [[sys.executable, "-m", "benchmarks.bench_scale", "score", "--root", r, "--repo", str(repo)]],
          lambda: json.loads((work / "score.json").read_text())["requests"], lambda: []),
     ]
@@ -153,11 +160,13 @@ def run_size(events: int, images: int, train_steps: int, results: Path, resume: 
     work.mkdir(parents=True, exist_ok=True)
     (work / "redis").mkdir(exist_ok=True)
     log = work / "stages.log"
-    with redis_server(work / "redis", port=16379 + events % 1000) as port:
+    (work / "redis_feast").mkdir(exist_ok=True)
+    with redis_server(work / "redis") as port, redis_server(work / "redis_feast") as feast_port:
         repo = prepare_repo(work, port)
-        if "materialize_redis" in done:
-            done -= {"materialize_redis", "score"}  # the Redis server is fresh: its contents are gone
-        for stage, commands, rows, outputs in stage_plan(events, work, images, train_steps, repo):
+        feast_repo = prepare_repo(work, feast_port, "feast_engine")
+        if done & {"materialize_redis_feast", "materialize_redis_spark"}:
+            done -= {"materialize_redis_feast", "materialize_redis_spark", "score"}  # fresh Redis servers: their contents are gone
+        for stage, commands, rows, outputs in stage_plan(events, work, images, train_steps, repo, feast_repo):
             if stage in done:
                 continue
             print(f"[scale {events:,}] {stage} ...", flush=True)
@@ -170,10 +179,11 @@ def run_size(events: int, images: int, train_steps: int, results: Path, resume: 
                    "disk_mib": round(du(*outputs()) / 2**20, 1), "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             if stage == "score":
                 row.update(json.loads((work / "score.json").read_text()))
-            if stage == "materialize_redis":
+            if stage.startswith("materialize_redis"):
                 import redis
 
-                row["redis_used_mib"] = round(redis.Redis(host="127.0.0.1", port=port).info("memory")["used_memory"] / 2**20, 1)
+                used = redis.Redis(host="127.0.0.1", port=feast_port if stage.endswith("feast") else port).info("memory")["used_memory"]
+                row["disk_mib"] = round(used / 2**20, 1)  # the online store's size: Redis memory
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"[scale {events:,}] {stage}: {m.seconds:.1f} s, {n:,} rows, peak {row['peak_gib']:.2f} GiB, "
@@ -241,8 +251,10 @@ def write_report(rows: list[dict], machine: str) -> str:
         "Synthetic data (`mmfs synth`): E events, E/10 users, E/100 items; text encoded for every item (MiniLM),",
         "images for a sample. Each stage is a separate process (its own Spark JVM, `local[*]`); wall time, peak",
         "resident memory of the whole process tree, and the disk the stage's output takes. Redis is a real",
-        "`redis-server` on loopback. DMF trains for a bounded number of steps (batch 1024), then evaluates",
-        "on the full validation and test splits.",
+        "`redis-server` on loopback; its disk column is the Redis server's used memory. Materialisation runs twice, into",
+        "two servers: Feast's own engine (`feast materialize`) and ours (`mmfs materialize --engine spark`, partition-wise).",
+        f"DMF trains for a bounded number of steps (batch 1024) and evaluates on the first {EVAL_BATCHES} batches of the",
+        "validation and test splits; its rows are the training samples.",
         "",
         "| events | stage | wall s | rows | rows/s | peak GiB | disk MiB |",
         "|---:|---|---:|---:|---:|---:|---:|",

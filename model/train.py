@@ -49,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: int = 0  # 0: the whole split
+    max_eval_batches: int = 0  # 0: the whole validation/test split; else its first N batches (scale runs)
     progress: bool = True
 
 
@@ -149,10 +150,13 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, aux: dict) -> torch.Tens
 
 
 @torch.no_grad()
-def evaluate(model, data: TrainingSetDataset, vocab: IdVocab, device: torch.device) -> dict:
+@torch.inference_mode()
+def evaluate(model, data: TrainingSetDataset, vocab: IdVocab, device: torch.device, max_batches: int = 0) -> dict:
     model.eval()
     users, labels, logits = [], [], []
-    for batch in data:
+    for step, batch in enumerate(data):
+        if max_batches and step >= max_batches:
+            break
         batch = prepare(batch, vocab, device)
         with autocast(device):
             out = model(batch)
@@ -222,7 +226,7 @@ def train(config: TrainConfig) -> dict:
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", auc=f"{auc(np.concatenate(recent_labels), np.concatenate(recent_logits)):.4f}")
         bar.close()
         train_seconds += time.perf_counter() - started
-        valid = evaluate(model, data["valid"], vocab, device)
+        valid = evaluate(model, data["valid"], vocab, device, config.max_eval_batches)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), **{f"valid_{k}": v for k, v in valid.items()}})
         if config.progress:
             print(f"{config.model.name} epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, valid AUC {valid['auc']:.4f}, "
@@ -237,7 +241,8 @@ def train(config: TrainConfig) -> dict:
     metrics = {
         "model": config.model.name, "params": params, "device": str(device),
         "best_epoch": max(history, key=lambda h: h["valid_auc"])["epoch"],
-        "valid": evaluate(model, data["valid"], vocab, device), "test": evaluate(model, data["test"], vocab, device),
+        "valid": evaluate(model, data["valid"], vocab, device, config.max_eval_batches),
+        "test": evaluate(model, data["test"], vocab, device, config.max_eval_batches),
         "train_samples_per_s": train_rows / train_seconds if train_seconds else float("nan"), "history": history,
     }
     metrics["world_size"] = world
