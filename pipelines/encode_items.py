@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -35,22 +35,23 @@ from pipelines import reports
 from pipelines.encoders import NO_IMAGE_MODEL, EncoderConfig, decode_image, load_image_encoder, load_text_encoder
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
-from pipelines.table_io import job_main, read_table, write_table
+from pipelines.table_io import job_main, read_meta, read_side_file, read_table, table_exists, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output, unit_vector_rule, validate_and_split
 
 log = logging.getLogger("mmfs.encode_items")
 
 DEFAULT_MM_DIM = 64
 
+# What the encoders produce for one distinct content (title, text, image_uri), keyed by its hash.
+# The same rows, with the encoder's key, are the encoder cache that incremental runs reuse.
 ENCODED_SCHEMA = T.StructType([
-    T.StructField("item_id", T.LongType(), False),
+    T.StructField("content_hash", T.StringType(), False),
     T.StructField("text_emb", T.ArrayType(T.FloatType(), False), False),
     T.StructField("image_emb", T.ArrayType(T.FloatType(), False), True),
     T.StructField("image_error", T.StringType(), True),
     T.StructField("image_note", T.StringType(), True),
-    T.StructField("updated_at", T.TimestampType(), False),
-    T.StructField("created_timestamp", T.TimestampType(), False),
 ])
+CACHE_COLUMNS = ["encoder_key", "content_hash", "text_emb", "image_emb", "image_error", "image_note"]
 
 _WORKER_ENCODERS: dict[EncoderConfig, tuple] = {}
 
@@ -110,13 +111,11 @@ def encode_batch(batch: pd.DataFrame, config: EncoderConfig) -> pd.DataFrame:
             for row, vector in zip(rows, vectors):
                 image_emb[row] = vector
     return pd.DataFrame({
-        "item_id": batch["item_id"].to_numpy(),
+        "content_hash": batch["content_hash"].to_numpy(),
         "text_emb": list(text_emb),
         "image_emb": image_emb,
         "image_error": errors,
         "image_note": notes,
-        "updated_at": batch["updated_at"].to_numpy(),
-        "created_timestamp": batch["created_timestamp"].to_numpy(),
     })
 
 
@@ -132,10 +131,19 @@ def encode_partition(batches: Iterator[pd.DataFrame], config: EncoderConfig) -> 
               file=sys.stderr, flush=True)
 
 
-def encode(items: DataFrame, config: EncoderConfig, partitions: int) -> DataFrame:
-    """Run the encoders inside Spark; the models load once per worker."""
-    source = items.select("item_id", "title", "text", "image_uri", "updated_at", "created_timestamp")
-    return source.repartition(partitions, "item_id").mapInPandas(
+def content_hash() -> Column:
+    """SHA-256 of what the encoders read (title, text, image_uri); nulls and empty strings differ.
+
+    The image is identified by its URI: images are assumed immutable at a URI (a changed picture
+    gets a new URI, as object stores and CDNs version them)."""
+    parts = [F.coalesce(F.concat(F.lit("s:"), F.col(c)), F.lit("null")) for c in ("title", "text", "image_uri")]
+    return F.sha2(F.concat_ws("\x1f", *parts), 256)
+
+
+def encode(contents: DataFrame, config: EncoderConfig, partitions: int) -> DataFrame:
+    """Run the encoders inside Spark on distinct contents; the models load once per worker."""
+    source = contents.select("content_hash", "title", "text", "image_uri")
+    return source.repartition(partitions, "content_hash").mapInPandas(
         lambda batches: encode_partition(batches, config), schema=ENCODED_SCHEMA
     )
 
@@ -254,8 +262,26 @@ def identity_of(config: EncoderConfig, mm_dim: int, text_dim_pca: int, image_dim
     return identity
 
 
+class EncoderChanged(RuntimeError):
+    pass
+
+
+def encoder_key(identity: dict, config: EncoderConfig) -> str:
+    """What makes two encodings of one content interchangeable: the models, their weights, dims and
+    the text truncation. The PCA is not in it: it is fitted on top, per table."""
+    key = {"text": identity["text"], "image": identity["image"], "text_max_length": config.text_max_length}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_dim: int, staging: str,
-              partitions: int, max_invalid_fraction: float, timer: PhaseTimer | None = None) -> dict:
+              partitions: int, max_invalid_fraction: float, timer: PhaseTimer | None = None,
+              cache: DataFrame | None = None, pca: dict | None = None, expected_key: str | None = None) -> dict:
+    """Encode ``items`` and fuse their embeddings.
+
+    With ``cache`` (earlier encodings: ``CACHE_COLUMNS``), only contents whose hash the cache lacks
+    for this encoder are encoded. With ``pca`` (an existing table's), the PCA is reused instead of
+    fitted, so the encoder id and every unchanged item's mm_emb stay as they were.
+    """
     phase = (timer or PhaseTimer()).phase
     with_images = items.filter(F.col("image_uri").isNotNull()).count()
     if with_images == 0 and config.image_model != NO_IMAGE_MODEL:
@@ -265,22 +291,39 @@ def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_d
     image_k = None if config.image_model == NO_IMAGE_MODEL else mm_dim - text_k
     with phase("load encoders on the driver (weights check and checksums)"):
         identity = identity_of(config, mm_dim, text_k, image_k)
+    key = encoder_key(identity, config)
+    if expected_key is not None and key != expected_key:
+        raise EncoderChanged(
+            f"the encoders differ from the ones that wrote the table (key {key}, table's {expected_key}): an incremental "
+            "run cannot mix them. Re-encode in full, or backfill into a new versioned table (--table item_embeddings_v2)")
 
-    # Stage the encoder output once: the PCA fit and the projection both read it.
+    hashed = items.withColumn("content_hash", content_hash())
+    contents = hashed.select("content_hash", "title", "text", "image_uri").dropDuplicates(["content_hash"])
+    cached = None
+    if cache is not None:
+        cached = cache.filter(F.col("encoder_key") == key).select(*columns(ENCODED_SCHEMA)).dropDuplicates(["content_hash"])
+        contents = contents.join(cached.select("content_hash"), on="content_hash", how="left_anti")
+    # Stage the encoder output once: the PCA fit, the projection and the cache all read it.
     with phase("encode in Spark workers"):
-        encode(items, config, partitions).write.mode("overwrite").parquet(staging)
-    encoded = spark.read.parquet(staging)
-    with phase("fit PCA in Spark"):
-        pca = {f"text_{k}": v for k, v in fit_pca(encoded, "text_emb", text_k).items()}
-        if image_k is not None:
-            pictured = encoded.filter(F.col("image_emb").isNotNull())
-            if pictured.limit(1).count() == 0:
-                raise RuntimeError("every image failed to decode: see the image quarantine; refusing to fit an image PCA on nothing")
-            pca.update({f"image_{k}": v for k, v in fit_pca(pictured, "image_emb", image_k).items()})
+        encode(contents, config, partitions).write.mode("overwrite").parquet(staging)
+    fresh = spark.read.parquet(staging)
+    encodings = fresh if cached is None else fresh.unionByName(cached)
+    encoded = hashed.select("item_id", "content_hash", "updated_at", "created_timestamp").join(
+        encodings, on="content_hash", how="left"
+    ).select("item_id", "text_emb", "image_emb", "image_error", "image_note", "updated_at", "created_timestamp")
+    if pca is None:
+        with phase("fit PCA in Spark"):
+            pca = {f"text_{k}": v for k, v in fit_pca(fresh, "text_emb", text_k).items()}
+            if image_k is not None:
+                pictured = fresh.filter(F.col("image_emb").isNotNull())
+                if pictured.limit(1).count() == 0:
+                    raise RuntimeError("every image failed to decode: see the image quarantine; refusing to fit an image PCA on nothing")
+                pca.update({f"image_{k}": v for k, v in fit_pca(pictured, "image_emb", image_k).items()})
     pca_bytes, pca_sha = pca_artifact(pca)
     identity["pca_sha256"] = pca_sha
     encoder_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     identity["encoder_id"] = encoder_id
+    identity["encoder_key"] = key
 
     embeddings = with_mm_emb(encoded, pca, encoder_id)
     rules = embedding_rules(identity["text"]["dim"], identity["image"] and identity["image"]["dim"], mm_dim)
@@ -290,6 +333,7 @@ def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_d
         "item_embeddings": good,
         "quarantine_embeddings": quarantine,
         "quarantine_images": image_quarantine(encoded),
+        "new_encodings": fresh.select(F.lit(key).alias("encoder_key"), "*").select(*CACHE_COLUMNS),
         "identity": identity,
         "pca_bytes": pca_bytes,
         "rules": rules,
@@ -311,6 +355,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-max-length", type=int, default=defaults.text_max_length)
     parser.add_argument("--device", default=defaults.device, help="auto (CUDA if available), cpu or cuda[:n]")
     parser.add_argument("--partitions", type=int, default=0, help="encoding tasks (default: Spark's parallelism)")
+    parser.add_argument("--incremental", action="store_true",
+                        help="encode only contents the encoder cache lacks, and keep the table's PCA (same encoder id)")
+    parser.add_argument("--table", default="item_embeddings",
+                        help="output table under --root (a backfill with a new encoder writes e.g. item_embeddings_v2)")
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -338,10 +386,24 @@ def main(argv: list[str] | None = None) -> int:
     timer = PhaseTimer()
     phase = timer.phase
     start = time.perf_counter()
+    table_path, cache_path = f"{args.root}/{args.table}", f"{args.root}/encoder_cache"
+    cache = read_table(spark, cache_path) if table_exists(spark, cache_path) else None
+    pca, expected_key = None, None
+    if args.incremental:
+        if not table_exists(spark, table_path):
+            raise SystemExit(f"--incremental needs an earlier run's {table_path}: run encode-items without it first")
+        previous = read_meta(spark, table_path)["encoder_identity"]
+        expected_key = previous.get("encoder_key")
+        if expected_key is None:
+            raise SystemExit(f"{table_path} predates the encoder cache: run encode-items once without --incremental")
+        with np.load(io.BytesIO(read_side_file(spark, table_path, "_pca.npz"))) as saved:
+            pca = {k: saved[k] for k in saved.files}
     try:
         result = transform(spark, read_table(spark, f"{args.root}/items"), config, args.mm_dim, staging,
-                           args.partitions or parallelism, args.max_invalid_fraction, timer)
+                           args.partitions or parallelism, args.max_invalid_fraction, timer,
+                           cache=cache if args.incremental else None, pca=pca, expected_key=expected_key)
         good = result["item_embeddings"]
+        encoded_now = result["new_encodings"].count()
         with phase("validate output"):
             output_report = assert_valid_output(good, result["rules"])
         n_items = output_report.rows
@@ -351,14 +413,22 @@ def main(argv: list[str] | None = None) -> int:
             "encoder_identity": result["identity"],
             "config": asdict(result["config"]),
             "items": n_items,
+            "incremental": args.incremental,
+            "contents_encoded": encoded_now,
             "seconds": round(elapsed, 1),
             "phase_seconds": timer.seconds,
             "validation": [r.to_dict() for r in result["reports"] + [output_report]],
         }
         with phase("write"):
-            write_table(good, f"{args.root}/item_embeddings", meta=meta, extra_files={"_pca.npz": result["pca_bytes"]})
+            write_table(good, table_path, meta=meta, extra_files={"_pca.npz": result["pca_bytes"]})
         write_table(result["quarantine_embeddings"], f"{args.root}/quarantine/item_embeddings", meta=meta)
         write_table(result["quarantine_images"], f"{args.root}/quarantine/item_images", meta=meta)
+        with phase("update the encoder cache"):
+            # Last, as every output above reads the old cache. A run killed before this re-encodes
+            # those contents next time, nothing worse.
+            kept = result["new_encodings"] if cache is None else cache.select(*CACHE_COLUMNS).unionByName(result["new_encodings"])
+            write_table(kept.dropDuplicates(["encoder_key", "content_hash"]), cache_path,
+                        meta={"job": "encode_items", "key": "(encoder_key, content_hash)"})
     finally:
         spark._jvm.org.apache.hadoop.fs.Path(staging).getFileSystem(spark._jsc.hadoopConfiguration()).delete(
             spark._jvm.org.apache.hadoop.fs.Path(staging), True
@@ -367,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         "item_embeddings": f"{args.root}/item_embeddings",
         "quarantine": f"{args.root}/quarantine/{{item_embeddings,item_images}}",
     })
-    print(f"encoder_id {result['identity']['encoder_id']}: {n_items} items in {elapsed:.1f}s ({n_items / elapsed:.1f} items/s)")
+    print(f"encoder_id {result['identity']['encoder_id']}: {n_items} items in {elapsed:.1f}s ({n_items / elapsed:.1f} items/s); "
+          f"{encoded_now} contents encoded, the rest from the encoder cache" if args.incremental else
+          f"encoder_id {result['identity']['encoder_id']}: {n_items} items in {elapsed:.1f}s ({n_items / elapsed:.1f} items/s)")
     return 0
 
 

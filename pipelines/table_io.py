@@ -24,21 +24,21 @@ class TableWriteError(RuntimeError):
 
 
 class TableReadError(RuntimeError):
-    """A table file Spark cannot read (truncated, corrupt, not parquet), named in the message."""
+    """A table file Spark cannot read (truncated, corrupt, not parquet, gone), named in the message."""
 
     def __init__(self, file: str, reason: str):
         self.file = file
         table = file.rsplit("/", 1)[0] if "/" in file else file
-        super().__init__(
-            f"cannot read {file}: {reason}. The file is corrupt or not parquet; restore it, or re-run the job "
-            f"that writes {table} (its last good output is replaced only once a new one is complete)"
-        )
+        super().__init__(f"cannot read {file}: {reason}. Restore it, or re-run the job that writes {table} "
+                         "(a table's last good output is replaced only once a new one is complete)")
 
 
 _UNREADABLE = re.compile(r"\[(FAILED_READ_FILE[.A-Z_]*)\][^\n]*?(?:reading file|file) (\S+?\.parquet)\.?\s", re.S)
+_CORRUPT = "the file is corrupt or not parquet"
 _REASONS = {
-    "FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER": "its parquet footer cannot be read (is the file truncated?)",
-    "FAILED_READ_FILE.NO_HINT": "its data cannot be decoded",
+    "FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER": "its parquet footer cannot be read: " + _CORRUPT + " (truncated?)",
+    "FAILED_READ_FILE.NO_HINT": "its data cannot be decoded: " + _CORRUPT,
+    "FAILED_READ_FILE.FILE_NOT_EXIST": "the file disappeared while the job read it (was the table replaced meanwhile?)",
 }
 
 
@@ -48,7 +48,7 @@ def unreadable_file(exc: BaseException) -> TableReadError | None:
     if not found:
         return None
     error_class, file = found.groups()
-    return TableReadError(file.removeprefix("file:"), _REASONS.get(error_class, error_class.lower().replace("_", " ")))
+    return TableReadError(re.sub(r"^file:(//)?", "", file), _REASONS.get(error_class, f"{error_class}: {_CORRUPT}"))
 
 
 @contextmanager
@@ -163,22 +163,27 @@ def read_table(spark: SparkSession, path: str) -> DataFrame:
         return spark.read.parquet(path)
 
 
-def read_meta(spark: SparkSession, path: str) -> dict[str, Any]:
+def table_exists(spark: SparkSession, path: str) -> bool:
+    recover(spark, path)
     fs, live = _fs_and_path(spark, path)
-    meta_path = spark._jvm.org.apache.hadoop.fs.Path(live, META_FILE)
-    if not fs.exists(meta_path):
-        raise FileNotFoundError(f"{path} has no {META_FILE}: it was not written by an mmfs job")
-    stream = fs.open(meta_path)
+    return bool(fs.exists(live))
+
+
+def read_side_file(spark: SparkSession, path: str, name: str) -> bytes:
+    """A side file kept beside a table's data (its metadata, a fitted PCA, ...)."""
+    fs, live = _fs_and_path(spark, path)
+    side = spark._jvm.org.apache.hadoop.fs.Path(live, name)
+    if not fs.exists(side):
+        raise FileNotFoundError(f"{path} has no {name}: it was not written by an mmfs job")
+    stream = fs.open(side)
     try:
-        reader = spark._jvm.java.io.BufferedReader(spark._jvm.java.io.InputStreamReader(stream, "UTF-8"))
-        lines = []
-        line = reader.readLine()
-        while line is not None:
-            lines.append(line)
-            line = reader.readLine()
+        return bytes(spark._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:
         stream.close()
-    return json.loads("\n".join(lines))
+
+
+def read_meta(spark: SparkSession, path: str) -> dict[str, Any]:
+    return json.loads(read_side_file(spark, path, META_FILE).decode("utf-8"))
 
 
 def _write_bytes(fs, hadoop_path, data: bytes) -> None:

@@ -77,3 +77,52 @@ def test_unloadable_weights_stop_the_job_before_any_output(spark, items, tmp_pat
     with pytest.raises(EncoderLoadError):
         run(spark, items, tmp_path, config=EncoderConfig(text_model=str(tmp_path / "nope")))
     assert not (tmp_path / "staging").exists()
+
+
+def _items_v1(spark):
+    rows = [(i, f"Item {i}", f"text of item {i}", None, True, T0, T0) for i in range(1, 7)]
+    return spark.createDataFrame(rows, ITEMS_SCHEMA)
+
+
+def test_incremental_run_encodes_only_changed_contents_and_equals_a_full_recompute(spark, tmp_path):
+    import io
+    import json
+
+    from pipelines.table_io import write_table
+
+    root = tmp_path / "root"
+    write_table(_items_v1(spark), str(root / "items"))
+    assert encode_items.main(["--root", str(root), "--image-model", "none", "--mm-dim", "4"]) == 0
+    first_meta = json.loads((root / "item_embeddings" / "_mmfs_meta.json").read_text())
+
+    # A new item, a new version of item 2 with new text, and a new version of item 3 with the same text.
+    T1 = ts("2020-02-01 00:00:00")
+    changed = spark.createDataFrame([
+        (7, "Item 7", "text of a new item", None, True, T1, T1),
+        (2, "Item 2", "rewritten text of item 2", None, True, T1, T1),
+        (3, "Item 3", "text of item 3", None, True, T1, T1),
+    ], ITEMS_SCHEMA)
+    items_v2 = _items_v1(spark).unionByName(changed)
+    write_table(items_v2, str(root / "items"))
+    assert encode_items.main(["--root", str(root), "--image-model", "none", "--mm-dim", "4", "--incremental"]) == 0
+    meta = json.loads((root / "item_embeddings" / "_mmfs_meta.json").read_text())
+    assert meta["contents_encoded"] == 2  # item 7 and item 2's new text; item 3's new version reuses its encoding
+    assert meta["encoder_identity"]["encoder_id"] == first_meta["encoder_identity"]["encoder_id"]  # same PCA, same id
+    incremental = {(r.item_id, r.event_timestamp): r for r in spark.read.parquet(str(root / "item_embeddings")).collect()}
+    assert len(incremental) == 9
+
+    # The full recompute: every content encoded again, with the table's PCA.
+    with np.load(io.BytesIO((root / "item_embeddings" / "_pca.npz").read_bytes())) as saved:
+        pca = {k: saved[k] for k in saved.files}
+    full = encode_items.transform(spark, items_v2, EncoderConfig(image_model="none"), 4, str(tmp_path / "staging"), 2, 1.0, pca=pca)
+    assert full["identity"]["encoder_id"] == meta["encoder_identity"]["encoder_id"]
+    recomputed = {(r.item_id, r.event_timestamp): r for r in full["item_embeddings"].collect()}
+    assert recomputed.keys() == incremental.keys()
+    for key, row in recomputed.items():
+        np.testing.assert_allclose(incremental[key].mm_emb, row.mm_emb, atol=1e-5)
+        np.testing.assert_allclose(incremental[key].text_emb, row.text_emb, atol=1e-5)
+        assert (incremental[key].created_timestamp, incremental[key].has_image) == (row.created_timestamp, row.has_image)
+
+    # Another encoder cannot be mixed into the table incrementally: it is refused before any encoding.
+    with pytest.raises(encode_items.EncoderChanged, match="item_embeddings_v2"):
+        encode_items.main(["--root", str(root), "--image-model", "none", "--mm-dim", "4", "--incremental", "--text-max-length", "16"])
