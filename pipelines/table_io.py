@@ -66,11 +66,19 @@ def clear_read_errors():
 
 
 def job_main(main: Callable[..., int]) -> Callable[..., int]:
-    """Decorator for a job's ``main``: a file it cannot read fails the job with a TableReadError."""
+    """Decorator for a job's ``main``: a file it cannot read fails the job with a TableReadError,
+    and the data it cached is dropped when it ends. Spark matches cached data by query plan, so a
+    later job in the same session (``mmfs pipeline``, tests) reading a table rewritten since would
+    otherwise be served the old rows."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
-        with clear_read_errors():
-            return main(*args, **kwargs)
+        try:
+            with clear_read_errors():
+                return main(*args, **kwargs)
+        finally:
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.catalog.clearCache()
     return wrapped
 
 

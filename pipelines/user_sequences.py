@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pipelines import reports
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import SEQUENCES_SCHEMA, SNAPSHOT_SCHEMA, columns
-from pipelines.table_io import job_main, read_table, write_table
+from pipelines.table_io import job_main, read_meta, read_table, table_exists, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output
 
 DEFAULT_MAX_LEN = 50
@@ -124,15 +124,61 @@ def transform(events: DataFrame, max_len: int = DEFAULT_MAX_LEN) -> dict[str, Da
     }
 
 
+def fingerprints(events: DataFrame) -> DataFrame:
+    """Per user: how many events and an order-free checksum of them. A user whose pair changed
+    since the last run (new, late, corrected or removed events) is recomputed by an incremental run."""
+    row_hash = F.xxhash64("item_id", "event_timestamp", "label").cast("decimal(38,0)")  # a sum that cannot overflow
+    return events.groupBy("user_id").agg(F.count(F.lit(1)).alias("n_events"), F.sum(row_hash).alias("fingerprint"))
+
+
+def transform_incremental(events: DataFrame, previous: dict[str, DataFrame], previous_state: DataFrame,
+                          max_len: int = DEFAULT_MAX_LEN) -> tuple[dict[str, DataFrame], DataFrame, DataFrame]:
+    """Recompute only the users whose events changed; keep every other user's rows as they were.
+
+    Each user's rows depend on that user's events alone, so the result equals ``transform`` on all
+    events. Returns (tables, the new state, the affected user ids)."""
+    events = events.select("user_id", "item_id", "event_timestamp", "label")
+    state = fingerprints(events)
+    changed = state.join(previous_state, on=["user_id", "n_events", "fingerprint"], how="left_anti").select("user_id")
+    gone = previous_state.select("user_id").join(state.select("user_id"), on="user_id", how="left_anti")
+    affected = changed.unionByName(gone)
+    fresh = transform(events.join(changed, on="user_id", how="left_semi"), max_len)
+    tables = {
+        name: previous[name].join(affected, on="user_id", how="left_anti").select(*df.columns).unionByName(df)
+        for name, df in fresh.items()
+    }
+    return tables, state, affected
+
+
+STATE_TABLE = "user_sequences_state"
+
+
 @job_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmfs user-sequences", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")
     parser.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help="history length N (default %(default)s)")
+    parser.add_argument("--incremental", action="store_true",
+                        help="recompute only users whose events changed since the last run; keep the other users' rows")
     add_common_args(parser)
     args = parser.parse_args(argv)
     spark = spark_from_args(args, "mmfs-user-sequences")
-    tables = transform(read_table(spark, f"{args.root}/events"), args.max_len)
+    events = read_table(spark, f"{args.root}/events")
+    state_path = f"{args.root}/{STATE_TABLE}"
+    if args.incremental:
+        if not table_exists(spark, state_path):
+            raise SystemExit(f"--incremental needs {state_path} from an earlier run: run user-sequences without it first")
+        previous_len = read_meta(spark, state_path).get("max_len")
+        if previous_len != args.max_len:
+            raise SystemExit(f"the tables hold histories of length {previous_len}, not {args.max_len}: run in full to change it")
+        previous = {name: read_table(spark, f"{args.root}/{name}") for name in output_rules(args.max_len)}
+        tables, state, affected = transform_incremental(events, previous, read_table(spark, state_path), args.max_len)
+        affected = affected.persist()
+        print(f"user_sequences --incremental: {affected.count()} users recomputed")
+    else:
+        tables, state = transform(events, args.max_len), fingerprints(events)
+    state = state.persist()
+    state.count()  # before any table is replaced: the state is computed from the events alone
     rules = output_rules(args.max_len)
     # Validate all three before writing any, so a broken contract leaves every old table in place.
     validated = {}
@@ -141,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         validated[name] = (df, assert_valid_output(df, rules[name]))
     for name, (df, report) in validated.items():
         write_table(df, f"{args.root}/{name}", meta={"job": "user_sequences", "max_len": args.max_len, "validation": report.to_dict()})
+    # Last: a run stopped before this point leaves the old state, and the next incremental run
+    # recomputes the same users again.
+    write_table(state, state_path, meta={"job": "user_sequences", "max_len": args.max_len, "incremental": args.incremental})
     written_reports = [report for _, report in validated.values()]
     reports.print_reports(written_reports, {name: f"{args.root}/{name}" for name in tables})
     return 0

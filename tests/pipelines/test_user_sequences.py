@@ -82,3 +82,37 @@ def test_outputs_pass_their_contract(spark):
     rules = output_rules(50)
     for name, df in tables.items():
         assert assert_valid_output(df, rules[name]).success
+
+
+def test_incremental_run_recomputes_affected_users_and_equals_a_full_recompute(spark, tmp_path, capsys):
+    from pipelines import user_sequences
+    from pipelines.schemas import EVENTS_SCHEMA
+    from pipelines.table_io import write_table
+
+    def events(rows):
+        return spark.createDataFrame([(u, i, ts(t), label) for u, i, t, label in rows], EVENTS_SCHEMA)
+
+    base = [(1, 10, "2020-01-01 00:00:00", 1), (1, 11, "2020-01-02 00:00:00", 1), (2, 10, "2020-01-01 00:00:00", 1),
+            (2, 12, "2020-01-03 00:00:00", 0), (3, 13, "2020-01-01 00:00:00", 1), (5, 14, "2020-01-01 00:00:00", 1),
+            (5, 15, "2020-01-05 00:00:00", 1)]
+    root = tmp_path / "root"
+    write_table(events(base), str(root / "events"))
+    assert user_sequences.main(["--root", str(root), "--max-len", "3"]) == 0
+
+    later = [row for row in base if row[0] != 3] + [  # user 3's events are withdrawn
+        (1, 16, "2020-01-04 00:00:00", 1),  # a new event for user 1
+        (2, 17, "2020-01-02 00:00:00", 1),  # a late event for user 2, between its old ones
+        (4, 10, "2020-01-06 00:00:00", 1),  # a new user
+    ]
+    write_table(events(later), str(root / "events"))
+    capsys.readouterr()
+    assert user_sequences.main(["--root", str(root), "--max-len", "3", "--incremental"]) == 0
+    assert "4 users recomputed" in capsys.readouterr().out  # 1, 2, 3 and 4; user 5 is kept as it was
+    full = transform(events(later), max_len=3)
+    for name, expected in full.items():
+        got = spark.read.parquet(str(root / name))
+        key = ["user_id", "event_timestamp"] + (["item_id"] if name == "sequences" else [])
+        assert sorted(map(tuple, got.select(*expected.columns).collect())) == sorted(map(tuple, expected.collect())), name
+        assert got.count() == got.dropDuplicates(key).count()
+    state = {r.user_id: r.n_events for r in spark.read.parquet(str(root / "user_sequences_state")).collect()}
+    assert state == {1: 3, 2: 3, 4: 1, 5: 2}
