@@ -57,6 +57,7 @@ def check_same_as_feast(tmp_path, root, config, ports=None):
     assert view.most_recent_end_time.astimezone(dt.timezone.utc) == AFTER_ALL  # recorded like feast records it
 
 
+@pytest.mark.slow  # the Redis test below covers the same code in CI; make test-all runs this one too
 def test_spark_engine_writes_what_feast_writes_sqlite(tiny_root, tmp_path):
     root, _ = tiny_root
     check_same_as_feast(tmp_path, root, "duckdb")
