@@ -72,25 +72,46 @@ user_sequence_source = table_source("user_sequence_source", "user_sequence_snaps
 target_similarity_source = table_source("target_similarity_source", "target_similarity")
 
 # -- feature views -----------------------------------------------------------------------------
-item_embeddings_fv = FeatureView(
-    name="item_embeddings",
-    entities=[item],
-    # No expiry: an item's content embedding stays valid until a new version replaces it. (Stats
-    # and sequences do age out.) The similarity job and the loader look versions up the same way.
-    ttl=timedelta(0),
-    schema=[
-        Field(name="mm_emb", dtype=Array(Float32), tags={"dim": str(MM_DIM)},
-              description=f"{MM_DIM}-d fused multimodal embedding: L2-normalised PCA(text) + PCA(image), MMCTR V4"),
-        Field(name="text_emb", dtype=Array(Float32), tags={"dim": str(TEXT_DIM)},
-              description=f"{TEXT_DIM}-d MiniLM-L6 BERT mean-pooled sentence embedding of title + text"),
-        Field(name="image_emb", dtype=Array(Float32), tags={"dim": str(IMAGE_DIM), "empty_allowed": "true"},
-              description=f"{IMAGE_DIM}-d image embedding (EfficientNet-Lite0 or CLIP); empty without a usable image"),
-        Field(name="has_image", dtype=Bool, description="Whether image_emb holds a real image embedding"),
-    ],
-    source=item_embeddings_source,
-    online=True,
-    tags={"team": "ranking", "producer": "pipelines/encode_items.py", "encoder_id": ENCODER_ID},
-)
+def item_embeddings_view(name: str, source, mm_dim: int, text_dim: int, image_dim: int, encoder_id: str) -> FeatureView:
+    """One encoder's versioned embedding table as a view (v1 below; a backfill adds v2 beside it)."""
+    return FeatureView(
+        name=name,
+        entities=[item],
+        # No expiry: an item's content embedding stays valid until a new version replaces it. (Stats
+        # and sequences do age out.) The similarity job and the loader look versions up the same way.
+        ttl=timedelta(0),
+        schema=[
+            Field(name="mm_emb", dtype=Array(Float32), tags={"dim": str(mm_dim)},
+                  description=f"{mm_dim}-d fused multimodal embedding: L2-normalised PCA(text) + PCA(image), MMCTR V4"),
+            Field(name="text_emb", dtype=Array(Float32), tags={"dim": str(text_dim)},
+                  description=f"{text_dim}-d BERT-family mean-pooled sentence embedding of title + text"),
+            Field(name="image_emb", dtype=Array(Float32), tags={"dim": str(image_dim), "empty_allowed": "true"},
+                  description=f"{image_dim}-d image embedding (EfficientNet-Lite0 or CLIP); empty without a usable image"),
+            Field(name="has_image", dtype=Bool, description="Whether image_emb holds a real image embedding"),
+        ],
+        source=source,
+        online=True,
+        tags={"team": "ranking", "producer": "pipelines/encode_items.py", "encoder_id": encoder_id},
+    )
+
+
+def target_similarity_view(name: str, source, encoder_id: str) -> FeatureView:
+    return FeatureView(
+        name=name,
+        entities=[user, item],
+        ttl=TTL,
+        schema=[
+            Field(name="hist_sim", dtype=Array(Float32), tags={"request_time": "true"},
+                  description="cos(mm_emb(target), mm_emb(hist_j)) per history item as of the row time; null where unknown"),
+            Field(name="target_has_emb", dtype=Bool, description="Whether the target item had an embedding at the row time"),
+        ],
+        source=source,
+        online=False,  # online, the scorer computes these at request time with the same function
+        tags={"team": "ranking", "producer": "pipelines/target_similarity.py", "encoder_id": encoder_id},
+    )
+
+
+item_embeddings_fv = item_embeddings_view("item_embeddings", item_embeddings_source, MM_DIM, TEXT_DIM, IMAGE_DIM, ENCODER_ID)
 
 item_stats_fv = FeatureView(
     name="item_stats",
@@ -120,19 +141,20 @@ user_sequence_fv = FeatureView(
     tags={"team": "ranking", "producer": "pipelines/user_sequences.py"},
 )
 
-target_similarity_fv = FeatureView(
-    name="target_similarity",
-    entities=[user, item],
-    ttl=TTL,
-    schema=[
-        Field(name="hist_sim", dtype=Array(Float32), tags={"request_time": "true"},
-              description="cos(mm_emb(target), mm_emb(hist_j)) per history item as of the row time; null where unknown"),
-        Field(name="target_has_emb", dtype=Bool, description="Whether the target item had an embedding at the row time"),
-    ],
-    source=target_similarity_source,
-    online=False,  # online, the scorer computes these at request time with the same function
-    tags={"team": "ranking", "producer": "pipelines/target_similarity.py"},
-)
+target_similarity_fv = target_similarity_view("target_similarity", target_similarity_source, ENCODER_ID)
+
+# A backfill with a new encoder (``mmfs encode-items --table item_embeddings_v2`` then
+# ``mmfs target-similarity --version v2``) adds its tables beside v1's; ``mmfs apply`` then sets
+# MMFS_ENCODER_ID_V2 (and the V2 dims) and these views join the v1 ones, which stay as deployed.
+BACKFILL_V2 = bool(os.environ.get("MMFS_ENCODER_ID_V2"))
+if BACKFILL_V2:
+    item_embeddings_v2_source = table_source("item_embeddings_v2_source", "item_embeddings_v2", "created_timestamp")
+    target_similarity_v2_source = table_source("target_similarity_v2_source", "target_similarity_v2")
+    item_embeddings_v2_fv = item_embeddings_view(
+        "item_embeddings_v2", item_embeddings_v2_source, int(os.environ.get("MMFS_MM_DIM_V2", MM_DIM)),
+        int(os.environ.get("MMFS_TEXT_DIM_V2", TEXT_DIM)), int(os.environ.get("MMFS_IMAGE_DIM_V2", IMAGE_DIM)),
+        os.environ["MMFS_ENCODER_ID_V2"])
+    target_similarity_v2_fv = target_similarity_view("target_similarity_v2", target_similarity_v2_source, os.environ["MMFS_ENCODER_ID_V2"])
 
 # -- feature services: the train/serve contract, one versioned service per model family --------
 ctr_dmf_v1 = FeatureService(
@@ -153,3 +175,9 @@ ctr_diffmsin_v1 = FeatureService(
     features=[user_sequence_fv, item_stats_fv, item_embeddings_fv],
     description="Diff-MSIN: per-modality text and image embeddings",
 )
+if BACKFILL_V2:
+    ctr_dmf_v2 = FeatureService(
+        name="ctr_dmf_v2",
+        features=[user_sequence_fv, item_stats_fv, target_similarity_v2_fv, item_embeddings_v2_fv[["mm_emb", "has_image"]]],
+        description="DMF on the backfilled encoder (item_embeddings_v2, target_similarity_v2), beside ctr_dmf_v1",
+    )

@@ -53,21 +53,24 @@ def repo_env(table_root: str | Path | None, fs_yaml: Path) -> dict[str, str]:
     if table_root is not None:
         env["MMFS_TABLE_ROOT"] = str(Path(table_root).resolve())
         env.update(encoder_env(Path(table_root) / "item_embeddings" / "_mmfs_meta.json"))
+        env.update(encoder_env(Path(table_root) / "item_embeddings_v2" / "_mmfs_meta.json", suffix="_V2"))
     return env
 
 
-def encoder_env(meta_file: Path) -> dict[str, str]:
-    """Vector dims and encoder id of the embedding table, for features.py's declarations (tags)."""
+def encoder_env(meta_file: Path, suffix: str = "") -> dict[str, str]:
+    """Vector dims and encoder id of an embedding table, for features.py's declarations (tags).
+
+    ``suffix="_V2"`` describes a backfilled table; without one, its views are not declared."""
     if not meta_file.is_file():
-        return {}
+        return {f"MMFS_ENCODER_ID{suffix}": ""} if suffix else {}
     identity = json.loads(meta_file.read_text()).get("encoder_identity") or {}
-    env = {"MMFS_ENCODER_ID": str(identity.get("encoder_id") or "")}
+    env = {f"MMFS_ENCODER_ID{suffix}": str(identity.get("encoder_id") or "")}
     if identity.get("mm_dim"):
-        env["MMFS_MM_DIM"] = str(identity["mm_dim"])
+        env[f"MMFS_MM_DIM{suffix}"] = str(identity["mm_dim"])
     if (identity.get("text") or {}).get("dim"):
-        env["MMFS_TEXT_DIM"] = str(identity["text"]["dim"])
+        env[f"MMFS_TEXT_DIM{suffix}"] = str(identity["text"]["dim"])
     if (identity.get("image") or {}).get("dim"):
-        env["MMFS_IMAGE_DIM"] = str(identity["image"]["dim"])
+        env[f"MMFS_IMAGE_DIM{suffix}"] = str(identity["image"]["dim"])
     return env
 
 

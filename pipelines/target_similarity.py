@@ -105,10 +105,13 @@ def transform(sequences: DataFrame, item_embeddings: DataFrame, encoder_id: str)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmfs target-similarity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root with sequences and item_embeddings")
+    parser.add_argument("--version", default="", help="a backfilled encoder's tables: v2 reads item_embeddings_v2 "
+                        "and writes target_similarity_v2, leaving v1's as they are")
     add_common_args(parser)
     args = parser.parse_args(argv)
     spark = spark_from_args(args, "mmfs-target-similarity")
-    embeddings_path = f"{args.root}/item_embeddings"
+    suffix = f"_{args.version}" if args.version else ""
+    embeddings_path = f"{args.root}/item_embeddings{suffix}"
     identity = read_meta(spark, embeddings_path)["encoder_identity"]
     embeddings = read_table(spark, embeddings_path)
     encoder_ids = [r[0] for r in embeddings.select("encoder_id").distinct().collect()]
@@ -116,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{embeddings_path} mixes encoders {encoder_ids}; expected only {identity['encoder_id']}")
     result = transform(read_table(spark, f"{args.root}/sequences"), embeddings, identity["encoder_id"]).persist()
     report = assert_valid_output(result, output_rules())
-    write_table(result, f"{args.root}/target_similarity",
+    write_table(result, f"{args.root}/target_similarity{suffix}",
                 meta={"job": "target_similarity", "encoder_identity": identity, "validation": report.to_dict()})
-    reports.print_reports([report], {"target_similarity": f"{args.root}/target_similarity"})
+    reports.print_reports([report], {f"target_similarity{suffix}": f"{args.root}/target_similarity{suffix}"})
     return 0
 
 

@@ -261,9 +261,16 @@ def _split_stats(out: Path, split: str, views: list[ViewJoin], embeddings: str) 
             "files": [str(f.relative_to(out)) for f in files]}
 
 
-def _encoder_identity(store) -> dict:
+def embedding_view_name(store, service_name: str) -> str | None:
+    """The service's item embedding view: item_embeddings, or a backfill's item_embeddings_v2."""
+    names = [p.name for p in store.get_feature_service(service_name).feature_view_projections]
+    return next((n for n in names if n.startswith("item_embeddings")), None)
+
+
+def _encoder_identity(store, service_name: str = "ctr_dmf_v1") -> dict:
     try:
-        glob = source_glob(store.get_feature_view("item_embeddings").batch_source)
+        view = embedding_view_name(store, service_name) or "item_embeddings"
+        glob = source_glob(store.get_feature_view(view).batch_source)
     except Exception:  # noqa: BLE001 - a repo without embeddings has no encoder identity
         return {}
     meta_file = Path(glob).parent / "_mmfs_meta.json"
@@ -312,7 +319,7 @@ def build(store, service_name: str, entity_source, out: str | Path, engine: str 
             "features": features,
             "vector_fields_by_reference": [f"{v.name}:{f}" for v in views for f in v.vector_fields] if embeddings == "reference" else [],
             "embedding_table": next((str(Path(v.glob).parent) for v in views if v.vector_fields), None),
-            "encoder_identity": _encoder_identity(store),
+            "encoder_identity": _encoder_identity(store, service_name),
             "views": [asdict(v) for v in views],
             "split_points": {"valid_from": split.valid_from.isoformat(), "test_from": split.test_from.isoformat()},
             "entity_rows": entity.num_rows,

@@ -111,6 +111,11 @@ def decode(proto: ValueProto, arrays: bool = False):
     return getattr(proto, kind)
 
 
+def embedding_view(reader) -> str:
+    """The service's item embedding view: item_embeddings, or a backfill's item_embeddings_v2."""
+    return next((v for v in reader.views if v.startswith("item_embeddings")), "item_embeddings")
+
+
 def online_similarities(reader: OnlineReader, user_id: int, item_ids: Sequence[int], now: dt.datetime | None = None,
                         vector: str = "mm_emb") -> tuple[list[int], "np.ndarray", "np.ndarray"]:
     """Request-time s_j for one user and C candidates from the online store.
@@ -124,7 +129,7 @@ def online_similarities(reader: OnlineReader, user_id: int, item_ids: Sequence[i
 
     seq = reader.read("user_sequence", [user_id], now)
     hist = seq.fresh("hist_item_ids")[0] or []
-    emb = reader.read("item_embeddings", list(item_ids) + list(hist), now)
+    emb = reader.read(embedding_view(reader), list(item_ids) + list(hist), now)
     vectors = emb.fresh(vector)
     dim = next((len(v) for v in vectors if v), 0)
     block = np.zeros((len(vectors), dim), dtype=np.float32)
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = {f: _short(v[i]) for f, v in rows.values.items()}
             table.add_row(str(item), view, rows.status[i], str(rows.event_timestamps[i]), str(shown))
     console.print(table)
-    if items and "item_embeddings" in reader.views:
+    if items and embedding_view(reader) in reader.views:
         _, sims, known = online_similarities(reader, args.user, items, args.at)
         for item, s, k in zip(items, sims, known):
             console.print(f"s_j(target={item}) over the last 10 history items: "

@@ -25,7 +25,7 @@ import pyarrow as pa
 from pipelines import training_set
 from pipelines.feast_store import REPO, materialize, open_store, parse_time
 from pipelines.target_similarity import similarity_batch
-from serving.online import PRESENT, STALE, OnlineReader, online_similarities
+from serving.online import PRESENT, STALE, OnlineReader, embedding_view, online_similarities
 
 TOLERANCE = 1e-6
 
@@ -133,9 +133,9 @@ def run_parity(store, service_name: str, at: dt.datetime, sample: int = 200, see
             for i, row in enumerate(offline):
                 compare(result, keys[i], row[feature], online.values[feature][i], online.status[i])
 
-    if "item_embeddings" in reader.views and "user_sequence" in reader.views:
+    if embedding_view(reader) in reader.views and "user_sequence" in reader.views:
         # Request-time similarities: the scorer's online path vs the Spark job's offline code.
-        index_dir = next(Path(v.glob).parent for v in views if v.name == "item_embeddings")
+        index_dir = next(Path(v.glob).parent for v in views if v.name == embedding_view(reader))
         from model.data import load_embedding_index
 
         index = load_embedding_index(index_dir, "mm_emb")

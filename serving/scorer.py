@@ -49,6 +49,7 @@ from pipelines.similarity import target_similarity
 from serving.online import MISSING, PRESENT, STALE, OnlineReader, decode, row_or_missing
 
 SEQUENCE_VIEW = "user_sequence"
+EMBEDDING_VIEW = "item_embeddings"  # a backfill's views are named item_embeddings_<version>
 
 
 class StoreMismatch(RuntimeError):
@@ -121,13 +122,14 @@ def check_store(store, meta: dict) -> None:
             raise StoreMismatch(f"feature service {name!r} differs from the one the checkpoint was trained on: "
                                 f"missing online {sorted(trained - served)}, not in training {sorted(served - trained)}; "
                                 "a changed service needs a new version name and a retrained model")
-    views = {p.name for p in store.get_feature_service(name).feature_view_projections}
-    if "item_embeddings" in views:
+    embedding_view = next((p.name for p in store.get_feature_service(name).feature_view_projections
+                           if p.name.startswith(EMBEDDING_VIEW)), None)
+    if embedding_view:
         trained_id = (meta.get("encoder_identity") or {}).get("encoder_id") or ""
-        served_id = store.get_feature_view("item_embeddings").tags.get("encoder_id", "")
+        served_id = store.get_feature_view(embedding_view).tags.get("encoder_id", "")
         if trained_id != served_id:
             raise StoreMismatch(f"encoder identity differs: the checkpoint's embeddings came from encoder {trained_id or '(none)'!r}, "
-                                f"the store's item_embeddings from {served_id or '(none)'!r}; similarities and vectors would not "
+                                f"the store's {embedding_view} from {served_id or '(none)'!r}; similarities and vectors would not "
                                 "mean what the model learned. Serve a model trained on this encoder's tables")
 
 
@@ -216,6 +218,8 @@ class Scorer:
         self.dims = {"mm_emb": spec.mm_dim, **dict(spec.modal_dims)}
         self.vectors = tuple(v for v in self.vectors if self.dims.get(v))
         self.item_views = [v for v, (fv, _) in self.reader.views.items() if tuple(fv.join_keys) == ("item_id",)]
+        # item_embeddings, or a backfilled encoder's item_embeddings_v2 for a ctr_dmf_v2 checkpoint
+        self.embedding_view = next((v for v in self.item_views if v.startswith(EMBEDDING_VIEW)), EMBEDDING_VIEW)
         self.online_store = self.reader.provider.online_store
         self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
@@ -295,7 +299,7 @@ class Scorer:
         t_user = time.perf_counter()
         hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status == PRESENT else []
         # Item features: candidates and history items, through the cache.
-        rows = {view: self._read_items(view, list(dict.fromkeys(items + hist)) if view == "item_embeddings" else list(dict.fromkeys(items)), now)
+        rows = {view: self._read_items(view, list(dict.fromkeys(items + hist)) if view == self.embedding_view else list(dict.fromkeys(items)), now)
                 for view in self.item_views}
         t_items = time.perf_counter()
         prepared = self.prepare(items, status, hist, rows, now)
@@ -342,14 +346,14 @@ class Scorer:
                     flags[c].append(f"stale:{view}")
                     stale += 1
                 else:
-                    flags[c].append("no_embedding" if view == "item_embeddings" else f"no_{view}")
+                    flags[c].append("no_embedding" if view == self.embedding_view else f"no_{view}")
 
         # Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere.
         if self.vectors:
-            emb = rows["item_embeddings"]
-            hist_statuses = self._statuses("item_embeddings", [emb[item][1] for item in hist], now)
+            emb = rows[self.embedding_view]
+            hist_statuses = self._statuses(self.embedding_view, [emb[item][1] for item in hist], now)
         for vector in self.vectors:
-            target, found = self._vectors(emb, items, statuses["item_embeddings"], vector)  # (C, D), (C,)
+            target, found = self._vectors(emb, items, statuses[self.embedding_view], vector)  # (C, D), (C,)
             hist_vec, hist_found = self._vectors(emb, hist, hist_statuses, vector)  # (len(hist), D)
             h = np.zeros((1, L, target.shape[1]), np.float32)  # (1, L, D)
             hf = np.zeros((1, L), bool)

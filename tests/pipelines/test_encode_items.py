@@ -126,3 +126,17 @@ def test_incremental_run_encodes_only_changed_contents_and_equals_a_full_recompu
     # Another encoder cannot be mixed into the table incrementally: it is refused before any encoding.
     with pytest.raises(encode_items.EncoderChanged, match="item_embeddings_v2"):
         encode_items.main(["--root", str(root), "--image-model", "none", "--mm-dim", "4", "--incremental", "--text-max-length", "16"])
+
+    # ... but a backfill writes it beside the deployed table, which it leaves byte for byte as it was.
+    import hashlib
+
+    def fingerprint(table):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / table).iterdir())}
+
+    v1 = fingerprint("item_embeddings")
+    assert encode_items.main(["--root", str(root), "--image-model", "none", "--mm-dim", "4", "--text-max-length", "16",
+                              "--table", "item_embeddings_v2"]) == 0
+    assert fingerprint("item_embeddings") == v1
+    v2_meta = json.loads((root / "item_embeddings_v2" / "_mmfs_meta.json").read_text())
+    assert v2_meta["encoder_identity"]["encoder_id"] != meta["encoder_identity"]["encoder_id"]
+    assert v2_meta["items"] == 9

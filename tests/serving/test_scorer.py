@@ -272,3 +272,66 @@ def test_ready_is_false_while_redis_is_down_and_recovers(served, tmp_path):
                 assert 'mmfs_errors_total{endpoint="/score",kind="503"}' in client.get("/metrics").text
     finally:
         first.close()
+
+
+def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_path):
+    """A new encoder's tables (item_embeddings_v2, target_similarity_v2) and service ctr_dmf_v2 come
+    up beside v1: v1's tables are not rewritten, v1's checkpoint still serves, and a v2 checkpoint
+    trained on ctr_dmf_v2 scores online exactly as on its training rows."""
+    import hashlib
+    import json
+    import shutil
+
+    from pipelines import target_similarity
+    from pipelines.table_io import write_table
+
+    root = tmp_path / "root"
+    shutil.copytree(served["root"], root, ignore=shutil.ignore_patterns("training_sets"))
+
+    def fingerprint(table):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / table).iterdir())}
+
+    v1_before = {t: fingerprint(t) for t in ("item_embeddings", "target_similarity")}
+    # The backfill: a 3-d encoder, written beside v1 (as encode-items --table item_embeddings_v2 writes it).
+    v2_rows = [Row(**{**r.asDict(), "mm_emb": [r.mm_emb[0] * 0.6, r.mm_emb[1] * 0.6, 0.8], "encoder_id": "enc-v2"}) for r in embedding_rows()]
+    from pipelines.schemas import ITEM_EMBEDDINGS_SCHEMA
+
+    write_table(spark.createDataFrame(v2_rows, ITEM_EMBEDDINGS_SCHEMA), str(root / "item_embeddings_v2"),
+                meta={"encoder_identity": {"encoder_id": "enc-v2", "mm_dim": 3, "text": {"dim": 1}}})
+    assert target_similarity.main(["--root", str(root), "--version", "v2"]) == 0
+    assert {t: fingerprint(t) for t in v1_before} == v1_before
+
+    repo = copy_repo(tmp_path)
+    feast_store.apply("duckdb", repo, root)
+    store = feast_store.open_store("duckdb", repo, root)
+    services = {s.name for s in store.list_feature_services()}
+    assert {"ctr_dmf_v1", "ctr_dmf_v2"} <= services
+    from serving.scorer import store_features
+
+    assert store_features(store, "ctr_dmf_v1") == store_features(served["store"], "ctr_dmf_v1")
+    assert {f.split(":")[0] for f in store_features(store, "ctr_dmf_v2")} == {"user_sequence", "item_stats", "target_similarity_v2", "item_embeddings_v2"}
+    assert store.get_feature_view("item_embeddings").tags["encoder_id"] == "enc-test"
+    assert store.get_feature_view("item_embeddings_v2").tags["encoder_id"] == "enc-v2"
+
+    sets = root / "training_sets" / "ctr_dmf_v2"
+    training_set.build(store, "ctr_dmf_v2", root / "events", sets, saved_dataset=False)
+    manifest = json.loads((sets / "manifest.json").read_text())
+    assert manifest["encoder_identity"]["encoder_id"] == "enc-v2" and manifest["embedding_table"].endswith("item_embeddings_v2")
+    out = tmp_path / "model_v2"
+    train(TrainConfig(training_set=str(sets), out=str(out), model=ModelConfig(name="dmf", id_dim=8, mlp=(16,), dropout=0.0, buckets=5, tiers=4),
+                      batch_size=64, max_epochs=1, progress=False))
+
+    rows = offline_logits(out / "checkpoint.pt", sets)
+    unique = {k: v[0] for k, v in rows.items() if len(v) == 1 and v[0][1] > 0}
+    t_us = sorted({t for (_, _, t) in unique})[len(unique) // 2]
+    at = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=t_us)
+    store.materialize(start_date=START - dt.timedelta(days=60), end_date=at)
+    v2 = Scorer.from_checkpoint(out / "checkpoint.pt", store)
+    assert v2.embedding_view == "item_embeddings_v2"
+    for (user, item, t), (expected, n_hist) in unique.items():
+        if t == t_us:
+            result = v2.score(user, [item], now=at)
+            assert result.items[0].logit == pytest.approx(expected, abs=1e-5)
+            assert result.history_len == n_hist
+    v1 = Scorer.from_checkpoint(served["checkpoint"], store)  # the deployed model still serves from the same store
+    assert v1.embedding_view == "item_embeddings" and v1.score(1, [1, 2], now=at).items[0].score is not None
