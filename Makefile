@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test test-all bench bench-serving bench-feast bench-models java redis clean
+.PHONY: demo test test-all bench bench-serving bench-feast bench-models bench-scale java redis clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,9 @@ bench-feast: $(INSTALLED) java redis
 
 bench-models: $(INSTALLED) java
 	$(PY) -m benchmarks.bench_models
+
+bench-scale: $(INSTALLED) java redis
+	$(PY) -m benchmarks.bench_scale
 
 clean:
 	rm -rf out bench_out .pytest_cache
