@@ -251,13 +251,21 @@ def _split_stats(out: Path, split: str, views: list[ViewJoin], embeddings: str) 
         scalar = next((f for f in view.fields if f in schema.names and not pa.types.is_list(schema.field(f).type)), None)
         if scalar:
             probes[view.name] = scalar
-    table = pa.concat_tables(pq.read_table(f, columns=["label", "event_timestamp", *sorted(set(probes.values()))]) for f in files)
-    rows = table.num_rows
-    positives = pc.sum(table.column("label")).as_py() or 0
-    lo, hi = pc.min(table.column("event_timestamp")).as_py(), pc.max(table.column("event_timestamp")).as_py()
+    # One streaming aggregate in DuckDB: the split is never loaded whole (it can hold 10^7 rows).
+    names = sorted(probes)
+    nulls = "".join(f', count(*) - count("{probes[v]}")' for v in names)
+    file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    con = connect()
+    try:
+        rows, positives, lo, hi, *missing = con.execute(
+            f"SELECT count(*), sum(label), min(event_timestamp), max(event_timestamp){nulls} "
+            f"FROM read_parquet({file_list})").fetchone()
+    finally:
+        con.close()
+    positives = positives or 0
     return {"rows": rows, "positives": int(positives), "positive_rate": positives / rows if rows else None,
             "min_event_timestamp": lo.isoformat() if lo else None, "max_event_timestamp": hi.isoformat() if hi else None,
-            "rows_without_view": {v: table.column(c).null_count for v, c in probes.items()},
+            "rows_without_view": {v: int(n) for v, n in zip(names, missing)},
             "files": [str(f.relative_to(out)) for f in files]}
 
 
