@@ -148,6 +148,41 @@ def score_main(argv: list[str]) -> int:
     return 0
 
 
+def materialize_detail_main(argv: list[str]) -> int:
+    """Feast's materialisation and ours on one table root, each into a fresh Redis, with the memory
+    of the largest single Python process and of the JVM apart from the tree's total."""
+    from tests.redis_server import redis_server
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--events", type=int, required=True)
+    args = parser.parse_args(argv)
+    work = WORK / f"materialize_e{args.events}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "a").mkdir(parents=True)
+    (work / "b").mkdir()
+    log = work / "stages.log"
+    with redis_server(work / "a") as feast_port, redis_server(work / "b") as spark_port:
+        for engine, port, sub in (("feast", feast_port, "a"), ("spark", spark_port, "b")):
+            repo = prepare_repo(work / sub, port)
+            run_logged(MMFS + ["apply", "--root", args.root, "--config", "redis", "--repo", str(repo)], log)
+            cmd = MMFS + ["materialize", "--root", args.root, "--config", "redis", "--repo", str(repo),
+                          "--end", "2025-01-01T00:00:00Z", "--engine", engine]
+            with measured(interval=0.25) as m:
+                run_logged(cmd, log)
+            import redis
+
+            row = {"events": args.events, "engine": engine, "seconds": round(m.seconds, 2),
+                   "peak_gib": round(m.peak_rss_bytes / 2**30, 3), "python_gib": round(m.peak_python_bytes / 2**30, 3),
+                   "jvm_gib": round(m.peak_jvm_bytes / 2**30, 3),
+                   "redis_mib": round(redis.Redis(host="127.0.0.1", port=port).info("memory")["used_memory"] / 2**20, 1),
+                   "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            with (WORK / "materialize_detail.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    return 0
+
+
 def run_size(events: int, images: int, train_steps: int, results: Path, resume: bool) -> None:
     from tests.redis_server import redis_server
 
@@ -288,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["score"]:
         return score_main(argv[1:])
+    if argv[:1] == ["materialize-detail"]:
+        return materialize_detail_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,3000000,10000000", help="comma-separated event counts")
     parser.add_argument("--images", type=int, default=1000, help="items with an image (CPU: ~20 img/s)")

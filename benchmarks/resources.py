@@ -17,17 +17,30 @@ import psutil
 class Measurement:
     seconds: float = 0.0
     peak_rss_bytes: int = 0
+    peak_python_bytes: int = 0  # the largest single non-JVM process (a driver holding a table shows here)
+    peak_jvm_bytes: int = 0  # Spark's JVM (its heap is capped by spark.driver.memory and spills beyond)
+
+
+def tree_rss_by_kind() -> tuple[int, int, int]:
+    """(whole tree, largest Python process, JVMs) resident bytes for this process and its children."""
+    me = psutil.Process(os.getpid())
+    total = python_max = jvm = 0
+    for proc in [me] + me.children(recursive=True):
+        try:
+            rss = proc.memory_info().rss
+            name = proc.name()
+        except psutil.Error:
+            continue
+        total += rss
+        if name.startswith("java"):
+            jvm += rss
+        else:  # Python: the interpreter itself, or a console script such as `feast`
+            python_max = max(python_max, rss)
+    return total, python_max, jvm
 
 
 def tree_rss() -> int:
-    me = psutil.Process(os.getpid())
-    total = 0
-    for proc in [me] + me.children(recursive=True):
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+    return tree_rss_by_kind()[0]
 
 
 @contextmanager
@@ -37,7 +50,10 @@ def measured(interval: float = 0.25):
 
     def sample():
         while not stop.is_set():
-            result.peak_rss_bytes = max(result.peak_rss_bytes, tree_rss())
+            total, python_max, jvm = tree_rss_by_kind()
+            result.peak_rss_bytes = max(result.peak_rss_bytes, total)
+            result.peak_python_bytes = max(result.peak_python_bytes, python_max)
+            result.peak_jvm_bytes = max(result.peak_jvm_bytes, jvm)
             stop.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
