@@ -213,6 +213,8 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET threads = {threads or os.cpu_count() or 1}")
     con.execute("SET preserve_insertion_order = false")
+    if os.environ.get("MMFS_DUCKDB_MEMORY_LIMIT"):  # e.g. 2GB: joins and sorts spill to temp_directory beyond it
+        con.execute(f"SET memory_limit = {_lit(os.environ['MMFS_DUCKDB_MEMORY_LIMIT'])}")
     con.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / 'mmfs-duckdb'}'")  # not ./.tmp  # row order is not part of the contract; COPY streams in parallel
     return con
 
