@@ -84,6 +84,7 @@ def _items_v1(spark):
     return spark.createDataFrame(rows, ITEMS_SCHEMA)
 
 
+@pytest.mark.slow  # four encoder runs (~2 min): make test-all; CI keeps the 20-minute budget
 def test_incremental_run_encodes_only_changed_contents_and_equals_a_full_recompute(spark, tmp_path):
     import io
     import json

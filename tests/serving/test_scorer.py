@@ -274,6 +274,7 @@ def test_ready_is_false_while_redis_is_down_and_recovers(served, tmp_path):
         first.close()
 
 
+@pytest.mark.slow  # trains a second model (~1.5 min): make test-all; CI keeps the 20-minute budget
 def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_path):
     """A new encoder's tables (item_embeddings_v2, target_similarity_v2) and service ctr_dmf_v2 come
     up beside v1: v1's tables are not rewritten, v1's checkpoint still serves, and a v2 checkpoint
