@@ -57,13 +57,14 @@ def check_same_as_feast(tmp_path, root, config, ports=None):
     assert view.most_recent_end_time.astimezone(dt.timezone.utc) == AFTER_ALL  # recorded like feast records it
 
 
-@pytest.mark.slow  # the Redis test below covers the same code in CI; make test-all runs this one too
+@pytest.mark.slow  # make test-all, with the Redis variant below
 def test_spark_engine_writes_what_feast_writes_sqlite(tiny_root, tmp_path):
     root, _ = tiny_root
     check_same_as_feast(tmp_path, root, "duckdb")
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # two feast applies + four materialisations (~1.5 min): make test-all; CI keeps its 20-minute budget
 def test_spark_engine_writes_what_feast_writes_redis(tiny_root, tmp_path):
     root, _ = tiny_root
     for name in ("a", "b"):
