@@ -29,6 +29,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 CONFIGS = {"duckdb": "feature_store.yaml", "spark": "feature_store.spark.yaml", "redis": "feature_store.redis.yaml"}
+EMBEDDING_VIEW = "item_embeddings"  # a backfill's views are named item_embeddings_<version>
+
+
+def embedding_view(view_names) -> str | None:
+    """The item embedding view among a service's views: item_embeddings, or a backfill's item_embeddings_v2."""
+    return next((name for name in view_names if name.startswith(EMBEDDING_VIEW)), None)
 
 
 class SchemaDriftError(ValueError):

@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.feast_store import REPO, assert_no_drift, open_store, parse_time, source_glob
+from pipelines.feast_store import EMBEDDING_VIEW, REPO, assert_no_drift, embedding_view, open_store, parse_time, source_glob
 
 ENTITY_COLUMNS = ("user_id", "item_id", "event_timestamp", "label")
 SPLITS = ("train", "valid", "test")
@@ -273,13 +273,12 @@ def _split_stats(out: Path, split: str, views: list[ViewJoin], embeddings: str) 
 
 def embedding_view_name(store, service_name: str) -> str | None:
     """The service's item embedding view: item_embeddings, or a backfill's item_embeddings_v2."""
-    names = [p.name for p in store.get_feature_service(service_name).feature_view_projections]
-    return next((n for n in names if n.startswith("item_embeddings")), None)
+    return embedding_view(p.name for p in store.get_feature_service(service_name).feature_view_projections)
 
 
 def _encoder_identity(store, service_name: str = "ctr_dmf_v1") -> dict:
     try:
-        view = embedding_view_name(store, service_name) or "item_embeddings"
+        view = embedding_view_name(store, service_name) or EMBEDDING_VIEW
         glob = source_glob(store.get_feature_view(view).batch_source)
     except Exception:  # noqa: BLE001 - a repo without embeddings has no encoder identity
         return {}

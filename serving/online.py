@@ -113,7 +113,9 @@ def decode(proto: ValueProto, arrays: bool = False):
 
 def embedding_view(reader) -> str:
     """The service's item embedding view: item_embeddings, or a backfill's item_embeddings_v2."""
-    return next((v for v in reader.views if v.startswith("item_embeddings")), "item_embeddings")
+    from pipelines.feast_store import EMBEDDING_VIEW, embedding_view as embedding_view_of
+
+    return embedding_view_of(reader.views) or EMBEDDING_VIEW
 
 
 def online_similarities(reader: OnlineReader, user_id: int, item_ids: Sequence[int], now: dt.datetime | None = None,

@@ -45,11 +45,12 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from model.data import dense_block
 from model.train import load_checkpoint, model_vectors
+from pipelines.feast_store import EMBEDDING_VIEW
+from pipelines.feast_store import embedding_view as embedding_view_of
 from pipelines.similarity import target_similarity
 from serving.online import MISSING, PRESENT, STALE, OnlineReader, decode, row_or_missing
 
 SEQUENCE_VIEW = "user_sequence"
-EMBEDDING_VIEW = "item_embeddings"  # a backfill's views are named item_embeddings_<version>
 
 
 class StoreMismatch(RuntimeError):
@@ -122,8 +123,7 @@ def check_store(store, meta: dict) -> None:
             raise StoreMismatch(f"feature service {name!r} differs from the one the checkpoint was trained on: "
                                 f"missing online {sorted(trained - served)}, not in training {sorted(served - trained)}; "
                                 "a changed service needs a new version name and a retrained model")
-    embedding_view = next((p.name for p in store.get_feature_service(name).feature_view_projections
-                           if p.name.startswith(EMBEDDING_VIEW)), None)
+    embedding_view = embedding_view_of(p.name for p in store.get_feature_service(name).feature_view_projections)
     if embedding_view:
         trained_id = (meta.get("encoder_identity") or {}).get("encoder_id") or ""
         served_id = store.get_feature_view(embedding_view).tags.get("encoder_id", "")
@@ -219,7 +219,7 @@ class Scorer:
         self.vectors = tuple(v for v in self.vectors if self.dims.get(v))
         self.item_views = [v for v, (fv, _) in self.reader.views.items() if tuple(fv.join_keys) == ("item_id",)]
         # item_embeddings, or a backfilled encoder's item_embeddings_v2 for a ctr_dmf_v2 checkpoint
-        self.embedding_view = next((v for v in self.item_views if v.startswith(EMBEDDING_VIEW)), EMBEDDING_VIEW)
+        self.embedding_view = embedding_view_of(self.item_views) or EMBEDDING_VIEW
         self.online_store = self.reader.provider.online_store
         self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
