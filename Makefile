@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+BENCH_INSTALLED := $(VENV)/.installed-bench
 OUT ?= out/movielens
 
 export GX_ANALYTICS_ENABLED := False
@@ -18,6 +19,10 @@ $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(INSTALLED)
+
+$(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	@touch $(BENCH_INSTALLED)
 
 java:
 	@command -v java >/dev/null || { echo "Spark needs Java 17+: installing openjdk-17-jre-headless"; \
@@ -60,7 +65,7 @@ bench-serving: $(INSTALLED) java redis
 bench-feast: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_feast
 
-bench-models: $(INSTALLED) java
+bench-models: $(BENCH_INSTALLED) java
 	$(PY) -m benchmarks.bench_models
 
 bench-scale: $(INSTALLED) java redis

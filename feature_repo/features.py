@@ -68,6 +68,7 @@ item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, de
 # -- sources: one per pipeline output table ------------------------------------------------------
 item_embeddings_source = table_source("item_embeddings_source", "item_embeddings", "created_timestamp")
 item_stats_source = table_source("item_stats_source", "item_stats")
+user_stats_source = table_source("user_stats_source", "user_stats")
 user_sequence_source = table_source("user_sequence_source", "user_sequence_snapshots")
 target_similarity_source = table_source("target_similarity_source", "target_similarity")
 
@@ -113,10 +114,12 @@ def target_similarity_view(name: str, source, encoder_id: str) -> FeatureView:
 
 item_embeddings_fv = item_embeddings_view("item_embeddings", item_embeddings_source, MM_DIM, TEXT_DIM, IMAGE_DIM, ENCODER_ID)
 
+# Running counters: the newest row holds the whole past, however old it is, so the stats views
+# never expire (a TTL nulled the counts of items with no event for ten years: docs/models.md).
 item_stats_fv = FeatureView(
     name="item_stats",
     entities=[item],
-    ttl=TTL,
+    ttl=timedelta(0),
     schema=[
         Field(name="impressions", dtype=Int64, description="Events on the item strictly before the row time (popularity)"),
         Field(name="clicks", dtype=Int64, description="Positive events on the item strictly before the row time"),
@@ -125,6 +128,20 @@ item_stats_fv = FeatureView(
     source=item_stats_source,
     online=True,
     tags={"team": "ranking", "producer": "pipelines/item_stats.py"},
+)
+
+user_stats_fv = FeatureView(
+    name="user_stats",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="user_impressions", dtype=Int64, description="The user's events strictly before the row time"),
+        Field(name="user_clicks", dtype=Int64, description="The user's positive events strictly before the row time"),
+        Field(name="user_ctr", dtype=Float32, description="The user's smoothed click-through rate strictly before the row time"),
+    ],
+    source=user_stats_source,
+    online=True,
+    tags={"team": "ranking", "producer": "pipelines/user_stats.py"},
 )
 
 user_sequence_fv = FeatureView(
@@ -159,25 +176,25 @@ if BACKFILL_V2:
 # -- feature services: the train/serve contract, one versioned service per model family --------
 ctr_dmf_v1 = FeatureService(
     name="ctr_dmf_v1",
-    features=[user_sequence_fv, item_stats_fv, target_similarity_fv, item_embeddings_fv[["mm_emb", "has_image"]]],
+    features=[user_sequence_fv, user_stats_fv, item_stats_fv, target_similarity_fv, item_embeddings_fv[["mm_emb", "has_image"]]],
     description="DMF: ID sequence + target-aware similarities + fused multimodal embeddings",
 )
 ctr_din_v1 = FeatureService(
-    name="ctr_din_v1", features=[user_sequence_fv, item_stats_fv], description="DIN: ID features only",
+    name="ctr_din_v1", features=[user_sequence_fv, user_stats_fv, item_stats_fv], description="DIN: ID features only",
 )
 ctr_mmctr_din_v1 = FeatureService(
     name="ctr_mmctr_din_v1",
-    features=[user_sequence_fv, item_stats_fv, item_embeddings_fv[["mm_emb", "has_image"]]],
+    features=[user_sequence_fv, user_stats_fv, item_stats_fv, item_embeddings_fv[["mm_emb", "has_image"]]],
     description="MMCTR DIN: multi-head target attention + SENet over PCA(BERT)+PCA(image) item vectors",
 )
 ctr_diffmsin_v1 = FeatureService(
     name="ctr_diffmsin_v1",
-    features=[user_sequence_fv, item_stats_fv, item_embeddings_fv],
+    features=[user_sequence_fv, user_stats_fv, item_stats_fv, item_embeddings_fv],
     description="Diff-MSIN: per-modality text and image embeddings",
 )
 if BACKFILL_V2:
     ctr_dmf_v2 = FeatureService(
         name="ctr_dmf_v2",
-        features=[user_sequence_fv, item_stats_fv, target_similarity_v2_fv, item_embeddings_v2_fv[["mm_emb", "has_image"]]],
+        features=[user_sequence_fv, user_stats_fv, item_stats_fv, target_similarity_v2_fv, item_embeddings_v2_fv[["mm_emb", "has_image"]]],
         description="DMF on the backfilled encoder (item_embeddings_v2, target_similarity_v2), beside ctr_dmf_v1",
     )

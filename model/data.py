@@ -17,8 +17,10 @@ A batch is a dict of tensors; B rows, L = max_len history positions (oldest firs
     hist_item_ids           (B, L) int64      0 at padding
     hist_mask               (B, L) bool       true at real history positions
     hist_sim                (B, L) float32    0 where unknown; hist_sim_mask (B, L) marks known values
-    dense                   (B, 3) float32    log1p(impressions), log1p(clicks), ctr (0 when unknown)
+    dense                   (B, 3) float32    item stats: log1p(impressions), log1p(clicks), ctr (0 when unknown)
     dense_mask              (B,) bool         item stats known at T
+    user_dense              (B, 3) float32    user stats, the same transform (zeros without a user_stats view)
+    user_dense_mask         (B,) bool         user stats known at T
     <vec>, <vec>_found      (B, D) float32, (B,) bool        target's vector (e.g. mm_emb)
     hist_<vec>              (B, L, D) float32 history vectors, zero where not found or padded
 """
@@ -77,9 +79,14 @@ def pad_lists(column: pa.Array, width: int, dtype, fill=0) -> tuple[np.ndarray, 
     return out, mask
 
 
+USER_STATS_COLUMNS = ("user_impressions", "user_clicks", "user_ctr")
+ITEM_STATS_COLUMNS = ("impressions", "clicks", "ctr")
+
+
 def dense_block(impressions: np.ndarray, clicks: np.ndarray, ctr: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Item stats -> the models' dense block: (B, 3) log1p(impressions), log1p(clicks), ctr (zeros
-    where unknown) and the (B,) known mask. Shared by the loader and the online scorer."""
+    """Running stats (an item's or a user's) -> a dense block: (B, 3) log1p(impressions),
+    log1p(clicks), ctr (zeros where unknown) and the (B,) known mask. Shared by the loader and the
+    online scorer."""
     known = np.asarray(known, dtype=bool)
     columns = [np.log1p(np.asarray(impressions, dtype=np.float32)), np.log1p(np.asarray(clicks, dtype=np.float32)),
                np.asarray(ctr, dtype=np.float32)]
@@ -95,6 +102,16 @@ def load_embedding_index(table_dir: str | Path, column: str) -> ItemEmbeddingInd
     files = sorted(Path(table_dir).glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(f, columns=["item_id", "event_timestamp", "created_timestamp", column]) for f in files])
     return ItemEmbeddingIndex.from_arrow(table, column, str(table_dir))
+
+
+def stats_columns(table: pa.Table, names: tuple[str, str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(impressions, clicks, ctr) columns of a training-set table -> ``dense_block``; all unknown
+    when the table lacks them (a service without that stats view)."""
+    if names[0] not in table.column_names:
+        return dense_block(*(np.zeros(table.num_rows) for _ in range(3)), np.zeros(table.num_rows, bool))
+    known = table.column(names[0]).is_valid().to_numpy(zero_copy_only=False)
+    impressions, clicks = (pc.fill_null(table.column(c), 0).to_numpy() for c in names[:2])
+    return dense_block(impressions, clicks, pc.fill_null(table.column(names[2]), 0.0).to_numpy(), known)
 
 
 class TrainingSetDataset(IterableDataset):
@@ -154,10 +171,8 @@ class TrainingSetDataset(IterableDataset):
         if "hist_sim" in table.column_names:
             sims, sim_known = pad_lists(table.column("hist_sim"), L, np.float32)  # (B, L)
             batch["hist_sim"], batch["hist_sim_mask"] = np.nan_to_num(sims), sim_known & hist_mask
-        if "impressions" in table.column_names:
-            known = table.column("impressions").is_valid().to_numpy(zero_copy_only=False)
-            impressions, clicks = (pc.fill_null(table.column(c), 0).to_numpy() for c in ("impressions", "clicks"))
-            batch["dense"], batch["dense_mask"] = dense_block(impressions, clicks, pc.fill_null(table.column("ctr"), 0.0).to_numpy(), known)
+        for prefix, names in (("", ITEM_STATS_COLUMNS), ("user_", USER_STATS_COLUMNS)):
+            batch[f"{prefix}dense"], batch[f"{prefix}dense_mask"] = stats_columns(table, names)
         for vector, index in self.indexes.items():
             as_of = batch["event_us"]
             target, found = index.vectors_at(batch["item_id"], as_of)  # (B, D), (B,)

@@ -61,17 +61,28 @@ class IdEmbedding(nn.Embedding):
 
 
 class DinAttention(nn.Module):
-    """DIN's activation unit: weight_j = MLP([q, k_j, q - k_j, q * k_j]); sum-pooled, masked (no softmax)."""
+    """DIN's activation unit: weight_j = MLP([q, k_j, q - k_j, q * k_j]), masked, no softmax.
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (36,)):  # the DIN paper: 36 units
+    ``pooling="mean"`` (default) divides the weighted sum by the number of real history positions,
+    so the interest vector keeps its scale whatever the history length; ``"sum"`` is the DIN
+    paper's unnormalised sum, whose norm grows with the length (a user with a long history lands
+    where training rarely saw one: docs/models.md).
+    """
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (36,), pooling: str = "mean"):  # the DIN paper: 36 units
         super().__init__()
+        if pooling not in ("mean", "sum"):
+            raise ValueError(f"pooling must be mean or sum, got {pooling!r}")
         self.unit = MLP(4 * dim, hidden, 1, activation=nn.Sigmoid)
+        self.pooling = pooling
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, L, D = keys.shape  # batch, history, dim
         q = query.unsqueeze(1).expand(B, L, D)  # (B, L, D)
         weights = self.unit(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # (B, L)
         weights = weights * mask
+        if self.pooling == "mean":
+            weights = weights / mask.sum(dim=1, keepdim=True).clamp(min=1).to(weights.dtype)
         return torch.einsum("bl,bld->bd", weights, keys)  # (B, D)
 
 

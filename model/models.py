@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from model.layers import (MLP, CrossNetwork, DinAttention, IdEmbedding, MultiHeadTargetAttention, SENet, masked_softmax,
                           similarity_buckets, similarity_tiers)
 
-DENSE_DIM = 4  # log1p(impressions), log1p(clicks), ctr, stats-known flag
+DENSE_DIM = 8  # item then user stats: log1p(impressions), log1p(clicks), ctr, stats-known flag
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class ModelConfig:
     mlp: tuple[int, ...] = (200, 80)
     dropout: float = 0.1
     batch_norm: bool = False
+    # DIN
+    din_pooling: str = "mean"  # mean | sum (the DIN paper's; grows with history length)
     # DMF
     buckets: int = 35
     tiers: int = 10
@@ -54,7 +56,9 @@ class ModelConfig:
 
 
 def dense_features(batch: dict) -> torch.Tensor:
-    return torch.cat([batch["dense"], batch["dense_mask"].float().unsqueeze(-1)], dim=-1)  # (B, 4)
+    """The item's and the user's running stats with their known flags: (B, 8)."""
+    return torch.cat([batch["dense"], batch["dense_mask"].to(batch["dense"].dtype).unsqueeze(-1),
+                      batch["user_dense"], batch["user_dense_mask"].to(batch["dense"].dtype).unsqueeze(-1)], dim=-1)
 
 
 # -- DIN ------------------------------------------------------------------------------------------
@@ -66,7 +70,7 @@ class DIN(nn.Module):
         super().__init__()
         D = config.id_dim
         self.items = IdEmbedding(spec.n_items, D)
-        self.attention = DinAttention(D)
+        self.attention = DinAttention(D, pooling=config.din_pooling)
         self.dnn = MLP(3 * D + DENSE_DIM, config.mlp, 1, config.dropout, config.batch_norm)
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -209,7 +213,7 @@ class DMF(nn.Module):
             interest = alpha * interests[0] + (1 - alpha) * interests[1]
         else:
             interest = interests[0]
-        x = torch.cat([target, target_mm, interest, dense_features(candidates)], dim=-1)  # (C, 3D + 4)
+        x = torch.cat([target, target_mm, interest, dense_features(candidates)], dim=-1)  # (C, 3D + 8)
         return self.dnn(x).squeeze(-1)
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from model.data import LoaderConfig, TrainingSetDataset, read_manifest
+from model.layers import OOV, IdEmbedding
 from model.metrics import all_metrics, auc
 from model.models import SERVICES, DataSpec, ModelConfig, build_model
 from model.vocab import IdVocab
@@ -50,6 +51,11 @@ class TrainConfig:
     device: str = "auto"
     max_steps_per_epoch: int = 0  # 0: the whole split
     max_eval_batches: int = 0  # 0: the whole validation/test split; else its first N batches (scale runs)
+    evals_per_epoch: int = 1  # validation passes per epoch; patience counts passes (best epochs are early)
+    vocab_min_count: int = 1  # item ids seen fewer times as train targets share the OOV row
+    hist_dropout: float = 0.0  # train only: each history position is masked out with this probability
+    oov_dropout: float = 0.0  # train only: each target / history id is replaced by OOV with this probability
+    embedding_weight_decay: float = -1.0  # AdamW decay of the id embeddings; negative: weight_decay
     progress: bool = True
 
 
@@ -104,6 +110,46 @@ def prepare(batch: dict, vocab: IdVocab, device: torch.device) -> dict:
     batch["item_idx"] = vocab.index(batch["item_id"])
     batch["hist_idx"] = vocab.index(batch["hist_item_ids"], batch["hist_mask"])
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def history_masks(batch: dict) -> list[str]:
+    """The batch's per-position history masks besides ``hist_mask`` (each implies it)."""
+    return [k for k in batch if k.startswith("hist_") and (k.endswith("_found") or k == "hist_sim_mask")]
+
+
+def perturb_for_training(batch: dict, hist_dropout: float, oov_dropout: float, generator: torch.Generator) -> dict:
+    """Train-time noise that makes a model rely less on one user's exact history and one item's id:
+    drop history positions (masked out everywhere, as padding) and swap ids for the OOV row, which
+    is then trained like the ids the model will meet for the first time at test time."""
+    if not (hist_dropout or oov_dropout):
+        return batch
+    batch = dict(batch)
+    mask = batch["hist_mask"]
+    if hist_dropout:
+        keep = torch.rand(mask.shape, generator=generator) >= hist_dropout  # (B, L)
+        mask = mask & keep.to(mask.device)
+        batch["hist_mask"] = mask
+        batch["hist_idx"] = batch["hist_idx"] * mask
+        for key in history_masks(batch):
+            batch[key] = batch[key] & mask
+    if oov_dropout:
+        swap = (torch.rand(batch["item_idx"].shape, generator=generator) < oov_dropout).to(mask.device)
+        batch["item_idx"] = torch.where(swap & (batch["item_idx"] > OOV), OOV, batch["item_idx"])
+        swap = (torch.rand(mask.shape, generator=generator) < oov_dropout).to(mask.device) & mask
+        batch["hist_idx"] = torch.where(swap & (batch["hist_idx"] > OOV), OOV, batch["hist_idx"])
+    return batch
+
+
+def optimiser_for(model: torch.nn.Module, config: "TrainConfig") -> torch.optim.Optimizer:
+    """AdamW; the id embeddings may decay at their own rate (``embedding_weight_decay``)."""
+    embedding_decay = config.weight_decay if config.embedding_weight_decay < 0 else config.embedding_weight_decay
+    embeddings = [p for m in model.modules() if isinstance(m, IdEmbedding) for p in m.parameters(recurse=False)]
+    ids = {id(p) for p in embeddings}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "weight_decay": config.weight_decay}]
+    if embeddings:
+        groups.append({"params": embeddings, "weight_decay": embedding_decay})
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def pick_device(name: str) -> torch.device:
@@ -188,28 +234,52 @@ def train(config: TrainConfig) -> dict:
     manifest = read_manifest(config.training_set)
     vectors = model_vectors(config.model.name, manifest)
     data = datasets(config, vectors, rank, world)
-    vocab = IdVocab.from_training_set(config.training_set)
+    vocab = IdVocab.from_training_set(config.training_set, min_count=config.vocab_min_count)
     spec = data_spec(vocab, data["train"], vectors)
     model = build_model(spec, config.model).to(device)  # same seed: same initial weights on every rank
     params = sum(p.numel() for p in model.parameters())
     trained = DistributedDataParallel(model) if distributed else model
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = optimiser_for(model, config)
+    noise = torch.Generator().manual_seed(config.seed + 104729 * rank)
     config = dataclasses.replace(config, progress=config.progress and rank == 0)
-    history, best, best_state, waited = [], -1.0, None, 0
+    history, best, best_state, waited, stop = [], -1.0, None, 0, False
     train_rows, train_seconds = 0, 0.0
     for epoch in range(config.max_epochs):
         model.train()
         data["train"].set_epoch(epoch)
         steps = len(data["train"]) if not config.max_steps_per_epoch else min(len(data["train"]), config.max_steps_per_epoch)
+        passes = max(1, min(config.evals_per_epoch, steps))
+        checkpoints = {round(steps * (k + 1) / passes) for k in range(passes - 1)}  # steps after which to validate mid-epoch
         bar = tqdm(total=steps, desc=f"{config.model.name} epoch {epoch + 1}", disable=not config.progress, leave=False)
         recent_labels, recent_logits, losses = [], [], []
         started = time.perf_counter()
+
+        def validate(at: float) -> bool:
+            """One validation pass; keeps the best state; True when patience has run out."""
+            nonlocal best, best_state, waited, losses, started, train_seconds
+            train_seconds += time.perf_counter() - started
+            valid = evaluate(model, data["valid"], vocab, device, config.max_eval_batches)
+            history.append({"epoch": round(at, 3), "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                            **{f"valid_{k}": v for k, v in valid.items()}})
+            if config.progress:
+                print(f"{config.model.name} epoch {at:.2f}: train loss {history[-1]['train_loss']:.4f}, valid AUC {valid['auc']:.4f}, "
+                      f"GAUC {valid['gauc']:.4f}, logloss {valid['logloss']:.4f}", file=sys.stderr)
+            losses = []
+            if valid["auc"] > best:
+                best, best_state, waited = valid["auc"], copy.deepcopy(model.state_dict()), 0
+            else:
+                waited += 1
+            model.train()
+            started = time.perf_counter()
+            return waited >= config.patience
+
         # Join: ranks may hold different numbers of batches (row-group sharding); DDP copes.
+        # Mid-epoch validation needs every rank at the same step: only single-process runs do it.
         with Join([trained]) if distributed else contextlib.nullcontext():
             for step, batch in enumerate(data["train"]):
                 if config.max_steps_per_epoch and step >= config.max_steps_per_epoch:
                     break
-                batch = prepare(batch, vocab, device)
+                batch = perturb_for_training(prepare(batch, vocab, device), config.hist_dropout, config.oov_dropout, noise)
                 with autocast(device):
                     logits, aux = forward(trained, batch)
                 loss = loss_fn(logits, batch["label"], aux)
@@ -224,23 +294,17 @@ def train(config: TrainConfig) -> dict:
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", auc=f"{auc(np.concatenate(recent_labels), np.concatenate(recent_logits)):.4f}")
+                if not distributed and step + 1 in checkpoints and validate(epoch + (step + 1) / steps):
+                    stop = True
+                    break
         bar.close()
-        train_seconds += time.perf_counter() - started
-        valid = evaluate(model, data["valid"], vocab, device, config.max_eval_batches)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), **{f"valid_{k}": v for k, v in valid.items()}})
-        if config.progress:
-            print(f"{config.model.name} epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, valid AUC {valid['auc']:.4f}, "
-                  f"GAUC {valid['gauc']:.4f}, logloss {valid['logloss']:.4f}", file=sys.stderr)
-        if valid["auc"] > best:
-            best, best_state, waited = valid["auc"], copy.deepcopy(model.state_dict()), 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
+        if stop or validate(epoch + 1.0):
+            break
     model.load_state_dict(best_state)
+    best_pass = max(history, key=lambda h: h["valid_auc"])
     metrics = {
         "model": config.model.name, "params": params, "device": str(device),
-        "best_epoch": max(history, key=lambda h: h["valid_auc"])["epoch"],
+        "best_epoch": best_pass["epoch"],
         "valid": evaluate(model, data["valid"], vocab, device, config.max_eval_batches),
         "test": evaluate(model, data["test"], vocab, device, config.max_eval_batches),
         "train_samples_per_s": train_rows / train_seconds if train_seconds else float("nan"), "history": history,

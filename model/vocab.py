@@ -12,6 +12,8 @@ from model.layers import OOV, PAD
 
 
 class IdVocab:
+    """Sorted raw ids with their own embedding row; every other id shares the OOV row."""
+
     def __init__(self, ids: np.ndarray):
         self.ids = np.unique(np.asarray(ids, dtype=np.int64))  # sorted
 
@@ -27,13 +29,20 @@ class IdVocab:
         return idx if mask is None else torch.where(mask.cpu(), idx, torch.full_like(idx, PAD))
 
     @classmethod
-    def from_training_set(cls, training_set: str | Path, split: str = "train") -> "IdVocab":
-        """Every target and history id in one split, streamed row group by row group."""
-        seen = []
+    def from_training_set(cls, training_set: str | Path, split: str = "train", min_count: int = 1) -> "IdVocab":
+        """Ids seen as a target at least ``min_count`` times in one split, or in a history there,
+        streamed row group by row group. Rarer ids share the OOV row, which therefore trains on
+        the items that look most like the never-seen ones at test time."""
+        targets, history = [], []
         for path in sorted((Path(training_set) / f"split={split}").glob("*.parquet")):
             file = pq.ParquetFile(path)
             for group in range(file.num_row_groups):
                 table = file.read_row_group(group, columns=["item_id", "hist_item_ids"])
-                seen.append(np.unique(table.column("item_id").to_numpy()))
-                seen.append(np.unique(pc.list_flatten(table.column("hist_item_ids")).to_numpy()))
-        return cls(np.concatenate(seen) if seen else np.zeros(0, np.int64))
+                targets.append(table.column("item_id").to_numpy())
+                history.append(np.unique(pc.list_flatten(table.column("hist_item_ids")).to_numpy()))
+        if not targets:
+            return cls(np.zeros(0, np.int64))
+        ids, counts = np.unique(np.concatenate(targets), return_counts=True)
+        if min_count <= 1:
+            return cls(np.concatenate([ids] + history))
+        return cls(ids[counts >= min_count])

@@ -4,7 +4,9 @@
     mmfs encode-items --root out/movielens
     mmfs user-sequences --root out/movielens
     mmfs target-similarity --root out/movielens
-    mmfs pipeline --source movielens --input data/movielens-small --out out/movielens   # all four
+    mmfs item-stats --root out/movielens
+    mmfs user-stats --root out/movielens
+    mmfs pipeline --source movielens --input data/movielens-small --out out/movielens   # all of the above
     mmfs synth --out data/synth --events 1000000
     mmfs apply --root out/movielens [--config duckdb|spark|redis]   # check tables, then `feast apply`
     mmfs training-set --root out/movielens --service ctr_dmf_v1
@@ -25,6 +27,7 @@ JOBS = {
     "encode-items": "pipelines.encode_items",
     "user-sequences": "pipelines.user_sequences",
     "item-stats": "pipelines.item_stats",
+    "user-stats": "pipelines.user_stats",
     "target-similarity": "pipelines.target_similarity",
     "pipeline": "pipelines.run_pipeline",
     "synth": "pipelines.synth",

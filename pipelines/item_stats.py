@@ -39,18 +39,25 @@ def output_rules() -> TableRules:
     )
 
 
-def transform(events: DataFrame, prior_ctr: float = PRIOR_CTR, prior_weight: float = PRIOR_WEIGHT) -> DataFrame:
-    per_instant = events.groupBy("item_id", "event_timestamp").agg(
+def running_stats(events: DataFrame, key: str, prior_ctr: float = PRIOR_CTR, prior_weight: float = PRIOR_WEIGHT) -> DataFrame:
+    """The stats rule, for any entity ``key`` (item_id here, user_id in ``user_stats``): one row per
+    (key, distinct event time t) with ``impressions``, ``clicks`` up to and including t and the
+    smoothed ``ctr``, stamped t + 1 microsecond."""
+    per_instant = events.groupBy(key, "event_timestamp").agg(
         F.count(F.lit(1)).alias("_n"), F.sum("label").cast("long").alias("_clicks")
     )
-    upto = Window.partitionBy("item_id").orderBy("event_timestamp").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    upto = Window.partitionBy(key).orderBy("event_timestamp").rowsBetween(Window.unboundedPreceding, Window.currentRow)
     return (
         per_instant.withColumn("impressions", F.sum("_n").over(upto))
         .withColumn("clicks", F.sum("_clicks").over(upto))
         .withColumn("ctr", ((F.col("clicks") + prior_ctr * prior_weight) / (F.col("impressions") + prior_weight)).cast("float"))
         .withColumn("event_timestamp", F.col("event_timestamp") + F.expr("INTERVAL 1 MICROSECOND"))
-        .select(*columns(ITEM_STATS_SCHEMA))
+        .select(key, "event_timestamp", "impressions", "clicks", "ctr")
     )
+
+
+def transform(events: DataFrame, prior_ctr: float = PRIOR_CTR, prior_weight: float = PRIOR_WEIGHT) -> DataFrame:
+    return running_stats(events, "item_id", prior_ctr, prior_weight).select(*columns(ITEM_STATS_SCHEMA))
 
 
 @job_main

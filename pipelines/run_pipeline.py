@@ -1,4 +1,4 @@
-"""pipeline: ingest -> encode_items -> user_sequences -> item_stats -> target_similarity in one Spark session.
+"""pipeline: ingest -> encode_items -> user_sequences -> item_stats -> user_stats -> target_similarity in one Spark session.
 
     mmfs pipeline --source movielens --input data/movielens-small --out out/movielens
 
@@ -13,7 +13,7 @@ import time
 
 from rich.console import Console
 
-from pipelines import encode_items, ingest, item_stats, target_similarity, user_sequences
+from pipelines import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
 
 console = Console()
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         ("encode_items", encode_items.main, encode_args),
         ("user_sequences", user_sequences.main, ["--root", args.out, "--max-len", str(args.max_len)] + common),
         ("item_stats", item_stats.main, ["--root", args.out] + common),
+        ("user_stats", user_stats.main, ["--root", args.out] + common),
         ("target_similarity", target_similarity.main, ["--root", args.out] + common),
     ]
     timings = []

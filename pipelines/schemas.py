@@ -86,6 +86,16 @@ ITEM_STATS_SCHEMA = T.StructType([
     T.StructField("ctr", T.FloatType(), False),
 ])
 
+# The same counts per user (all the user's events, clicked or not), stamped the same way: the
+# user's own click rate, the personal signal that a user new since training still carries.
+USER_STATS_SCHEMA = T.StructType([
+    T.StructField("user_id", T.LongType(), False),
+    T.StructField("event_timestamp", T.TimestampType(), False),
+    T.StructField("user_impressions", T.LongType(), False),
+    T.StructField("user_clicks", T.LongType(), False),
+    T.StructField("user_ctr", T.FloatType(), False),
+])
+
 QUARANTINE_SCHEMA = T.StructType([
     T.StructField("table", T.StringType(), False),
     T.StructField("rule", T.StringType(), False),

@@ -65,7 +65,7 @@ class ScoreResponse(BaseModel):
     feature_service: str
     model: str
     items: list[ItemScoreOut]
-    user_flags: list[str] = Field(description="no_sequence (cold start), stale:user_sequence")
+    user_flags: list[str] = Field(description="no_sequence (cold start), stale:user_sequence, no_user_stats (no event before)")
     history_len: int
     stale_features: int
     timings_ms: dict[str, float]

@@ -2,8 +2,9 @@
 
 ``FeedbackWriter.record(events)`` takes impressions and clicks as they happen and:
 
-- online: writes the user's new sequence snapshot (``user_sequence``) and the items' new
-  cumulative stats (``item_stats``) with ``write_to_online_store``, so the next score sees them;
+- online: writes the user's new sequence snapshot (``user_sequence``), the items' and the users'
+  new cumulative stats (``item_stats``, ``user_stats`` where the store has it) with
+  ``write_to_online_store``, so the next score sees them;
 - offline: appends, as parquet files with the tables' own schemas, the events (``events`` and the
   durable landing table ``feedback_events``, which ``mmfs ingest`` reads on its next run), the
   snapshot rows, the stats rows and the target_similarity rows (computed by the Spark job's own
@@ -41,6 +42,11 @@ SNAPSHOTS = pa.schema([("user_id", pa.int64()), ("event_timestamp", TS), ("hist_
                        ("hist_timestamps", pa.list_(TS)), ("hist_ts_us", pa.list_(pa.int64())), ("hist_len", pa.int32())])
 STATS = pa.schema([("item_id", pa.int64()), ("event_timestamp", TS), ("impressions", pa.int64()), ("clicks", pa.int64()),
                    ("ctr", pa.float32())])
+USER_STATS = pa.schema([("user_id", pa.int64()), ("event_timestamp", TS), ("user_impressions", pa.int64()),
+                        ("user_clicks", pa.int64()), ("user_ctr", pa.float32())])
+# (view, entity key, stats columns, offline schema): the running-stats rule applied per entity
+STATS_VIEWS = (("item_stats", "item_id", ("impressions", "clicks", "ctr"), STATS),
+               ("user_stats", "user_id", ("user_impressions", "user_clicks", "user_ctr"), USER_STATS))
 
 
 class FeedbackError(ValueError):
@@ -72,9 +78,11 @@ class FeedbackWriter:
         self.reader = reader or OnlineReader(store, _service_with(store, "user_sequence"))
         meta = self.root / "user_sequence_snapshots" / "_mmfs_meta.json"
         self.max_len = int(json.loads(meta.read_text()).get("max_len", 50)) if meta.is_file() else 50
-        stats_meta = self.root / "item_stats" / "_mmfs_meta.json"
-        stats = json.loads(stats_meta.read_text()) if stats_meta.is_file() else {}
-        self.prior_ctr, self.prior_weight = stats.get("prior_ctr", PRIOR_CTR), stats.get("prior_weight", PRIOR_WEIGHT)
+        self.priors = {}  # view -> (prior_ctr, prior_weight) its table was written with
+        for view, _, _, _ in STATS_VIEWS:
+            stats_meta = self.root / view / "_mmfs_meta.json"
+            stats = json.loads(stats_meta.read_text()) if stats_meta.is_file() else {}
+            self.priors[view] = (stats.get("prior_ctr", PRIOR_CTR), stats.get("prior_weight", PRIOR_WEIGHT))
         self._index: tuple | None = None  # (table stamp, index, encoder id)
 
     def _embedding_index(self) -> tuple[ItemEmbeddingIndex | None, str]:
@@ -104,9 +112,13 @@ class FeedbackWriter:
         events = sorted(events, key=lambda e: (e.event_timestamp, e.user_id, e.item_id))
         users = sorted({e.user_id for e in events})
         items = sorted({e.item_id for e in events})
-        seq = self.reader.read("user_sequence", users, now=events[-1].event_timestamp)
-        stats = self.reader.read("item_stats", items, now=events[-1].event_timestamp)
-        for rows, keys, what in ((seq, users, "user"), (stats, items, "item")):
+        now = events[-1].event_timestamp
+        seq = self.reader.read("user_sequence", users, now=now)
+        stats = {view: self.reader.read(view, users if key == "user_id" else items, now=now)
+                 for view, key, _, _ in STATS_VIEWS if view in self.reader.views}
+        checks = [(seq, users, "user")] + [(rows, users if rows.view == "user_stats" else items, "user" if rows.view == "user_stats" else "item")
+                                           for rows in stats.values()]
+        for rows, keys, what in checks:
             first = {}
             for e in events:
                 first.setdefault(e.user_id if what == "user" else e.item_id, e.event_timestamp)
@@ -135,21 +147,9 @@ class FeedbackWriter:
                 history[user] = sorted(before + positives)[-self.max_len:]
                 snapshots.append((user, ts + ONE_US, list(history[user])))
 
-        # Item stats: cumulative per (item, time).
-        counts = {}
-        for n, item in enumerate(items):
-            present = stats.status[n] != MISSING
-            counts[item] = (stats.values["impressions"][n] if present else 0, stats.values["clicks"][n] if present else 0)
-        stat_rows = []
-        by_item_time = defaultdict(list)
-        for e in events:
-            by_item_time[(e.item_id, e.event_timestamp)].append(e)
-        for (item, ts), group in sorted(by_item_time.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            impressions, clicks = counts[item]
-            impressions, clicks = impressions + len(group), clicks + sum(e.label for e in group)
-            counts[item] = (impressions, clicks)
-            ctr = (clicks + self.prior_ctr * self.prior_weight) / (impressions + self.prior_weight)
-            stat_rows.append((item, ts + ONE_US, impressions, clicks, ctr))
+        # Item and user stats: cumulative per (key, time), from the online counts.
+        stat_rows = {view: self._running_stats(events, stats[view], key, names, *self.priors[view])
+                     for view, key, names, _ in STATS_VIEWS if view in stats}
 
         tables = {
             "events": pa.table({"user_id": [e.user_id for e in events], "item_id": [e.item_id for e in events],
@@ -160,10 +160,13 @@ class FeedbackWriter:
                 "hist_timestamps": [[_from_us(t) for t, _ in h] for _, _, h in snapshots],
                 "hist_ts_us": [[t for t, _ in h] for _, _, h in snapshots],
                 "hist_len": [len(h) for _, _, h in snapshots]}, schema=SNAPSHOTS),
-            "item_stats": pa.table({"item_id": [r[0] for r in stat_rows], "event_timestamp": [r[1] for r in stat_rows],
-                                    "impressions": [r[2] for r in stat_rows], "clicks": [r[3] for r in stat_rows],
-                                    "ctr": [r[4] for r in stat_rows]}, schema=STATS),
         }
+        for view, key, names, schema in STATS_VIEWS:
+            if view in stat_rows:
+                rows_ = stat_rows[view]
+                tables[view] = pa.table({key: [r[0] for r in rows_], "event_timestamp": [r[1] for r in rows_],
+                                         names[0]: [r[2] for r in rows_], names[1]: [r[3] for r in rows_],
+                                         names[2]: [r[4] for r in rows_]}, schema=schema)
         sim_input = pa.RecordBatch.from_pydict({
             "user_id": [e.user_id for e, _ in sim_rows], "item_id": [e.item_id for e, _ in sim_rows],
             "event_timestamp": [e.event_timestamp for e, _ in sim_rows], "label": [e.label for e, _ in sim_rows],
@@ -186,17 +189,43 @@ class FeedbackWriter:
                 "hist_item_ids": [[i for _, i in h] for _, h in newest.values()],
                 "hist_ts_us": [[t for t, _ in h] for _, h in newest.values()],
                 "hist_len": [len(h) for _, h in newest.values()]}))
-        newest_stats = {r[0]: r for r in stat_rows}
-        self.store.write_to_online_store("item_stats", pd.DataFrame({
-            "item_id": list(newest_stats), "event_timestamp": [pd.Timestamp(r[1]) for r in newest_stats.values()],
-            "impressions": [r[2] for r in newest_stats.values()], "clicks": [r[3] for r in newest_stats.values()],
-            "ctr": np.array([r[4] for r in newest_stats.values()], np.float32)}))
+        for view, key, names, _ in STATS_VIEWS:
+            if view not in stat_rows:
+                continue
+            newest_stats = {r[0]: r for r in stat_rows[view]}
+            self.store.write_to_online_store(view, pd.DataFrame({
+                key: list(newest_stats), "event_timestamp": [pd.Timestamp(r[1]) for r in newest_stats.values()],
+                names[0]: [r[2] for r in newest_stats.values()], names[1]: [r[3] for r in newest_stats.values()],
+                names[2]: np.array([r[4] for r in newest_stats.values()], np.float32)}))
         batch_id = f"feedback-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
         written = {}
         for table, data in [("feedback_events", tables["events"])] + list(tables.items()):
             if data.num_rows:
                 written[table] = str(self._append(table, data, batch_id))
         return {"events": len(events), "users": len(users), "items": len(items), "snapshots": len(snapshots), "files": written}
+
+    def _running_stats(self, events: list[Event], online, key: str, names: tuple[str, str, str],
+                       prior_ctr: float, prior_weight: float) -> list[tuple]:
+        """(key, t + 1us, impressions, clicks, ctr) per (key, distinct time t), counting on from the
+        online row: the Spark job's ``running_stats`` rule, event by event."""
+        keys = list(dict.fromkeys(getattr(e, key) for e in events))
+        order = {k: n for n, k in enumerate(sorted(keys))}
+        counts = {}
+        for k in keys:
+            n = order[k]
+            present = online.status[n] != MISSING
+            counts[k] = (online.values[names[0]][n] if present else 0, online.values[names[1]][n] if present else 0)
+        rows = []
+        by_time = defaultdict(list)
+        for e in events:
+            by_time[(getattr(e, key), e.event_timestamp)].append(e)
+        for (k, ts), group in sorted(by_time.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            impressions, clicks = counts[k]
+            impressions, clicks = impressions + len(group), clicks + sum(e.label for e in group)
+            counts[k] = (impressions, clicks)
+            ctr = (clicks + prior_ctr * prior_weight) / (impressions + prior_weight)
+            rows.append((k, ts + ONE_US, impressions, clicks, ctr))
+        return rows
 
     def _append(self, table: str, data: pa.Table, batch_id: str) -> Path:
         staging = self.root / "_staging"

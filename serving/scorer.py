@@ -43,14 +43,15 @@ from threadpoolctl import threadpool_limits
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from model.data import dense_block
+from model.data import USER_STATS_COLUMNS, dense_block
 from model.train import load_checkpoint, model_vectors
 from pipelines.feast_store import EMBEDDING_VIEW
 from pipelines.feast_store import embedding_view as embedding_view_of
 from pipelines.similarity import target_similarity
-from serving.online import MISSING, PRESENT, STALE, OnlineReader, decode, row_or_missing
+from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows, decode, row_or_missing
 
 SEQUENCE_VIEW = "user_sequence"
+USER_STATS_VIEW = "user_stats"
 
 
 class StoreMismatch(RuntimeError):
@@ -298,11 +299,12 @@ class Scorer:
         status, hist_raw = seq.status[0], seq.values["hist_item_ids"][0]
         t_user = time.perf_counter()
         hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status == PRESENT else []
+        user_stats = self.reader.read(USER_STATS_VIEW, [int(user_id)], now) if USER_STATS_VIEW in self.reader.views else None
         # Item features: candidates and history items, through the cache.
         rows = {view: self._read_items(view, list(dict.fromkeys(items + hist)) if view == self.embedding_view else list(dict.fromkeys(items)), now)
                 for view in self.item_views}
         t_items = time.perf_counter()
-        prepared = self.prepare(items, status, hist, rows, now)
+        prepared = self.prepare(items, status, hist, rows, now, user_stats)
         t_assemble = time.perf_counter()
         logits = self.forward(prepared.tensors, len(items)).float().numpy()
         t_model = time.perf_counter()
@@ -319,16 +321,24 @@ class Scorer:
                    "total": ms(began, t_model)}
         return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings)
 
-    def prepare(self, items: list[int], status: str, hist: list[int], rows: dict, now: dt.datetime) -> "Prepared":
+    def prepare(self, items: list[int], status: str, hist: list[int], rows: dict, now: dt.datetime,
+                user_stats: ViewRows | None = None) -> "Prepared":
         """The model's tensors for one user's C candidates, from online rows: ``rows[view][item] =
         (features or None, event timestamp)``; ``hist`` the user's (truncated) history, ``status``
-        its sequence's status. The same tensors the training loader builds for these rows."""
+        its sequence's status; ``user_stats`` the user's online stats row, if the service has them.
+        The same tensors the training loader builds for these rows."""
         user_flags, stale = [], 0
         if status == STALE:
             user_flags.append(f"stale:{SEQUENCE_VIEW}")
             stale += 1
         elif status == MISSING:
             user_flags.append("no_sequence")
+        user_known = user_stats is not None and user_stats.status[0] == PRESENT
+        if user_stats is not None and user_stats.status[0] == STALE:
+            user_flags.append(f"stale:{USER_STATS_VIEW}")
+            stale += 1
+        elif user_stats is not None and not user_known:
+            user_flags.append(f"no_{USER_STATS_VIEW}")
 
         C, L = len(items), max(len(hist), 1)
         batch: dict[str, np.ndarray] = {}
@@ -376,6 +386,9 @@ class Scorer:
             batch["dense"], batch["dense_mask"] = dense_block(impressions, clicks, ctr, dense_known)
         else:
             batch["dense"], batch["dense_mask"] = np.zeros((C, 3), np.float32), np.zeros(C, bool)
+        user_values = [float(user_stats.values[f][0]) if user_known else 0.0 for f in USER_STATS_COLUMNS]
+        user_dense, user_mask = dense_block(*(np.full(1, v) for v in user_values), np.array([user_known]))
+        batch["user_dense"], batch["user_dense_mask"] = np.repeat(user_dense, C, axis=0), np.repeat(user_mask, C)
 
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
         item_tensor = torch.from_numpy(np.asarray(items, np.int64))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import Row
 
-from pipelines import item_stats, target_similarity, user_sequences
+from pipelines import item_stats, target_similarity, user_sequences, user_stats
 from pipelines.schemas import EVENTS_SCHEMA, ITEM_EMBEDDINGS_SCHEMA
 from pipelines.table_io import write_table
 from datetime import datetime
@@ -60,6 +60,7 @@ def write_tables(spark, root: Path, events=EVENTS, embeddings=None) -> dict:
     for name, df in tables.items():
         write_table(df, str(root / name))
     write_table(item_stats.transform(events_df), str(root / "item_stats"))
+    write_table(user_stats.transform(events_df), str(root / "user_stats"))
     sims = target_similarity.transform(tables["sequences"], emb, "e")
     write_table(sims, str(root / "target_similarity"))
     return tables

@@ -33,6 +33,7 @@ def make_batch(seed=0, b=B):
         "hist_sim": (torch.rand(b, L, generator=g) * 2 - 1) * mask,
         "hist_sim_mask": mask.clone(),
         "dense": torch.rand(b, 3, generator=g), "dense_mask": torch.ones(b, dtype=torch.bool),
+        "user_dense": torch.rand(b, 3, generator=g), "user_dense_mask": torch.arange(b) % 3 > 0,
     }
     for name, dim in (("mm_emb", M), ("text_emb", 6), ("image_emb", 4)):
         batch[name] = torch.randn(b, dim, generator=g)
@@ -72,7 +73,7 @@ def test_padding_does_not_change_the_output(name):
         real["hist_sim"] = -batch["hist_sim"]
         for name_ in ("mm_emb", "text_emb", "image_emb"):
             real[f"hist_{name_}"] = -batch[f"hist_{name_}"]
-        assert not torch.allclose(m(batch)[1:], m(real)[1:], atol=1e-6)
+        assert not torch.allclose(m(batch)[1:], m(real)[1:], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["dmf", "dmf_early", "dmf_no_centric", "dmf_no_enriched"])
@@ -81,7 +82,7 @@ def test_dmf_decoupled_scoring_equals_forward(name):
     batch = make_batch(b=6)
     user = {k: batch[k][4:5] for k in ("hist_idx", "hist_mask", "hist_mm_emb", "hist_mm_emb_found")}  # one user, L=4 real
     C = 6
-    candidates = {k: batch[k] for k in ("item_idx", "mm_emb", "dense", "dense_mask")}
+    candidates = {k: batch[k] for k in ("item_idx", "mm_emb", "dense", "dense_mask", "user_dense", "user_dense_mask")}
     candidates["hist_sim"] = torch.rand(C, L) * 2 - 1
     candidates["hist_sim_mask"] = user["hist_mask"].expand(C, -1).clone()
     with torch.no_grad():
@@ -90,6 +91,25 @@ def test_dmf_decoupled_scoring_equals_forward(name):
         rows = {**candidates, **{k: v.expand(C, *v.shape[1:]) for k, v in user.items()}}
         assert torch.allclose(decoupled, m(rows), atol=1e-6)
     assert state.keys.shape[0] == 1
+
+
+@pytest.mark.parametrize("pooling, grows", [("mean", False), ("sum", True)])
+def test_din_interest_does_not_grow_with_a_repeated_history(pooling, grows):
+    """A history of one item repeated 1..L times is the same taste: DIN's default (mean) pooling
+    scores it the same whatever the length; the paper's sum pooling lets it grow with L."""
+    torch.manual_seed(0)
+    m = build_model(SPEC, dataclasses.replace(CONFIGS["din"], din_pooling=pooling)).eval()
+    batch = make_batch(b=L)
+    lengths = torch.arange(1, L + 1)
+    batch["hist_mask"] = torch.arange(L)[None, :] < lengths[:, None]  # row r: r + 1 copies
+    batch["hist_idx"] = torch.where(batch["hist_mask"], 7, 0)
+    for key in ("item_idx", "dense", "dense_mask", "user_dense", "user_dense_mask"):
+        batch[key] = batch[key][:1].expand(L, *batch[key].shape[1:])
+    with torch.no_grad():
+        interest = m.attention(m.items(batch["item_idx"]), m.items(batch["hist_idx"]), batch["hist_mask"])  # (L, D)
+        logits = m(batch)
+    assert torch.allclose(interest, interest[:1].expand_as(interest), atol=1e-6) != grows
+    assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-6) != grows
 
 
 def test_dmf_buckets_shift_attention():

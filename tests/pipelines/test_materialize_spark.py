@@ -10,7 +10,7 @@ from tests.redis_server import redis_server
 
 AFTER_ALL = dt.datetime(2020, 8, 1, tzinfo=dt.timezone.utc)
 MIDDLE = dt.datetime(2020, 2, 15, tzinfo=dt.timezone.utc)
-KEYS = {"user_sequence": "user_id", "item_embeddings": "item_id", "item_stats": "item_id"}
+KEYS = {"user_sequence": "user_id", "user_stats": "user_id", "item_embeddings": "item_id", "item_stats": "item_id"}
 
 
 def online_contents(store) -> dict:

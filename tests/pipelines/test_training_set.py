@@ -59,6 +59,28 @@ def test_item_stats_count_only_earlier_events(rows):
     assert (ours[(3, 10, at("2020-07-01"))]["impressions"], ours[(3, 10, at("2020-07-01"))]["clicks"]) == (3, 2)
 
 
+def test_user_stats_count_only_the_users_earlier_events(rows):
+    ours, _ = rows
+    first = ours[(1, 10, at("2020-01-01"))]
+    assert first["user_impressions"] is None  # nothing before; not even the same-instant event on item 11
+    assert ours[(1, 11, at("2020-01-01"))]["user_impressions"] is None
+    later = ours[(1, 12, at("2020-01-01 00:00:00.000001"))]  # one microsecond later: both earlier events count
+    assert (later["user_impressions"], later["user_clicks"]) == (2, 2)
+    assert later["user_ctr"] == pytest.approx((2 + 0.5 * 2) / (2 + 2))
+    assert (ours[(1, 14, at("2020-01-03"))]["user_impressions"], ours[(1, 14, at("2020-01-03"))]["user_clicks"]) == (4, 3)
+    assert (ours[(2, 11, at("2020-01-02 00:00:00.000001"))]["user_impressions"], ours[(2, 11, at("2020-01-02 00:00:00.000001"))]["user_clicks"]) == (1, 0)
+
+
+def test_running_stats_never_expire(store):
+    """A row 25 years after the last event still gets the counters (other views age out by TTL)."""
+    views = training_set.service_views(store, "ctr_dmf_v1")
+    entity = pa.table({"user_id": pa.array([3], pa.int64()), "item_id": pa.array([10], pa.int64()),
+                       "event_timestamp": pa.array([at("2045-07-01")], pa.timestamp("us", tz="UTC")), "label": pa.array([0], pa.int32())})
+    row = training_set.duckdb_join(views, entity, "inline").to_pylist()[0]
+    assert (row["impressions"], row["clicks"]) == (4, 2) and (row["user_impressions"], row["user_clicks"]) == (2, 1)
+    assert row["hist_item_ids"] is None  # the sequence view's 10-year TTL still applies
+
+
 def test_embeddings_honour_created_timestamp(rows):
     ours, feast = rows
     # Version 90 deg has event time Jan 2 but was written 1us later: a row at exactly Jan 2 sees 0 deg.

@@ -124,7 +124,7 @@ def test_cold_start_unknown_items_and_stale_features(served):
     scorer = Scorer.from_checkpoint(served["checkpoint"], store)
     at = START + dt.timedelta(days=31)
     cold = scorer.score(99_999, [1, 2], now=at)
-    assert cold.user_flags == ["no_sequence"] and cold.history_len == 0
+    assert cold.user_flags == ["no_sequence", "no_user_stats"] and cold.history_len == 0
     assert all(i.score is not None and 0 < i.score < 1 for i in cold.items)
 
     result = scorer.score(1, [1, 20, 21], now=at)
@@ -135,7 +135,8 @@ def test_cold_start_unknown_items_and_stale_features(served):
 
     later = scorer.score(1, [1, 2], now=at + dt.timedelta(days=365 * 20))  # beyond the 10-year TTL
     assert "stale:user_sequence" in later.user_flags and later.history_len == 0
-    assert all("stale:item_stats" in i.flags for i in later.items) and later.stale_features == 3
+    # Running counters never expire (their views have no TTL): only the sequence is stale.
+    assert not any("stale:item_stats" in i.flags for i in later.items) and later.stale_features == 1
 
     with pytest.raises(BadRequest, match="more than the limit of 3"):
         Scorer.from_checkpoint(served["checkpoint"], store, ScorerConfig(max_candidates=3)).score(1, [1, 2, 3, 4], now=at)
@@ -218,6 +219,15 @@ def test_http_app(served):
     sim = con.execute(f"SELECT hist_sim, target_has_emb FROM read_parquet('{root}/target_similarity/*.parquet') "
                       f"WHERE user_id = 1 AND item_id = 7 AND event_timestamp = '{clicked}'::TIMESTAMPTZ").fetchall()
     assert event_row == 1 and landing == 1 and snapshot[-1] == 7
+    # The user's running stats moved on by the click, online and offline, by the pipeline's rule.
+    recount = con.execute(f"SELECT count(*), sum(label) FROM read_parquet('{root}/events/*.parquet') WHERE user_id = 1").fetchone()
+    newest = con.execute(f"SELECT user_impressions, user_clicks, user_ctr FROM read_parquet('{root}/user_stats/*.parquet') "
+                         "WHERE user_id = 1 ORDER BY event_timestamp DESC LIMIT 1").fetchone()
+    assert newest[:2] == recount and newest[2] == pytest.approx((recount[1] + 0.5 * 2) / (recount[0] + 2))
+    from serving.online import OnlineReader
+
+    online = OnlineReader(served["store"], "ctr_dmf_v1").read("user_stats", [1], now=dt.datetime.fromisoformat(clicked) + dt.timedelta(hours=1))
+    assert (online.values["user_impressions"][0], online.values["user_clicks"][0]) == recount
     assert len(sim) == 1 and sim[0][1] is True and len(sim[0][0]) == before["history_len"]
 
 
@@ -310,7 +320,7 @@ def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_pat
     from serving.scorer import store_features
 
     assert store_features(store, "ctr_dmf_v1") == store_features(served["store"], "ctr_dmf_v1")
-    assert {f.split(":")[0] for f in store_features(store, "ctr_dmf_v2")} == {"user_sequence", "item_stats", "target_similarity_v2", "item_embeddings_v2"}
+    assert {f.split(":")[0] for f in store_features(store, "ctr_dmf_v2")} == {"user_sequence", "user_stats", "item_stats", "target_similarity_v2", "item_embeddings_v2"}
     assert store.get_feature_view("item_embeddings").tags["encoder_id"] == "enc-test"
     assert store.get_feature_view("item_embeddings_v2").tags["encoder_id"] == "enc-v2"
 
