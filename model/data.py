@@ -17,12 +17,15 @@ A batch is a dict of tensors; B rows, L = max_len history positions (oldest firs
     hist_item_ids           (B, L) int64      0 at padding
     hist_mask               (B, L) bool       true at real history positions
     hist_sim                (B, L) float32    0 where unknown; hist_sim_mask (B, L) marks known values
-    dense                   (B, 3) float32    item stats: log1p(impressions), log1p(clicks), ctr (0 when unknown)
+    dense                   (B, 4) float32    item stats: log1p(impressions), log1p(clicks), ctr, logit(ctr) (0 when unknown)
     dense_mask              (B,) bool         item stats known at T
-    user_dense              (B, 3) float32    user stats, the same transform (zeros without a user_stats view)
+    user_dense              (B, 4) float32    user stats, the same transform (zeros without a user_stats view)
     user_dense_mask         (B,) bool         user stats known at T
     <vec>, <vec>_found      (B, D) float32, (B,) bool        target's vector (e.g. mm_emb)
     hist_<vec>              (B, L, D) float32 history vectors, zero where not found or padded
+    hist_<vec>_version      (B, L) int64      which version of the vector (a row of the embedding
+                                              index), -1 where not found or padded: equal versions
+                                              hold equal vectors (models may compute per version)
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipelines.item_index import ItemEmbeddingIndex, to_micros
+from pipelines.item_index import MISSING, ItemEmbeddingIndex, to_micros
 
 
 @dataclass(frozen=True)
@@ -84,13 +87,14 @@ ITEM_STATS_COLUMNS = ("impressions", "clicks", "ctr")
 
 
 def dense_block(impressions: np.ndarray, clicks: np.ndarray, ctr: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Running stats (an item's or a user's) -> a dense block: (B, 3) log1p(impressions),
-    log1p(clicks), ctr (zeros where unknown) and the (B,) known mask. Shared by the loader and the
-    online scorer."""
+    """Running stats (an item's or a user's) -> a dense block: (B, 4) log1p(impressions),
+    log1p(clicks), ctr and logit(ctr) (zeros where unknown) and the (B,) known mask. Shared by the
+    loader and the online scorer. The smoothed ctr lies in (0, 1), so its logit is finite."""
     known = np.asarray(known, dtype=bool)
+    rate = np.clip(np.asarray(ctr, dtype=np.float32), 1e-6, 1 - 1e-6)
     columns = [np.log1p(np.asarray(impressions, dtype=np.float32)), np.log1p(np.asarray(clicks, dtype=np.float32)),
-               np.asarray(ctr, dtype=np.float32)]
-    return np.where(known[:, None], np.stack(columns, axis=1), np.float32(0)).astype(np.float32), known  # (B, 3), (B,)
+               np.asarray(ctr, dtype=np.float32), np.log(rate / (1 - rate))]
+    return np.where(known[:, None], np.stack(columns, axis=1), np.float32(0)).astype(np.float32), known  # (B, 4), (B,)
 
 
 def read_manifest(training_set: str | Path) -> dict:
@@ -176,9 +180,12 @@ class TrainingSetDataset(IterableDataset):
         for vector, index in self.indexes.items():
             as_of = batch["event_us"]
             target, found = index.vectors_at(batch["item_id"], as_of)  # (B, D), (B,)
-            hist, hist_found = index.vectors_at(hist_ids.ravel(), np.repeat(as_of, L))  # (B*L, D)
-            hist_found = hist_found.reshape(hist_ids.shape) & hist_mask  # (B, L)
-            hist = hist.reshape(*hist_ids.shape, index.dim) * hist_found[..., None]  # (B, L, D)
+            versions = index.lookup(hist_ids.ravel(), np.repeat(as_of, L)).reshape(hist_ids.shape)  # (B, L)
+            hist_found = (versions != MISSING) & hist_mask  # (B, L)
+            versions = np.where(hist_found, versions, MISSING)
+            hist = np.zeros((*hist_ids.shape, index.dim), np.float32)  # (B, L, D)
+            hist[hist_found] = index.vectors[versions[hist_found]]
             batch[vector], batch[f"{vector}_found"] = target, found
             batch[f"hist_{vector}"], batch[f"hist_{vector}_found"] = hist, hist_found
+            batch[f"hist_{vector}_version"] = versions
         return {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in batch.items()}

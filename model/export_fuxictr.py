@@ -58,7 +58,7 @@ class Export:
 
 
 def _bucket_dense(dense: np.ndarray, known: np.ndarray) -> list[np.ndarray]:
-    """(B, 3) dense block (log1p impressions, log1p clicks, ctr) -> three int64 bucket columns."""
+    """(B, 4) dense block (log1p impressions, log1p clicks, ctr, logit ctr) -> three int64 bucket columns."""
     counts = [np.where(known, np.minimum(np.floor(dense[:, i] * 4).astype(np.int64) + 1, COUNT_BUCKETS - 1), 0) for i in (0, 1)]
     ctr = np.where(known, np.minimum(np.floor(dense[:, 2] * 50).astype(np.int64) + 1, CTR_BUCKETS - 1), 0)
     return counts + [ctr]

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from model.layers import (MLP, CrossNetwork, DinAttention, IdEmbedding, MultiHeadTargetAttention, SENet, masked_softmax,
                           similarity_buckets, similarity_tiers)
 
-DENSE_DIM = 8  # item then user stats: log1p(impressions), log1p(clicks), ctr, stats-known flag
+DENSE_DIM = 10  # item then user stats: log1p(impressions), log1p(clicks), ctr, logit(ctr), stats-known flag
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class ModelConfig:
 
 
 def dense_features(batch: dict) -> torch.Tensor:
-    """The item's and the user's running stats with their known flags: (B, 8)."""
+    """The item's and the user's running stats with their known flags: (B, 10)."""
     return torch.cat([batch["dense"], batch["dense_mask"].to(batch["dense"].dtype).unsqueeze(-1),
                       batch["user_dense"], batch["user_dense_mask"].to(batch["dense"].dtype).unsqueeze(-1)], dim=-1)
 
@@ -213,7 +213,7 @@ class DMF(nn.Module):
             interest = alpha * interests[0] + (1 - alpha) * interests[1]
         else:
             interest = interests[0]
-        x = torch.cat([target, target_mm, interest, dense_features(candidates)], dim=-1)  # (C, 3D + 8)
+        x = torch.cat([target, target_mm, interest, dense_features(candidates)], dim=-1)  # (C, 3D + 10)
         return self.dnn(x).squeeze(-1)
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -259,16 +259,50 @@ class DiffMSIN(nn.Module):
         shared = self.shared(torch.cat(vectors, dim=-1))
         return [expert(v) + shared for expert, v in zip(self.experts, vectors)]
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
-        cond, _ = self.cond(x_t.unsqueeze(1), reps, reps)  # (B, 1, D): cross-modal attention
-        return self.denoiser(torch.cat([x_t, self.time(t), cond.squeeze(1)], dim=-1))  # (B, D)
+    def history_reps(self, batch: dict) -> list[torch.Tensor]:
+        """``modality_reps`` of every history position, R x (B, L, D). The experts are per-item
+        functions, so when the loader names each position's vector versions
+        (``hist_<vec>_version``) they run once per distinct version in the batch and are gathered
+        back: the same values, for a few thousand items instead of B * L positions."""
+        vectors = [batch[f"hist_{n}"] for n in self.names]  # R x (B, L, M_r)
+        keys = [batch.get(f"hist_{n}_version") for n in self.names]
+        if any(k is None for k in keys):
+            return self.modality_reps(vectors)
+        B, L = keys[0].shape  # batch, history
+        key = torch.zeros(B * L, dtype=torch.long, device=keys[0].device)  # one integer per version tuple
+        for k in keys:  # mixed radix: versions run from -1 (none) to max
+            k = k.reshape(B * L) + 1
+            key = key * (int(k.max()) + 1) + k
+        unique, inverse = torch.unique(key, return_inverse=True)  # (U,), (B*L,)
+        positions = torch.arange(B * L, device=key.device)
+        first = torch.full((unique.shape[0],), B * L, device=key.device).scatter_reduce_(0, inverse, positions, reduce="amin")  # (U,)
+        reps = self.modality_reps([v.reshape(B * L, -1)[first] for v in vectors])  # R x (U, D)
+        return [r[inverse].reshape(B, L, -1) for r in reps]
+
+    def condition_keys(self, reps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-modal attention's K, V over the modality reps (B, R, D): they do not change
+        along the reverse process, so they are projected once, not once per step."""
+        D = reps.shape[-1]
+        w, b = self.cond.in_proj_weight, self.cond.in_proj_bias  # (3D, D), (3D,): q, k, v stacked
+        return F.linear(reps, w[D:2 * D], b[D:2 * D]), F.linear(reps, w[2 * D:], b[2 * D:])  # (B, R, D) x 2
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """eps(x_t, t | reps): x_t attends over the modality reps (one head, nn.MultiheadAttention's
+        weights), then the denoiser. ``kv`` from ``condition_keys``."""
+        k, v = kv
+        D = x_t.shape[-1]
+        q = F.linear(x_t, self.cond.in_proj_weight[:D], self.cond.in_proj_bias[:D])  # (B, D)
+        weights = torch.softmax(torch.einsum("bd,brd->br", q, k) / math.sqrt(D), dim=-1)  # (B, R)
+        cond = self.cond.out_proj(torch.einsum("br,brd->bd", weights, v))  # (B, D)
+        return self.denoiser(torch.cat([x_t, self.time(t), cond], dim=-1))  # (B, D)
 
     def synthesise(self, reps: torch.Tensor) -> torch.Tensor:
         """Deterministic (DDIM, eta = 0) reverse process from x_T = 0, conditioned on ``reps`` (B, R, D)."""
+        kv = self.condition_keys(reps)
         x = torch.zeros_like(reps[:, 0])  # (B, D)
         for step in range(self.config.diffusion_steps, 0, -1):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-            eps = self.predict_noise(x, t, reps)
+            eps = self.predict_noise(x, t, kv)
             a_t, a_prev = self.alpha_bar[step], self.alpha_bar[step - 1]
             x0 = (x - torch.sqrt(1 - a_t) * eps) / torch.sqrt(a_t)
             x = torch.sqrt(a_prev) * x0 + torch.sqrt(1 - a_prev) * eps
@@ -279,7 +313,7 @@ class DiffMSIN(nn.Module):
         hist_id = self.items(batch["hist_idx"])  # (B, L, D)
         mask = batch["hist_mask"]
         target = self.modality_reps([batch[n] for n in self.names])  # R x (B, D)
-        hist = self.modality_reps([batch[f"hist_{n}"] for n in self.names])  # R x (B, L, D)
+        hist = self.history_reps(batch)  # R x (B, L, D)
         interests = [self.attention[0](target_id, hist_id, mask)]
         for i, name in enumerate(self.names):
             interests.append(self.attention[i + 1](target[i], hist[i], mask & batch[f"hist_{name}_found"]))  # (B, D)
@@ -296,7 +330,7 @@ class DiffMSIN(nn.Module):
             noise = torch.randn_like(x0)
             a = self.alpha_bar[t].unsqueeze(-1)
             x_t = torch.sqrt(a) * x0 + torch.sqrt(1 - a) * noise
-            aux["denoise"] = self.config.denoise_weight * F.mse_loss(self.predict_noise(x_t, t, reps), noise)
+            aux["denoise"] = self.config.denoise_weight * F.mse_loss(self.predict_noise(x_t, t, self.condition_keys(reps)), noise)
             if len(target) > 1:
                 pairs = [(a_, b_) for i, a_ in enumerate(target) for b_ in target[i + 1:]]
                 aux["decouple"] = self.config.decouple_weight * torch.stack(

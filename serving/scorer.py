@@ -385,7 +385,7 @@ class Scorer:
                 impressions[c], clicks[c], ctr[c], dense_known[c] = values["impressions"], values["clicks"], values["ctr"], True
             batch["dense"], batch["dense_mask"] = dense_block(impressions, clicks, ctr, dense_known)
         else:
-            batch["dense"], batch["dense_mask"] = np.zeros((C, 3), np.float32), np.zeros(C, bool)
+            batch["dense"], batch["dense_mask"] = dense_block(*(np.zeros(C) for _ in range(3)), np.zeros(C, bool))
         user_values = [float(user_stats.values[f][0]) if user_known else 0.0 for f in USER_STATS_COLUMNS]
         user_dense, user_mask = dense_block(*(np.full(1, v) for v in user_values), np.array([user_known]))
         batch["user_dense"], batch["user_dense_mask"] = np.repeat(user_dense, C, axis=0), np.repeat(user_mask, C)

@@ -60,7 +60,7 @@ def test_batches_cover_every_row_once_with_point_in_time_vectors(dmf_set):
     # cold user: empty masked history
     cold = index[(1, 10, us("2020-01-01"))]
     assert not batch["hist_mask"][cold].any() and batch["hist_item_ids"][cold].tolist() == [0, 0, 0]
-    assert batch["dense"].shape == (len(EVENTS), 3) and batch["user_dense"].shape == (len(EVENTS), 3)
+    assert batch["dense"].shape == (len(EVENTS), 4) and batch["user_dense"].shape == (len(EVENTS), 4)
 
 
 def test_workers_and_ranks_share_row_groups_without_overlap(applied_repo, tmp_path):

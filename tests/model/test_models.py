@@ -32,8 +32,8 @@ def make_batch(seed=0, b=B):
         "hist_mask": mask,
         "hist_sim": (torch.rand(b, L, generator=g) * 2 - 1) * mask,
         "hist_sim_mask": mask.clone(),
-        "dense": torch.rand(b, 3, generator=g), "dense_mask": torch.ones(b, dtype=torch.bool),
-        "user_dense": torch.rand(b, 3, generator=g), "user_dense_mask": torch.arange(b) % 3 > 0,
+        "dense": torch.rand(b, 4, generator=g), "dense_mask": torch.ones(b, dtype=torch.bool),
+        "user_dense": torch.rand(b, 4, generator=g), "user_dense_mask": torch.arange(b) % 3 > 0,
     }
     for name, dim in (("mm_emb", M), ("text_emb", 6), ("image_emb", 4)):
         batch[name] = torch.randn(b, dim, generator=g)
@@ -134,3 +134,30 @@ def test_loss_falls_when_overfitting_one_batch(name):
         optimiser.step()
         losses.append(F.binary_cross_entropy_with_logits(logits.detach(), batch["label"]).item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_diffmsin_per_version_history_reps_equal_per_position():
+    """Diff-MSIN runs its experts once per distinct vector version; the logits must not change."""
+    m = model("diffmsin")
+    batch = make_batch()
+    g = torch.Generator().manual_seed(3)
+    versions = torch.randint(0, 4, (B, L), generator=g)  # few versions, many repeats
+    table = {name: torch.randn(4, dim, generator=g) for name, dim in (("text_emb", 6), ("image_emb", 4))}
+    for name in table:
+        batch[f"hist_{name}"] = table[name][versions] * batch["hist_mask"][..., None]
+        batch[f"hist_{name}_version"] = torch.where(batch["hist_mask"], versions, -1)
+    per_position = {k: v for k, v in batch.items() if not k.endswith("_version")}
+    with torch.no_grad():
+        assert torch.allclose(m(batch), m(per_position), atol=1e-6)
+
+
+def test_diffmsin_condition_attention_is_multihead_attention():
+    """The reverse process projects K, V once; each step must equal nn.MultiheadAttention's output."""
+    m = model("diffmsin")
+    g = torch.Generator().manual_seed(4)
+    reps, x = torch.randn(B, 3, 4, generator=g), torch.randn(B, 4, generator=g)
+    t = torch.randint(1, 3, (B,), generator=g)
+    with torch.no_grad():
+        cond, _ = m.cond(x.unsqueeze(1), reps, reps)
+        expected = m.denoiser(torch.cat([x, m.time(t), cond.squeeze(1)], dim=-1))
+        assert torch.allclose(m.predict_noise(x, t, m.condition_keys(reps)), expected, atol=1e-6)
