@@ -1,24 +1,30 @@
-"""Model comparison (``make bench-models``): DIN, MMCTR DIN, Diff-MSIN, DMF and DMF ablations.
+"""Model comparison (``make bench-models``): mmfs's DIN, MMCTR DIN, Diff-MSIN and DMF beside
+FuxiCTR's own DIN and DCNv2 and model-free baselines, on the same rows, in one run.
 
-Each model trains on its own feature service's training set, built from the same tables with the
-same time split; same budget (epochs, patience, batch, learning rate), several seeds; selection on
-validation AUC only, test read once. Two datasets:
+Every model trains on the same tables and the same time split (80% / 90% event-time quantiles),
+with the same seeds, the same budget and the same selection: early stopping on validation AUC,
+the test split read once, after selection. mmfs's models read their feature service's training
+set; FuxiCTR's read the same rows exported by ``model.export_fuxictr`` (checked row for row).
+The model-free baselines (``model.baselines``) need no selection at all. Three data sets:
 
-- MovieLens ml-latest-small (bundled; text-only items: no images);
-- synthetic events with a planted multimodal signal (``mmfs synth``: clicks depend on the match
-  between the user's taste and the colour/shape drawn in the item's image), where multimodal
-  models must beat DIN clearly.
+- MovieLens ml-latest-small (bundled; text-only items), 5 seeds;
+- two synthetic sets with a planted content signal (``mmfs synth``: clicks depend on the match
+  between the user's taste and the colour/shape named in the item's text and drawn in its image),
+  dense ids (400 items, ~300 events each) and sparse ids (3,000 items, long tail), 3 seeds each.
 
-Writes docs/models.md (mean +- std tables) and docs/models_auc.png.
+Writes docs/models.md (mean ± std tables, the diagnosis, the findings from
+docs/models_findings.md), docs/models_auc.png and docs/models_curves.png. Rows already in
+``<work>/rows.json`` for the same budget are reused, so an interrupted run resumes.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,62 +32,70 @@ import numpy as np
 from benchmarks.resources import machine_description
 from model.models import SERVICES, ModelConfig
 from model.train import TrainConfig, train
-from pipelines import feast_store, run_pipeline, synth, training_set
 
 ROOT = Path(__file__).resolve().parents[1]
+MOVIELENS = "MovieLens ml-latest-small"
 
-VARIANTS = {
+MODELS = {
     "DIN": ModelConfig(name="din"),
     "MMCTR DIN (MHTA + SENet, V4)": ModelConfig(name="mmctr_din"),
     "Diff-MSIN": ModelConfig(name="diffmsin"),
     "DMF": ModelConfig(name="dmf"),
+}
+
+# The diagnosis on MovieLens (--diagnosis): what each fix is worth, 3 seeds each.
+DIAGNOSIS = {
+    "DIN, sum pooling (the paper's)": ModelConfig(name="din", din_pooling="sum"),
+    "DIN w/o user stats": ModelConfig(name="din", user_stats=False),
+    "DIN w/o user stats, sum pooling (the old default)": ModelConfig(name="din", user_stats=False, din_pooling="sum"),
+    "DMF w/o user stats": ModelConfig(name="dmf", user_stats=False),
     "DMF w/o enriched branch (DTA)": ModelConfig(name="dmf", enriched_branch=False),
     "DMF w/o modality-centric branch": ModelConfig(name="dmf", centric_branch=False),
-    "DMF w/o centric MM attention": ModelConfig(name="dmf", centric_attention=False),
 }
 
-
-# DMF knobs tried on MovieLens (issue 4: "if DMF does not beat the peers, investigate bucket count,
-# alpha, the embedding projections"); run with --sweep.
-SWEEP = {
-    "DMF, 10 buckets": ModelConfig(name="dmf", buckets=10),
-    "DMF, 70 buckets": ModelConfig(name="dmf", buckets=70),
-    "DMF, alpha fixed 0.5": ModelConfig(name="dmf", alpha=0.5),
-    "DMF, id/projection dim 64": ModelConfig(name="dmf", id_dim=64),
-}
+# (work dir name, dataset label, (users, items, events, items with a drawn image)). Every item's
+# text names its colour and shape; images cost ~14 items/s to encode on 2 CPU cores.
+SYNTHETIC = [
+    ("synthetic", "Synthetic, planted image signal (dense ids)", (3000, 400, 120_000, 400)),  # ~300 events per item
+    ("synthetic_sparse", "Synthetic, 3,000 items (sparse ids)", (3000, 3000, 90_000, 600)),  # ~30 events per item, long tail
+]
 
 
 def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
-# (work dir name, dataset label, (users, items, events, items with a drawn image)). Every item's
-# text names its colour and shape; images cost ~14 items/s to encode on 2 CPU cores.
-SYNTHETIC = [
-    ("synthetic", "Synthetic, planted image signal", (3000, 400, 120_000, 400)),  # dense ids: ~300 events per item
-    ("synthetic_sparse", "Synthetic, 3,000 items (sparse ids)", (3000, 3000, 90_000, 600)),  # ~30 events per item, long tail
-]
+def log(message: str) -> None:
+    print(f"[{dt.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
+
+# -- data ------------------------------------------------------------------------------------------
 
 def ensure_synthetic(work: Path, name: str, users: int, items: int, events: int, images: int) -> Path:
+    from pipelines import run_pipeline, synth
+
     raw, root = work / f"{name}_raw", work / name
-    if not (root / "target_similarity").exists():
+    if not (root / "target_similarity").exists() or not (root / "user_stats").exists():
         synth.generate(raw, n_users=users, n_items=items, n_events=events, n_images=images, seed=11)
         run_pipeline.main(["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet", "--out", str(root)])
     return root
 
 
 def ensure_tables(root: Path, source_args: list[str]) -> None:
-    if not (root / "target_similarity").exists() or not (root / "item_stats").exists():
+    from pipelines import run_pipeline
+
+    if not all((root / t).exists() for t in ("target_similarity", "item_stats", "user_stats")):
         run_pipeline.main(source_args + ["--out", str(root)])
 
 
 def build_sets(work: Path, root: Path, name: str) -> dict[str, Path]:
+    """Every service's training set over ``root``, through a copy of the feature repo."""
+    from pipelines import feast_store, training_set
+
     repo = work / f"repo_{name}" / "feature_repo"
     shutil.rmtree(repo.parent, ignore_errors=True)
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    meta = json.loads((root / "item_embeddings" / "_mmfs_meta.json").read_text())
-    identity = meta["encoder_identity"]
+    identity = json.loads((root / "item_embeddings" / "_mmfs_meta.json").read_text())["encoder_identity"]
     os.environ["MMFS_MM_DIM"] = str(identity["mm_dim"])
     os.environ["MMFS_TEXT_DIM"] = str(identity["text"]["dim"])
     os.environ["MMFS_IMAGE_DIM"] = str((identity.get("image") or {}).get("dim") or 1280)
@@ -95,38 +109,124 @@ def build_sets(work: Path, root: Path, name: str) -> dict[str, Path]:
     return sets
 
 
-def run(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict, only: set[str] | None = None,
-        variants: dict[str, ModelConfig] = VARIANTS) -> list[dict]:
-    """Train every variant for every seed; rows already in <work>/rows.json (same budget) are reused."""
-    done_file = work / "rows.json"
-    done = json.loads(done_file.read_text()) if done_file.exists() else []
+def split_arrays(training_set: Path, split: str) -> dict[str, np.ndarray]:
+    """One split through mmfs's loader, whole (the bench's sets are small)."""
+    import torch
+
+    from model.data import LoaderConfig, TrainingSetDataset
+
+    data = TrainingSetDataset(training_set, LoaderConfig(split=split, batch_size=1 << 20, shuffle=False, vectors=()))
+    batches = list(data)
+    return {k: torch.cat([b[k] for b in batches]).numpy() for k in batches[0]}
+
+
+# -- baselines -------------------------------------------------------------------------------------
+
+def baseline_rows(training_set: Path, dataset: str) -> list[dict]:
+    """Constant, popularity, co-like and popularity x user rate on valid and test."""
+    from model.baselines import CoLike, Popularity
+    from model.metrics import auc, gauc, logloss
+
+    s = {split: split_arrays(training_set, split) for split in ("train", "valid", "test")}
+    tr = s["train"]
+    prior = float(tr["label"].mean())
+    pop = Popularity.fit(tr["item_id"], tr["label"])
+    colike = CoLike.fit(tr["user_id"], tr["item_id"], tr["label"])
+    logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))  # noqa: E731
     rows = []
+    for label, score in (
+        ("constant (train positive rate)", lambda d: np.full(len(d["label"]), prior)),
+        ("popularity (item's smoothed train CTR)", lambda d: pop.score(d["item_id"])),
+        ("co-like (item-item cosine vs history)", lambda d: colike.score(d["item_id"], d["hist_item_ids"], d["hist_mask"])),
+        # The user's running CTR is the user_stats feature itself (smoothed to 0.5 with 2 pseudo-events).
+        ("popularity x user's running CTR", lambda d: 1 / (1 + np.exp(-(logit(pop.score(d["item_id"]))
+                                                                         + np.where(d["user_dense_mask"], d["user_dense"][:, 3], 0.0) - logit(prior))))),
+    ):
+        row = {"dataset": dataset, "model": label, "kind": "baseline"}
+        for split in ("valid", "test"):
+            d = s[split]
+            p = score(d)
+            row[f"{split}_auc"] = auc(d["label"], p)
+            row[f"{split}_gauc"] = gauc(d["user_id"], d["label"], p)
+            row[f"{split}_logloss"] = logloss(d["label"], p) if label.startswith(("constant", "popularity")) else float("nan")
+        rows.append(row)
+    return rows
+
+
+# -- training runs ---------------------------------------------------------------------------------
+
+def load_done(work: Path) -> list[dict]:
+    done_file = work / "rows.json"
+    return json.loads(done_file.read_text()) if done_file.exists() else []
+
+
+def save_row(work: Path, row: dict) -> None:
+    done = load_done(work)
+    done.append(row)
+    (work / "rows.json").write_text(json.dumps(done, indent=1))
+
+
+def run_mmfs(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict, variants: dict[str, ModelConfig]) -> list[dict]:
+    rows = []
+    done = load_done(work)
     for label, model in variants.items():
-        if only and label not in only:
-            rows += [r for r in done if r["dataset"] == dataset and r["model"] == label and r.get("budget") == budget]
-            continue
         for seed in range(seeds):
             previous = next((r for r in done if (r["dataset"], r["model"], r["seed"], r.get("budget")) == (dataset, label, seed, budget)), None)
             if previous:
                 rows.append(previous)
                 continue
-            config = TrainConfig(training_set=str(sets[SERVICES[model.name]]), out=str(work / f"models_{dataset}" / f"{slug(label)}_{seed}"),
+            log(f"{dataset}: {label}, seed {seed}")
+            config = TrainConfig(training_set=str(sets[SERVICES[model.name]]), out=str(work / f"models_{slug(dataset)}" / f"{slug(label)}_{seed}"),
                                  model=model, seed=seed, progress=False, **budget)
             metrics = train(config)
-            rows.append({"dataset": dataset, "model": label, "seed": seed, "params": metrics["params"],
-                         "valid_auc": metrics["valid"]["auc"], "test_auc": metrics["test"]["auc"],
-                         "valid_gauc": metrics["valid"]["gauc"], "test_gauc": metrics["test"]["gauc"],
-                         "test_logloss": metrics["test"]["logloss"], "best_epoch": metrics["best_epoch"],
-                         "samples_s": metrics["train_samples_per_s"], "budget": budget})
-            print(json.dumps(rows[-1]), flush=True)
-            done.append(rows[-1])
-            done_file.write_text(json.dumps(done, indent=1))
+            row = {"dataset": dataset, "model": label, "kind": "mmfs", "seed": seed, "params": metrics["params"],
+                   **{f"{split}_{k}": metrics[split][k] for split in ("valid", "test") for k in ("auc", "gauc", "logloss")},
+                   "best_epoch": metrics["best_epoch"], "samples_s": metrics["train_samples_per_s"], "budget": budget,
+                   "curve": [(h["epoch"], h["valid_auc"]) for h in metrics["history"]]}
+            rows.append(row)
+            save_row(work, row)
     return rows
 
 
-def slice_analysis(sets: dict[str, Path], work: Path, budget: dict, seed: int = 0) -> list[dict]:
-    """Test AUC of DIN, MMCTR DIN and DMF (one seed each) on rows whose target item was seen in
-    training and on rows whose item was not: where does the valid/test disagreement come from?"""
+def run_peers(training_set: Path, work: Path, dataset: str, seeds: int, budget: dict) -> tuple[list[dict], dict]:
+    """FuxiCTR's models on the exported rows; the export is checked against the training set first."""
+    import pyarrow.parquet as pq
+
+    from benchmarks.fuxictr_peer import PEERS, train_peer
+    from model.export_fuxictr import SPLITS, check_export, export
+
+    out = work / f"fuxictr_{slug(dataset)}"
+    exported = export(training_set, out)
+    checked = check_export(training_set, exported)
+    log(f"{dataset}: FuxiCTR export checked, rows {checked}")
+    users = {s: pq.read_table(out / f"{s}.parquet", columns=["user_id"]).column(0).to_numpy() for s in SPLITS}
+    rows, done = [], load_done(work)
+    peer_budget = {"max_epochs": budget["max_epochs"], "patience": 2, "batch_size": budget["batch_size"], "lr": budget["lr"]}
+    for label, peer in PEERS.items():
+        for seed in range(seeds):
+            previous = next((r for r in done if (r["dataset"], r["model"], r["seed"], r.get("budget")) == (dataset, label, seed, peer_budget)), None)
+            if previous:
+                rows.append(previous)
+                continue
+            log(f"{dataset}: {label}, seed {seed}")
+            metrics = train_peer(exported, peer, seed, peer_budget["max_epochs"], peer_budget["patience"], peer_budget["batch_size"],
+                                 peer_budget["lr"], users)
+            row = {"dataset": dataset, "model": label, "kind": "peer", "seed": seed, "params": metrics["params"],
+                   **{f"{split}_{k}": metrics[split][k] for split in ("valid", "test") for k in ("auc", "gauc", "logloss")},
+                   "best_epoch": metrics["best_epoch"], "samples_s": metrics["train_samples_per_s"], "budget": peer_budget}
+            rows.append(row)
+            save_row(work, row)
+    return rows, {"checked_rows": checked, "item_info_rows": exported.n_items}
+
+
+# -- the diagnosis: where trained models win and lose --------------------------------------------
+
+HIST_BUCKETS = ((0, 0, "0"), (1, 9, "1-9"), (10, 29, "10-29"), (30, 49, "30-49"), (50, 10**9, "50"))
+
+
+def slices(sets: dict[str, Path], work: Path, dataset: str) -> list[dict]:
+    """Seed 0 of each mmfs model, re-scored on valid and test: AUC by history length, on seen and
+    unseen target items, and with the whole history masked at test time."""
     import torch
 
     from model.data import LoaderConfig, TrainingSetDataset
@@ -134,102 +234,204 @@ def slice_analysis(sets: dict[str, Path], work: Path, budget: dict, seed: int = 
     from model.train import load_checkpoint, model_vectors, prepare
 
     out = []
-    for label in ("DIN", "MMCTR DIN (MHTA + SENet, V4)", "DMF"):
-        model_config = VARIANTS[label]
-        training_set = sets[SERVICES[model_config.name]]
-        target = work / "analysis" / f"{slug(label)}_{seed}"
-        if not (target / "checkpoint.pt").exists():
-            train(TrainConfig(training_set=str(training_set), out=str(target), model=model_config, seed=seed, progress=False, **budget))
-        model, meta = load_checkpoint(target / "checkpoint.pt")
+    for label, config in MODELS.items():
+        checkpoint = work / f"models_{slug(dataset)}" / f"{slug(label)}_0" / "checkpoint.pt"
+        if not checkpoint.exists():
+            continue
+        model, meta = load_checkpoint(checkpoint)
+        vectors = model_vectors(config.name, meta)
         row = {"model": label}
         for split in ("valid", "test"):
-            vectors = model_vectors(model_config.name, meta)
-            data = TrainingSetDataset(training_set, LoaderConfig(split=split, batch_size=4096, vectors=vectors, shuffle=False))
-            labels, logits, seen, history = [], [], [], []
+            data = TrainingSetDataset(sets[SERVICES[config.name]], LoaderConfig(split=split, batch_size=4096, vectors=vectors, shuffle=False))
+            labels, logits, masked, seen, lengths = [], [], [], [], []
             for batch in data:
                 batch = prepare(batch, meta["vocab"], torch.device("cpu"))
                 with torch.inference_mode():
                     logits.append(model(batch).numpy())
+                    empty = {k: (torch.zeros_like(v) if k.startswith("hist_") else v) for k, v in batch.items()}
+                    masked.append(model(empty).numpy())
                 labels.append(batch["label"].numpy())
                 seen.append(batch["item_idx"].numpy() > 1)
-                history.append(batch["hist_mask"].any(1).numpy())
-            labels, logits, seen, history = map(np.concatenate, (labels, logits, seen, history))
+                lengths.append(batch["hist_mask"].sum(1).numpy())
+            labels, logits, masked, seen, lengths = map(np.concatenate, (labels, logits, masked, seen, lengths))
+            row[f"{split}_auc"] = auc(labels, logits)
+            row[f"{split}_auc_no_history"] = auc(labels, masked)
             row[f"{split}_seen_share"] = float(seen.mean())
             row[f"{split}_auc_seen"] = auc(labels[seen], logits[seen])
             row[f"{split}_auc_unseen"] = auc(labels[~seen], logits[~seen]) if (~seen).any() else float("nan")
-            row[f"{split}_auc_all"] = auc(labels, logits)
+            for lo, hi, name in HIST_BUCKETS:
+                rows_ = (lengths >= lo) & (lengths <= hi)
+                row[f"{split}_hist_{name}_share"] = float(rows_.mean())
+                row[f"{split}_hist_{name}_auc"] = auc(labels[rows_], logits[rows_]) if rows_.sum() > 20 else float("nan")
         out.append(row)
-        print(json.dumps(row), flush=True)
     return out
 
 
-def slice_table(rows: list[dict]) -> list[str]:
-    lines = ["| model (seed 0) | valid AUC all | valid AUC, seen items | valid AUC, unseen items | test AUC all | test AUC, seen items | test AUC, unseen items |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['valid_auc_all']:.4f} | {r['valid_auc_seen']:.4f} | {r['valid_auc_unseen']:.4f} | "
-                     f"{r['test_auc_all']:.4f} | {r['test_auc_seen']:.4f} | {r['test_auc_unseen']:.4f} |")
-    if rows:
-        lines += ["", f"Rows whose target item was seen in training: valid {rows[0]['valid_seen_share']:.1%}, test {rows[0]['test_seen_share']:.1%}."]
-    return lines
+def drift(training_set: Path) -> list[dict]:
+    """Inputs whose distribution moves with time: history length, the cumulative counts, unseen
+    items, new users, the positive rate, by split."""
+    s = {split: split_arrays(training_set, split) for split in ("train", "valid", "test")}
+    train_users, train_items = set(s["train"]["user_id"].tolist()), set(s["train"]["item_id"].tolist())
+    rows = []
+    for split, d in s.items():
+        rows.append({
+            "split": split, "rows": len(d["label"]), "positive rate": float(d["label"].mean()),
+            "rows of users new since train": float(np.mean([u not in train_users for u in d["user_id"]])) if split != "train" else 0.0,
+            "rows with an item unseen in train": float(np.mean([i not in train_items for i in d["item_id"]])) if split != "train" else 0.0,
+            "mean history length": float(d["hist_mask"].sum(1).mean()),
+            "mean log1p(item impressions)": float(d["dense"][d["dense_mask"], 0].mean()),
+            "max log1p(item impressions)": float(d["dense"][d["dense_mask"], 0].max()),
+            "item stats known": float(d["dense_mask"].mean()), "user stats known": float(d["user_dense_mask"].mean()),
+        })
+    return rows
 
 
-def table(rows: list[dict], dataset: str, variants: dict[str, ModelConfig] = VARIANTS) -> list[str]:
-    lines = ["| model | seeds | valid AUC | test AUC | test GAUC | test logloss | params | train samples/s | best epoch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for label in variants:
+# -- report ----------------------------------------------------------------------------------------
+
+def ms(values, digits=4) -> str:
+    values = np.array([v for v in values if v == v], dtype=float)
+    if not len(values):
+        return "-"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0:.{digits}f}"
+
+
+def table(rows: list[dict], dataset: str, order: list[str]) -> list[str]:
+    lines = ["| model | kind | seeds | valid AUC | test AUC | test GAUC | test logloss | params | train samples/s | best epoch |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label in order:
         group = [r for r in rows if r["dataset"] == dataset and r["model"] == label]
         if not group:
             continue
-
-        def ms(key, digits=4):
-            values = np.array([r[key] for r in group], dtype=float)
-            return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0:.{digits}f}"
-
-        lines.append(f"| {label} | {len(group)} | {ms('valid_auc')} | {ms('test_auc')} | {ms('test_gauc')} | {ms('test_logloss')} | "
-                     f"{group[0]['params']:,} | {np.mean([r['samples_s'] for r in group]):,.0f} | "
-                     f"{np.mean([r['best_epoch'] for r in group]):.1f} |")
+        if group[0]["kind"] == "baseline":
+            r = group[0]
+            ll = f"{r['test_logloss']:.4f}" if r["test_logloss"] == r["test_logloss"] else "-"
+            lines.append(f"| {label} | model-free | - | {r['valid_auc']:.4f} | {r['test_auc']:.4f} | {r['test_gauc']:.4f} | {ll} | 0 | - | - |")
+            continue
+        lines.append(f"| {label} | {group[0]['kind']} | {len(group)} | {ms(r['valid_auc'] for r in group)} | {ms(r['test_auc'] for r in group)} | "
+                     f"{ms(r['test_gauc'] for r in group)} | {ms(r['test_logloss'] for r in group)} | {group[0]['params']:,} | "
+                     f"{np.mean([r['samples_s'] for r in group]):,.0f} | {np.mean([r['best_epoch'] for r in group]):.1f} |")
     return lines
 
 
-def chart(rows: list[dict], path: Path) -> None:
+def verdicts(rows: list[dict], dataset: str) -> list[str]:
+    """DMF against every other trained model (test AUC, > 2 seed-stds), every trained model
+    against popularity (AUC) and the constant (logloss)."""
+    def group(label):
+        return np.array([r["test_auc"] for r in rows if r["dataset"] == dataset and r["model"] == label])
+
+    trained = sorted({r["model"] for r in rows if r["dataset"] == dataset and r["kind"] != "baseline"})
+    base = {r["model"]: r for r in rows if r["dataset"] == dataset and r["kind"] == "baseline"}
+    pop = base.get("popularity (item's smoothed train CTR)")
+    const = base.get("constant (train positive rate)")
+    lines = []
+    dmf = group("DMF")
+    for label in trained:
+        g = group(label)
+        lls = [r["test_logloss"] for r in rows if r["dataset"] == dataset and r["model"] == label]
+        checks = []
+        if pop:
+            checks.append(f"AUC {'above' if g.mean() > pop['test_auc'] else 'NOT above'} popularity ({g.mean():.4f} vs {pop['test_auc']:.4f})")
+        if const:
+            checks.append(f"logloss {'below' if np.mean(lls) < const['test_logloss'] else 'NOT below'} the constant's "
+                          f"({np.mean(lls):.4f} vs {const['test_logloss']:.4f})")
+        if label != "DMF" and len(dmf) > 1 and len(g) > 1:
+            gap, spread = dmf.mean() - g.mean(), 2 * max(dmf.std(ddof=1), g.std(ddof=1))
+            checks.append(f"DMF {'ahead by more than' if gap > spread else 'NOT ahead by more than'} 2 std ({gap:+.4f} vs {spread:.4f})")
+        lines.append(f"- {label}: " + "; ".join(checks))
+    return lines
+
+
+def slice_tables(rows: list[dict]) -> list[str]:
+    lines = ["| model (seed 0) | split | AUC | AUC, history masked | seen items | unseen items | " +
+             " | ".join(f"history {name}" for _, _, name in HIST_BUCKETS) + " |",
+             "|---|---|---:|---:|---:|---:|" + "---:|" * len(HIST_BUCKETS)]
+    fmt = lambda v: "-" if v != v else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        for split in ("valid", "test"):
+            lines.append(f"| {r['model']} | {split} | {fmt(r[f'{split}_auc'])} | {fmt(r[f'{split}_auc_no_history'])} | "
+                         f"{fmt(r[f'{split}_auc_seen'])} | {fmt(r[f'{split}_auc_unseen'])} | " +
+                         " | ".join(fmt(r[f"{split}_hist_{name}_auc"]) for _, _, name in HIST_BUCKETS) + " |")
+    if rows:
+        r = rows[0]
+        lines += ["", "Share of rows: " + "; ".join(
+            f"{split}: seen items {r[f'{split}_seen_share']:.1%}, history " +
+            ", ".join(f"{name}: {r[f'{split}_hist_{name}_share']:.1%}" for _, _, name in HIST_BUCKETS) for split in ("valid", "test")) + "."]
+    return lines
+
+
+def drift_table(rows: list[dict]) -> list[str]:
+    keys = [k for k in rows[0] if k != "split"]
+    lines = ["| " + " | ".join(["split"] + keys) + " |", "|---|" + "---:|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["split"]] + [f"{r[k]:,}" if isinstance(r[k], int) else f"{r[k]:.3f}" for k in keys]) + " |")
+    return lines
+
+
+def charts(rows: list[dict], order: dict[str, list[str]], docs: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    datasets = list(order)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        labels = [label for label in VARIANTS if any(r["dataset"] == dataset and r["model"] == label for r in rows)]
-        means = [np.mean([r["test_auc"] for r in rows if r["dataset"] == dataset and r["model"] == label]) for label in labels]
-        stds = [np.std([r["test_auc"] for r in rows if r["dataset"] == dataset and r["model"] == label]) for label in labels]
-        ax.barh(range(len(labels)), means, xerr=stds, color="tab:blue")
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.set_xlim(min(means) - 0.03, max(means) + 0.02)
+        labels = [m for m in order[dataset] if any(r["dataset"] == dataset and r["model"] == m for r in rows)]
+        values = [[r["test_auc"] for r in rows if r["dataset"] == dataset and r["model"] == m] for m in labels]
+        means, stds = [np.mean(v) for v in values], [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
+        colours = ["tab:gray" if next(r for r in rows if r["dataset"] == dataset and r["model"] == m)["kind"] == "baseline"
+                   else "tab:orange" if m.startswith("FuxiCTR") else "tab:blue" for m in labels]
+        ax.barh(range(len(labels)), means, xerr=stds, color=colours)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlim(max(0.45, min(means) - 0.02), max(means) + 0.01)
         ax.set_xlabel("test AUC (mean ± std over seeds)")
-        ax.set_title(dataset)
+        ax.set_title(dataset, fontsize=9)
         ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(docs / "models_auc.png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for label in MODELS:
+            run = next((r for r in rows if r["dataset"] == dataset and r["model"] == label and r.get("seed") == 0 and r.get("curve")), None)
+            if run:
+                epochs, aucs = zip(*run["curve"])
+                ax.plot(epochs, aucs, "o-", ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid AUC (seed 0)")
+        ax.set_title(dataset, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(docs / "models_curves.png", dpi=100)
     plt.close(fig)
 
 
-def write_report(rows: list[dict], budget: dict, seeds: dict, path: Path, findings: str,
-                 sweep: list[dict] | None = None, slices: list[dict] | None = None) -> None:
+def write_report(rows: list[dict], order: dict[str, list[str]], budget: dict, path: Path, findings: str, exports: dict,
+                 diagnosis: list[dict], slice_rows: list[dict], drift_rows: list[dict], seconds: float) -> None:
     lines = ["# Model comparison", "",
-             f"Generated by `make bench-models` on {dt.date.today()} ({machine_description()}).", "",
-             f"Same budget for every model: {json.dumps(budget)}; AdamW; early stopping on validation AUC; test read once.",
-             "Each model trains on its own feature service's training set (same tables, same time split: 80% / 10% / 10%",
-             "by event time). GAUC: per-user AUC weighted by impressions, users with both classes only.", ""]
-    for dataset in sorted({r["dataset"] for r in rows}):
-        lines += [f"## {dataset}", ""] + table(rows, dataset) + [""]
-    lines += ["![test AUC by model](models_auc.png)", ""]
-    if sweep:
-        lines += ["## DMF knobs (MovieLens)", "", "Same budget; DMF defaults: 35 buckets, learned alpha, id/projection dim 32.", ""]
-        lines += table(rows + sweep, "MovieLens ml-latest-small", {"DMF": VARIANTS["DMF"], **SWEEP}) + [""]
-    if slices:
-        lines += ["## Seen and unseen target items (MovieLens, one seed)", ""] + slice_table(slices) + [""]
+             f"Generated by `make bench-models` on {dt.date.today()} ({machine_description()}), {seconds / 60:.0f} min in all.", "",
+             f"mmfs's models: {json.dumps(budget)}; AdamW; `evals_per_epoch` validation passes per epoch, `patience` counted in passes; "
+             "the best pass's weights are kept. FuxiCTR's models: the same epochs, batch and learning rate, Adam, FuxiCTR's own early "
+             "stopping (patience 2 epochs) and learning-rate cut on plateau. Selection on validation AUC only; test read once.",
+             "Same rows for every model: each mmfs model reads its feature service's training set (same tables, same time split: 80% / 90% "
+             "event-time quantiles); FuxiCTR's read those rows exported by `model.export_fuxictr` and checked row for row "
+             "(row count, labels, users, every history and target, the target's vector). GAUC: per-user AUC weighted by impressions, "
+             "users with both classes only. Model-free baselines are fitted on the train split.", ""]
+    for dataset, labels in order.items():
+        lines += [f"## {dataset}", ""] + table(rows, dataset, labels) + [""]
+        if dataset in exports:
+            lines += [f"FuxiCTR export check: {exports[dataset]['checked_rows']} rows equal; {exports[dataset]['item_info_rows']:,} item_info rows.", ""]
+        lines += ["Verdicts (test):", ""] + verdicts(rows, dataset) + [""]
+    lines += ["![test AUC by model](models_auc.png)", "", "![validation curves, seed 0](models_curves.png)", ""]
+    if diagnosis:
+        lines += ["## Diagnosis on MovieLens: what each fix is worth (3 seeds)", ""]
+        lines += table(rows + diagnosis, MOVIELENS, ["DIN"] + [k for k in DIAGNOSIS if k.startswith("DIN")] + ["DMF"] +
+                       [k for k in DIAGNOSIS if k.startswith("DMF")]) + [""]
+    if drift_rows:
+        lines += ["## What moves between the splits (MovieLens)", ""] + drift_table(drift_rows) + [""]
+    if slice_rows:
+        lines += ["## Where the trained models win and lose (MovieLens, seed 0)", ""] + slice_tables(slice_rows) + [""]
     lines += ["## Findings", "", findings.strip(), ""]
     path.write_text("\n".join(lines))
 
@@ -241,37 +443,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--synthetic-seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--evals-per-epoch", type=int, default=4)
+    parser.add_argument("--patience", type=int, default=4, help="validation passes without improvement")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--skip-synthetic", action="store_true")
-    parser.add_argument("--sweep", action="store_true", help="also train the DMF knob variants on MovieLens (3 seeds)")
-    parser.add_argument("--slices", action="store_true", help="also compare seen/unseen-item AUC (one seed of DIN, MMCTR DIN, DMF)")
-    parser.add_argument("--only", action="append", default=None, help="train only these variants (exact labels); others come from saved rows")
+    parser.add_argument("--skip-peers", action="store_true", help="no FuxiCTR runs (it needs the bench extra)")
+    parser.add_argument("--no-diagnosis", action="store_true", help="skip the MovieLens diagnosis variants and slices")
     parser.add_argument("--report", default=str(ROOT / "docs" / "models.md"))
-    parser.add_argument("--findings", default=str(ROOT / "docs" / "models_findings.md"),
-                        help="hand-written findings included in the report")
+    parser.add_argument("--findings", default=str(ROOT / "docs" / "models_findings.md"), help="hand-written findings included in the report")
     args = parser.parse_args(argv)
+    began = time.perf_counter()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    budget = {"max_epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": 1e-3, "weight_decay": 1e-4}
-    rows, seeds = [], {}
+    budget = {"max_epochs": args.epochs, "evals_per_epoch": args.evals_per_epoch, "patience": args.patience,
+              "batch_size": args.batch_size, "lr": 1e-3, "weight_decay": 1e-4}
     movielens = Path(args.movielens_root)
     ensure_tables(movielens, ["--source", "movielens", "--input", str(ROOT / "data" / "movielens-small")])
-    movielens_sets = build_sets(work, movielens, "movielens")
-    rows += run(movielens_sets, work, "MovieLens ml-latest-small", args.seeds, budget, set(args.only) if args.only else None)
-    seeds["MovieLens ml-latest-small"] = args.seeds
-    sweep = run(movielens_sets, work, "MovieLens ml-latest-small", 3, budget, variants=SWEEP) if args.sweep else None
-    slices = slice_analysis(movielens_sets, work, budget) if args.slices else None
+    datasets = [("movielens", MOVIELENS, movielens, args.seeds)]
     if not args.skip_synthetic:
-        for name, dataset, sizes in SYNTHETIC:
-            synth_root = ensure_synthetic(work, name, *sizes)
-            rows += run(build_sets(work, synth_root, name), work, dataset, args.synthetic_seeds, budget,
-                        set(args.only) if args.only else None)
-            seeds[dataset] = args.synthetic_seeds
+        datasets += [(name, label, ensure_synthetic(work, name, *sizes), args.synthetic_seeds) for name, label, sizes in SYNTHETIC]
+    rows, order, exports, diagnosis, slice_rows, drift_rows = [], {}, {}, [], [], []
+    for name, label, root, seeds in datasets:
+        log(f"{label}: training sets")
+        sets = build_sets(work, root, name)
+        base = baseline_rows(sets["ctr_din_v1"], label)
+        rows += base
+        rows += run_mmfs(sets, work, label, seeds, budget, MODELS)
+        if not args.skip_peers:
+            peer_rows, exports[label] = run_peers(sets["ctr_dmf_v1"], work, label, seeds, budget)
+            rows += peer_rows
+        from benchmarks.fuxictr_peer import PEERS
+
+        order[label] = [r["model"] for r in base] + list(MODELS) + ([] if args.skip_peers else list(PEERS))
+        if name == "movielens" and not args.no_diagnosis:
+            diagnosis = run_mmfs(sets, work, label, 3, budget, DIAGNOSIS)
+            slice_rows = slices(sets, work, label)
+            drift_rows = drift(sets["ctr_din_v1"])
     findings = Path(args.findings).read_text() if Path(args.findings).exists() else "(none recorded yet)"
     report = Path(args.report)
-    write_report(rows, budget, seeds, report, findings, sweep, slices)
-    chart(rows, report.parent / "models_auc.png")
+    write_report(rows, order, budget, report, findings, exports, diagnosis, slice_rows, drift_rows, time.perf_counter() - began)
+    charts(rows, order, report.parent)
     print(report.read_text())
     return 0
 

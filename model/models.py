@@ -36,6 +36,7 @@ class ModelConfig:
     mlp: tuple[int, ...] = (200, 80)
     dropout: float = 0.1
     batch_norm: bool = False
+    user_stats: bool = True  # false: the user_stats block is zeroed (an ablation; docs/models.md)
     # DIN
     din_pooling: str = "mean"  # mean | sum (the DIN paper's; grows with history length)
     # DMF
@@ -46,6 +47,7 @@ class ModelConfig:
     centric_branch: bool = True
     centric_attention: bool = True
     early_fusion: bool = False  # DMF variant: s_j concatenated to e_j before the K/V projections
+    target_interest_product: bool = True  # DMF: the DNN also sees e_t * interest, as DIN's does
     # MMCTR DIN
     heads: int = 2
     cross_layers: int = 0
@@ -55,10 +57,12 @@ class ModelConfig:
     decouple_weight: float = 0.05
 
 
-def dense_features(batch: dict) -> torch.Tensor:
-    """The item's and the user's running stats with their known flags: (B, 10)."""
+def dense_features(batch: dict, user_stats: bool = True) -> torch.Tensor:
+    """The item's and the user's running stats with their known flags: (B, 10); the user half is
+    zeros when ``user_stats`` is false."""
+    user = torch.cat([batch["user_dense"], batch["user_dense_mask"].to(batch["dense"].dtype).unsqueeze(-1)], dim=-1)  # (B, 5)
     return torch.cat([batch["dense"], batch["dense_mask"].to(batch["dense"].dtype).unsqueeze(-1),
-                      batch["user_dense"], batch["user_dense_mask"].to(batch["dense"].dtype).unsqueeze(-1)], dim=-1)
+                      user if user_stats else torch.zeros_like(user)], dim=-1)
 
 
 # -- DIN ------------------------------------------------------------------------------------------
@@ -69,6 +73,7 @@ class DIN(nn.Module):
     def __init__(self, spec: DataSpec, config: ModelConfig):
         super().__init__()
         D = config.id_dim
+        self.config = config
         self.items = IdEmbedding(spec.n_items, D)
         self.attention = DinAttention(D, pooling=config.din_pooling)
         self.dnn = MLP(3 * D + DENSE_DIM, config.mlp, 1, config.dropout, config.batch_norm)
@@ -77,7 +82,7 @@ class DIN(nn.Module):
         target = self.items(batch["item_idx"])  # (B, D)
         hist = self.items(batch["hist_idx"])  # (B, L, D)
         interest = self.attention(target, hist, batch["hist_mask"])  # (B, D)
-        return self.dnn(torch.cat([target, interest, target * interest, dense_features(batch)], -1)).squeeze(-1)
+        return self.dnn(torch.cat([target, interest, target * interest, dense_features(batch, self.config.user_stats)], -1)).squeeze(-1)
 
 
 # -- MMCTR DIN ------------------------------------------------------------------------------------
@@ -89,6 +94,7 @@ class MMCTRDIN(nn.Module):
     def __init__(self, spec: DataSpec, config: ModelConfig):
         super().__init__()
         D = config.id_dim
+        self.config = config
         self.items = IdEmbedding(spec.n_items, D)
         self.mm = nn.Linear(spec.mm_dim, D)
         self.attention = MultiHeadTargetAttention(2 * D, 2 * D, 2 * D, config.heads)
@@ -104,7 +110,7 @@ class MMCTRDIN(nn.Module):
         target = self.item_vectors(batch["item_idx"], batch["mm_emb"])  # (B, 2D)
         hist = self.item_vectors(batch["hist_idx"], batch["hist_mm_emb"])  # (B, L, 2D)
         interest = self.attention(target, hist, batch["hist_mask"])  # (B, 2D)
-        fields = torch.stack([target, interest, self.dense(dense_features(batch))], dim=1)  # (B, 3, 2D)
+        fields = torch.stack([target, interest, self.dense(dense_features(batch, self.config.user_stats))], dim=1)  # (B, 3, 2D)
         x = self.senet(fields).flatten(1)  # (B, 6D)
         return self.dnn(self.cross(x)).squeeze(-1)
 
@@ -154,7 +160,7 @@ class DMF(nn.Module):
         self.centric_attention = MultiHeadTargetAttention(D, D, D, config.heads) if config.centric_attention else None
         self.centric_mlp = MLP(centric_in, (D,), D, config.dropout)
         self.alpha_logit = nn.Parameter(torch.zeros(())) if config.alpha < 0 else None
-        self.dnn = MLP(3 * D + DENSE_DIM, config.mlp, 1, config.dropout, config.batch_norm)
+        self.dnn = MLP((4 if config.target_interest_product else 3) * D + DENSE_DIM, config.mlp, 1, config.dropout, config.batch_norm)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -213,7 +219,8 @@ class DMF(nn.Module):
             interest = alpha * interests[0] + (1 - alpha) * interests[1]
         else:
             interest = interests[0]
-        x = torch.cat([target, target_mm, interest, dense_features(candidates)], dim=-1)  # (C, 3D + 10)
+        parts = [target, target_mm, interest] + ([target * interest] if self.config.target_interest_product else [])
+        x = torch.cat(parts + [dense_features(candidates, self.config.user_stats)], dim=-1)  # (C, 4D + 10)
         return self.dnn(x).squeeze(-1)
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -322,7 +329,7 @@ class DiffMSIN(nn.Module):
         parts = interests + [synthetic]  # (R + 2) x (B, D)
         gate = torch.softmax(self.fusion_gate(torch.cat(parts, dim=-1)), dim=-1)  # (B, R + 2)
         fused = torch.einsum("bp,bpd->bd", gate, torch.stack(parts, dim=1))  # (B, D)
-        logits = self.dnn(torch.cat([target_id, fused, dense_features(batch)], dim=-1)).squeeze(-1)
+        logits = self.dnn(torch.cat([target_id, fused, dense_features(batch, self.config.user_stats)], dim=-1)).squeeze(-1)
         aux = {}
         if self.training:
             x0 = reps.mean(dim=1).detach()  # the cross-modal vector the diffusion learns to synthesise

@@ -45,13 +45,13 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     max_epochs: int = 10
-    patience: int = 2
+    patience: int = 4  # validation passes without improvement before stopping
     max_len: int = 50
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: int = 0  # 0: the whole split
     max_eval_batches: int = 0  # 0: the whole validation/test split; else its first N batches (scale runs)
-    evals_per_epoch: int = 1  # validation passes per epoch; patience counts passes (best epochs are early)
+    evals_per_epoch: int = 4  # validation passes per epoch; patience counts passes (the best pass is often in epoch 1)
     vocab_min_count: int = 1  # item ids seen fewer times as train targets share the OOV row
     hist_dropout: float = 0.0  # train only: each history position is masked out with this probability
     oov_dropout: float = 0.0  # train only: each target / history id is replaced by OOV with this probability
