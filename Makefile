@@ -53,6 +53,7 @@ test: $(INSTALLED) java redis
 
 test-all: $(INSTALLED) java redis
 	$(PY) -m pytest -m "not gpu"
+	$(PY) -m tests.mutants
 
 bench: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_pipelines

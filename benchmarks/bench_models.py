@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--findings", default=str(ROOT / "docs" / "models_findings.md"), help="hand-written findings included in the report")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     budget = {"max_epochs": args.epochs, "evals_per_epoch": args.evals_per_epoch, "patience": args.patience,
               "batch_size": args.batch_size, "lr": 1e-3, "weight_decay": 1e-4}

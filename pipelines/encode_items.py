@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import reports
-from pipelines.encoders import NO_IMAGE_MODEL, EncoderConfig, decode_image, load_image_encoder, load_text_encoder
+from pipelines.encoders import NO_IMAGE_MODEL, NO_IMAGE_ROOT, EncoderConfig, decode_image, load_image_encoder, load_text_encoder
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
 from pipelines.table_io import job_main, read_meta, read_side_file, read_table, table_exists, write_table
@@ -101,7 +101,7 @@ def encode_batch(batch: pd.DataFrame, config: EncoderConfig) -> pd.DataFrame:
         for i, uri in enumerate(batch["image_uri"]):
             if not isinstance(uri, str) or not uri:
                 continue
-            decoded = decode_image(uri)
+            decoded = decode_image(uri, config.image_roots, config.max_image_pixels, config.max_image_bytes)
             errors[i], notes[i] = decoded.error, decoded.note
             if decoded.image is not None:
                 pixels.append(image_encoder.preprocess(decoded.image))
@@ -342,6 +342,16 @@ def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_d
     }
 
 
+def image_roots_of(spark: SparkSession, root: str) -> list[str]:
+    """The image root ingest recorded for the items table, or none (then every image is refused
+    unless --image-root names one: a job must not open any file the items name)."""
+    try:
+        recorded = read_meta(spark, f"{root}/items").get("image_root")
+    except Exception:  # noqa: BLE001 - an items table without meta (older ingest): no recorded root
+        recorded = None
+    return [recorded] if recorded else [NO_IMAGE_ROOT]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mmfs encode-items", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")
@@ -355,6 +365,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-max-length", type=int, default=defaults.text_max_length)
     parser.add_argument("--device", default=defaults.device, help="auto (CUDA if available), cpu or cuda[:n]")
     parser.add_argument("--partitions", type=int, default=0, help="encoding tasks (default: Spark's parallelism)")
+    parser.add_argument("--image-root", action="append", default=None,
+                        help="a folder item images must lie in (repeatable; default: the one ingest recorded, the items file's folder); "
+                             "images elsewhere are quarantined")
+    parser.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
+                        help="images declaring more pixels are quarantined undecoded (default %(default)s)")
     parser.add_argument("--incremental", action="store_true",
                         help="encode only contents the encoder cache lacks, and keep the table's PCA (same encoder id)")
     parser.add_argument("--table", default="item_embeddings",
@@ -379,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         text_max_length=args.text_max_length,
         batch_size=args.batch_size,
         device=args.device,
+        image_roots=tuple(args.image_root or image_roots_of(spark, args.root)),
+        max_image_pixels=args.max_image_pixels,
         # Local mode runs one Python worker per core: one torch thread each avoids oversubscription.
         torch_threads=max(1, (os.cpu_count() or 1) // parallelism) if local else 0,
     )

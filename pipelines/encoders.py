@@ -40,6 +40,9 @@ class EncoderConfig:
     batch_size: int = 64
     device: str = "auto"  # "auto": CUDA when available, else CPU
     torch_threads: int = 0  # 0: leave torch's default
+    image_roots: tuple[str, ...] = ()  # images must resolve inside one of these folders; () = no restriction
+    max_image_pixels: int = 40_000_000  # larger images are quarantined before they are decoded
+    max_image_bytes: int = 64 * 1024 * 1024
 
 
 def resolve_device(name: str) -> str:
@@ -245,22 +248,53 @@ class DecodedImage:
     note: str | None  # a conversion that was applied, e.g. "converted from CMYK"
 
 
-def decode_image(uri: str) -> DecodedImage:
-    """Open a local image (path or file:// URI) as RGB. Failures are returned, never raised."""
+NO_IMAGE_ROOT = "<no image root configured>"  # encode-items without --image-root and no root recorded by ingest
+
+
+def _inside(path: Path, roots: tuple[str, ...]) -> bool:
+    return any(path == Path(root).resolve() or Path(root).resolve() in path.parents for root in roots)
+
+
+def decode_image(uri: str, roots: tuple[str, ...] = (), max_pixels: int = 40_000_000, max_bytes: int = 64 * 1024 * 1024) -> DecodedImage:
+    """Open a local image (path or file:// URI) as RGB. Failures are returned, never raised.
+
+    With ``roots``, the path (symlinks resolved; a relative path against the first root) must lie
+    inside one of them. Files over ``max_bytes`` and images declaring more than ``max_pixels``
+    (decompression bombs included) are refused before their pixels are decoded."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     path = uri[len("file://"):] if uri.startswith("file://") else uri
     if "://" in path:
         return DecodedImage(None, f"unsupported image URI scheme: {uri}", None)
     file = Path(path)
-    if not file.is_file():
-        return DecodedImage(None, f"missing image file: {path}", None)
-    data = file.read_bytes()
+    if roots == (NO_IMAGE_ROOT,):
+        return DecodedImage(None, f"no image root is configured (encode-items --image-root DIR): {path}", None)
+    if roots:
+        file = (Path(roots[0]) / file if not file.is_absolute() else file).resolve()
+        if not _inside(file, roots):
+            return DecodedImage(None, f"image path outside the image root ({', '.join(roots)}): {path}", None)
+    try:
+        if not file.is_file():
+            return DecodedImage(None, f"missing image file: {path}", None)
+        size = file.stat().st_size
+        if size > max_bytes:
+            return DecodedImage(None, f"image file of {size:,} bytes is over the limit of {max_bytes:,}: {path}", None)
+        data = file.read_bytes()
+    except OSError as exc:
+        return DecodedImage(None, f"unreadable image file {path}: {exc.strerror or exc}", None)
     if not data:
         return DecodedImage(None, f"zero-size image file: {path}", None)
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+            if image.width * image.height > max_pixels:
+                return DecodedImage(None, f"image of {image.width}x{image.height} pixels is over the limit of {max_pixels:,}: {path}", None)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return DecodedImage(None, f"decompression bomb refused {path}: {exc}", None)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return DecodedImage(None, f"corrupt image {path}: {exc}", None)
     if image.width == 0 or image.height == 0:

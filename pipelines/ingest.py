@@ -261,12 +261,14 @@ def with_feedback(spark: SparkSession, events: DataFrame, out: str) -> DataFrame
     return events.unionByName(feedback)
 
 
-def write_outputs(result: dict, out: str, source: str) -> list[ValidationReport]:
+def write_outputs(result: dict, out: str, source: str, image_root: str | None = None) -> list[ValidationReport]:
     reports_ = list(result["reports"])
     for name, rules in (("items", canonical_item_rules()), ("events", canonical_event_rules())):
         reports_.append(assert_valid_output(result[name], rules))
     meta = {"job": "ingest", "source": source, "validation": [r.to_dict() for r in reports_]}
-    write_table(result["items"], f"{out}/items", meta=meta)
+    # The folder images may come from (``encode-items`` refuses any other): by default the items
+    # file's own folder, relative image paths resolve against it.
+    write_table(result["items"], f"{out}/items", meta={**meta, "image_root": image_root})
     write_table(result["events"], f"{out}/events", meta=meta)
     write_table(result["quarantine_items"], f"{out}/quarantine/items", meta=meta)
     write_table(result["quarantine_events"], f"{out}/quarantine/events", meta=meta)
@@ -300,6 +302,8 @@ def source_argv(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmfs ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(parser)
+    parser.add_argument("--image-root", default=None,
+                        help="the folder item images must lie in (default: the --items file's folder); encode-items refuses others")
     add_common_args(parser)
     args = parser.parse_args(argv)
     spark = spark_from_args(args, "mmfs-ingest")
@@ -313,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--source files needs --items and --events")
         raw_items, raw_events = read_files(spark, args.items, args.events)
         source = f"files:{args.items},{args.events}"
+    image_root = args.image_root or (str(Path(args.items).resolve().parent) if args.source == "files" and "://" not in args.items else None)
     if args.max_users:
         raw_items, raw_events = sample_users(raw_items, raw_events, args.max_users)
     result = transform(raw_items, raw_events, dt.datetime.now(dt.timezone.utc), args.max_invalid_fraction)
     result["events"] = with_feedback(spark, result["events"], args.out)
-    reports.print_reports(write_outputs(result, args.out, source), out_paths={
+    reports.print_reports(write_outputs(result, args.out, source, image_root), out_paths={
         "items": f"{args.out}/items", "events": f"{args.out}/events",
         "quarantine": f"{args.out}/quarantine/{{items,events}}",
     })

@@ -1,4 +1,6 @@
 """Real test images from the scikit-image wheel, plus broken variants made from them."""
+import struct
+import zlib
 from pathlib import Path
 
 import skimage
@@ -7,8 +9,19 @@ from PIL import Image
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 
 
+def header_only_png(width: int, height: int) -> bytes:
+    """A tiny PNG that declares ``width`` x ``height`` pixels (a decompression bomb when large)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
 def make_image_files(folder: Path) -> dict[str, str]:
-    """name -> path of a real RGB photo, a grayscale, an RGBA, a CMYK, a corrupt, an empty file and a missing one."""
+    """name -> path of a real RGB photo, a grayscale, an RGBA, a CMYK, a corrupt, an empty file, a
+    missing one, and hostile ones: a decompression bomb, an image over the pixel limit, an
+    unreadable path and a file outside the image roots (``image_roots(folder)``)."""
     folder.mkdir(parents=True, exist_ok=True)
     chelsea = SKIMAGE_DATA / "chelsea.png"
     cmyk = folder / "coffee_cmyk.jpg"
@@ -20,6 +33,10 @@ def make_image_files(folder: Path) -> dict[str, str]:
     corrupt.write_bytes(chelsea.read_bytes()[:400])
     empty = folder / "empty.png"
     empty.write_bytes(b"")
+    bomb = folder / "bomb.png"
+    bomb.write_bytes(header_only_png(30000, 30000))  # 900 megapixels declared in 65 bytes
+    huge = folder / "huge.png"
+    huge.write_bytes(header_only_png(8000, 6000))  # 48 MP: under PIL's own bomb check, over our limit
     return {
         "rgb": str(chelsea),
         "coffee": str(SKIMAGE_DATA / "coffee.png"),
@@ -29,4 +46,13 @@ def make_image_files(folder: Path) -> dict[str, str]:
         "corrupt": str(corrupt),
         "empty": str(empty),
         "missing": str(folder / "no_such_file.png"),
+        "bomb": str(bomb),
+        "huge": str(huge),
+        "unreadable": "/proc/self/mem",
+        "outside": "/etc/passwd",
     }
+
+
+def image_roots(folder: Path | None) -> tuple[str, ...]:
+    """The roots the test images lie in: the test's folder and scikit-image's data."""
+    return (str(folder), str(SKIMAGE_DATA)) if folder else (str(SKIMAGE_DATA),)

@@ -5,14 +5,19 @@ from pipelines import encode_items
 from pipelines.encoders import EncoderConfig, EncoderLoadError
 from pipelines.schemas import ITEMS_SCHEMA
 from tests.conftest import ts
-from tests.pipelines.images import make_image_files
+from tests.pipelines.images import image_roots, make_image_files
 
 T0 = ts("2020-01-01 00:00:00")
 
 
 @pytest.fixture(scope="module")
-def items(spark, tmp_path_factory):
-    images = make_image_files(tmp_path_factory.mktemp("images"))
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="module")
+def items(spark, folder):
+    images = make_image_files(folder)
     rows = [
         (1, "Chelsea the cat", "a tabby cat", images["rgb"]),
         (2, "Camera man", "black and white photo", images["gray"]),
@@ -23,23 +28,28 @@ def items(spark, tmp_path_factory):
         (7, "Gone", "missing file", images["missing"]),
         (8, "No picture", "text only item", None),
         (9, "Coffee again", "espresso", images["coffee"]),
+        (10, "Bomb", "30000 x 30000 declared", images["bomb"]),
+        (11, "Huge", "48 megapixels", images["huge"]),
+        (12, "Unreadable", "a path that cannot be read", images["unreadable"]),
+        (13, "Secret", "a file outside the image roots", images["outside"]),
     ]
     return spark.createDataFrame([(i, t, x, u, True, T0, T0) for i, t, x, u in rows], ITEMS_SCHEMA)
 
 
-def run(spark, items, tmp_path, config=EncoderConfig(batch_size=4), mm_dim=8):
+def run(spark, items, tmp_path, config=None, mm_dim=8, folder=None):
+    config = config or EncoderConfig(batch_size=4, image_roots=image_roots(folder))
     result = encode_items.transform(spark, items, config, mm_dim, str(tmp_path / "staging"), 2, 1.0)
     return result, {r.item_id: r for r in result["item_embeddings"].collect()}
 
 
 @pytest.fixture(scope="module")
-def encoded(spark, items, tmp_path_factory):
-    return run(spark, items, tmp_path_factory.mktemp("encoded"))
+def encoded(spark, items, folder, tmp_path_factory):
+    return run(spark, items, tmp_path_factory.mktemp("encoded"), folder=folder)
 
 
 def test_bad_images_are_quarantined_and_their_items_keep_text(encoded):
     result, rows = encoded
-    assert sorted(rows) == list(range(1, 10))  # no item lost
+    assert sorted(rows) == list(range(1, 14))  # no item lost
     assert {i for i, r in rows.items() if r.has_image} == {1, 2, 3, 4, 9}
     for i, r in rows.items():
         assert len(r.text_emb) == 384
@@ -48,8 +58,10 @@ def test_bad_images_are_quarantined_and_their_items_keep_text(encoded):
         assert abs(np.linalg.norm(r.mm_emb) - 1) < 1e-5
         assert r.encoder_id == result["identity"]["encoder_id"]
     reasons = {int(r.row_json.split('"item_id":')[1].split(",")[0]): r.reason for r in result["quarantine_images"].collect()}
-    assert sorted(reasons) == [5, 6, 7]
+    assert sorted(reasons) == [5, 6, 7, 10, 11, 12, 13]  # the job went on past every one
     assert reasons[5].startswith("corrupt image") and reasons[6].startswith("zero-size") and reasons[7].startswith("missing image file")
+    assert reasons[10].startswith("decompression bomb refused") and "over the limit" in reasons[11]
+    assert all(reasons[i].startswith("image path outside the image root") for i in (12, 13))
     assert result["quarantine_embeddings"].count() == 0
 
 
@@ -64,9 +76,9 @@ def test_fused_embedding_follows_v4_parts(encoded):
     assert np.isclose(np.linalg.norm(rows[1].mm_emb[:4]), np.sqrt(0.5), atol=1e-5)
 
 
-def test_rerun_gives_the_same_features(spark, items, encoded, tmp_path):
+def test_rerun_gives_the_same_features(spark, items, folder, encoded, tmp_path):
     first_result, first = encoded
-    second_result, second = run(spark, items, tmp_path)
+    second_result, second = run(spark, items, tmp_path, folder=folder)
     assert first_result["identity"] == second_result["identity"]
     for item_id in first:
         np.testing.assert_allclose(first[item_id].mm_emb, second[item_id].mm_emb, atol=1e-6)

@@ -8,12 +8,32 @@ from pipelines.encoders import (
     load_image_encoder,
     load_text_encoder,
 )
-from tests.pipelines.images import make_image_files
+from tests.pipelines.images import image_roots, make_image_files
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_image_files(tmp_path_factory.mktemp("images"))
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="module")
+def images(folder):
+    return make_image_files(folder)
+
+
+def test_hostile_images_are_refused_before_decoding(images, folder):
+    roots = image_roots(folder)
+    assert decode_image(images["bomb"], roots).error.startswith("decompression bomb refused")
+    assert decode_image(images["huge"], roots).error.startswith("image of 8000x6000 pixels is over the limit")
+    assert decode_image(images["huge"], roots, max_pixels=50_000_000).error.startswith("corrupt image")  # decoded: no pixel data
+    assert decode_image(images["unreadable"]).error.startswith("unreadable image file /proc/self/mem")
+    for name in ("unreadable", "outside"):
+        assert decode_image(images[name], roots).error.startswith("image path outside the image root"), name
+    link = folder / "link.png"
+    link.symlink_to("/etc/passwd")  # a path inside the root that leads out of it
+    assert decode_image(str(link), roots).error.startswith("image path outside the image root")
+    assert decode_image("chelsea.png", (str(images["rgb"]).rsplit("/", 1)[0],)).error is None  # relative to the first root
+    assert decode_image(images["rgb"], roots).error is None
 
 
 def test_decode_handles_every_kind_of_bad_or_unusual_image(images):

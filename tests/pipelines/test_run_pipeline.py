@@ -59,15 +59,19 @@ def test_pipeline_on_synthetic_files_with_images(spark, tmp_path):
     raw = tmp_path / "raw"
     synth.generate(raw, n_users=40, n_items=30, n_events=1500, n_images=12, seed=4)
     (raw / "images" / "3.png").write_bytes(b"not a png at all")
+    (raw / "images" / "5.png").unlink()
+    (raw / "images" / "5.png").symlink_to("/etc/passwd")  # an image path that leads out of the items' folder
     out = str(tmp_path / "out")
     run_pipeline.main(["--source", "files", "--items", str(raw / "items.parquet"), "--events", str(raw / "events.parquet"),
                        "--out", out])
     con = duckdb.connect()
     has_image = dict(con.execute(f"select item_id, has_image from '{out}/item_embeddings/*.parquet'").fetchall())
     assert len(has_image) == 30
-    assert {i for i, h in has_image.items() if h} == set(range(1, 13)) - {3}
-    quarantined = con.execute(f"select rule, reason from '{out}/quarantine/item_images/*.parquet'").fetchall()
-    assert len(quarantined) == 1 and quarantined[0][0] == "image_decode" and "3.png" in quarantined[0][1]
+    assert {i for i, h in has_image.items() if h} == set(range(1, 13)) - {3, 5}
+    quarantined = sorted(con.execute(f"select rule, reason from '{out}/quarantine/item_images/*.parquet'").fetchall(), key=lambda r: r[1])
+    assert [r[0] for r in quarantined] == ["image_decode"] * 2
+    assert "3.png" in quarantined[0][1] and quarantined[1][1].startswith(f"image path outside the image root ({raw})")
+    assert read_meta(spark, f"{out}/items")["image_root"] == str(raw)  # ingest records the items file's folder
     identity = read_meta(spark, f"{out}/item_embeddings")["encoder_identity"]
     assert identity["image"]["model"] == "efficientnet-lite0-imagenet" and identity["pca_dims"] == {"text": 32, "image": 32}
     assert con.execute(f"select count(*) from '{out}/target_similarity/*.parquet'").fetchone()[0] == 1500

@@ -77,6 +77,23 @@ def test_current_snapshot_is_the_newest_per_user(spark):
     assert [(r.user_id, r.hist_item_ids) for r in current] == [(1, [10, 11, 13, 15])]
 
 
+def test_contract_refuses_a_history_item_at_the_events_own_time(spark):
+    """The output rule is strict: a history item stamped at the row's own time is a leak."""
+    import pytest
+    from pyspark.sql import functions as F
+
+    from pipelines.validation import ValidationError
+
+    sequences = transform(events_df(spark, EVENTS), max_len=50)["sequences"]
+    leaked = sequences.withColumn(  # the row at 2020-01-03 claims the positive at its own instant
+        "hist_timestamps", F.when(F.col("item_id") == 15, F.array_union("hist_timestamps", F.array("event_timestamp")))
+        .otherwise(F.col("hist_timestamps"))).withColumn(
+        "hist_item_ids", F.when(F.col("item_id") == 15, F.array_union("hist_item_ids", F.array(F.lit(15).cast("long"))))
+        .otherwise(F.col("hist_item_ids"))).withColumn("hist_len", F.size("hist_item_ids").cast("int"))
+    with pytest.raises(ValidationError, match="history_strictly_before_event"):
+        assert_valid_output(leaked, output_rules(50)["sequences"])
+
+
 def test_outputs_pass_their_contract(spark):
     tables = transform(events_df(spark, EVENTS), max_len=50)
     rules = output_rules(50)

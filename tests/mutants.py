@@ -1,0 +1,113 @@
+"""Mutants that matter: each one breaks a rule on purpose, and some test must fail.
+
+    python -m tests.mutants            # every mutant (make test-all runs this)
+    python -m tests.mutants --list
+
+For each mutant the source file is patched in place (one exact, unique text replacement), the
+named tests run, and the file is restored, whatever happens. A mutant that no test kills is a rule
+no test guards: the script exits 1 naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = (
+    Mutant("DMF serving path drops the bucket-key term (one user's K/V shared by C candidates)",
+           "model/models.py",
+           "            weights = masked_softmax((qk + qe) / math.sqrt(q.shape[-1]), mask)  # (C, L)",
+           "            weights = masked_softmax(((qk + qe) if not shared else qk) / math.sqrt(q.shape[-1]), mask)  # (C, L)",
+           ("tests/model/test_models.py::test_dmf_decoupled_scoring_equals_forward",)),
+    Mutant("scorer uses a stale sequence while flagging it stale",
+           "serving/scorer.py",
+           "        hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status == PRESENT else []",
+           "        hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status != MISSING else []",
+           ("tests/serving/test_scorer.py::test_cold_start_unknown_items_and_stale_features",)),
+    Mutant("sequence output rule loosened: history at the event's own time passes",
+           "pipelines/user_sequences.py",
+           '                "forall(hist_timestamps, t -> t < event_timestamp)",',
+           '                "forall(hist_timestamps, t -> t <= event_timestamp)",',
+           ("tests/pipelines/test_user_sequences.py",)),
+    Mutant("DIN pools its history as a sum again",
+           "model/layers.py",
+           "        if self.pooling == \"mean\":",
+           "        if False:",
+           ("tests/model/test_models.py::test_din_interest_does_not_grow_with_a_repeated_history",)),
+    Mutant("user stats count the row's own event",
+           "pipelines/item_stats.py",
+           '        .withColumn("event_timestamp", F.col("event_timestamp") + F.expr("INTERVAL 1 MICROSECOND"))',
+           '        .withColumn("event_timestamp", F.col("event_timestamp"))',
+           ("tests/pipelines/test_user_stats.py", "tests/pipelines/test_item_stats.py")),
+    Mutant("Diff-MSIN gathers per-version reps in the wrong order",
+           "model/models.py",
+           "        return [r[inverse].reshape(B, L, -1) for r in reps]",
+           "        return [r[inverse.flip(0)].reshape(B, L, -1) for r in reps]",
+           ("tests/model/test_models.py::test_diffmsin_per_version_history_reps_equal_per_position",)),
+    Mutant("image root check skipped",
+           "pipelines/encoders.py",
+           "        if not _inside(file, roots):",
+           "        if False:",
+           ("tests/pipelines/test_encoders.py::test_hostile_images_are_refused_before_decoding",)),
+    Mutant("FuxiCTR export check ignores the history",
+           "model/export_fuxictr.py",
+           "            if not np.array_equal(raw[np.asarray(seq, np.int64)], expected):",
+           "            if False:",
+           ("tests/model/test_export_fuxictr.py::test_a_tampered_export_is_caught",)),
+)
+
+
+def run(mutant: Mutant) -> tuple[bool, float]:
+    """(killed, seconds): apply, run the tests, restore."""
+    path = REPO / mutant.path
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        raise SystemExit(f"mutant {mutant.name!r}: its text is not found exactly once in {mutant.path}; update the mutant")
+    began = time.perf_counter()
+    try:
+        path.write_text(original.replace(mutant.old, mutant.new))
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "", *mutant.tests],
+                              cwd=REPO, capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    return done.returncode != 0, time.perf_counter() - began
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args(argv)
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name}  ({m.path})")
+        return 0
+    survivors = []
+    for m in MUTANTS:
+        killed, seconds = run(m)
+        print(f"{'killed  ' if killed else 'SURVIVED'} {seconds:6.1f} s  {m.name}", flush=True)
+        if not killed:
+            survivors.append(m.name)
+    if survivors:
+        print(f"{len(survivors)} mutant(s) no test kills: {survivors}")
+        return 1
+    print(f"all {len(MUTANTS)} mutants killed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
