@@ -39,7 +39,7 @@ from model.vocab import IdVocab
 @dataclass(frozen=True)
 class TrainConfig:
     training_set: str = "out/movielens/training_sets/ctr_dmf_v1"
-    out: str = "out/models/dmf"
+    out: str = "out/models/dmf"  # mmfs train defaults it to out/models/<model>
     model: ModelConfig = field(default_factory=ModelConfig)
     batch_size: int = 1024
     lr: float = 1e-3
@@ -65,6 +65,17 @@ def _coerce(value):
     return tuple(value) if isinstance(value, list) else value  # YAML lists -> the configs' tuples
 
 
+def _typed(key: str, current, value):
+    """``value`` as the type of the field's current value: an int where a float goes is fine, a
+    string where a number goes is an error naming the key."""
+    expected = type(current)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"--{key} must be {expected.__name__}, got {value!r}")
+
+
 def with_overrides(config, updates: dict):
     """A copy of a (nested) frozen dataclass with ``updates`` applied; unknown keys are errors."""
     names = {f.name: f for f in dataclasses.fields(config)}
@@ -79,7 +90,7 @@ def with_overrides(config, updates: dict):
         elif rest:
             raise ValueError(f"{head} has no sub-keys (got {key!r})")
         else:
-            changes[head] = _coerce(value)
+            changes[head] = _typed(key, current, _coerce(value))
     return dataclasses.replace(config, **changes)
 
 
@@ -392,11 +403,24 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def options_help() -> str:
+    """Every ``--key=value`` option with its default, from the config dataclasses themselves."""
+    lines = ["training options (--key=value; a YAML file given with --config sets the same keys):"]
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "model":
+            lines.append(f"  --{f.name}={getattr(TrainConfig(), f.name)!r}")
+    lines.append("model options (--model.key=value):")
+    for f in dataclasses.fields(ModelConfig):
+        lines.append(f"  --model.{f.name}={getattr(ModelConfig(), f.name)!r}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmfs train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="mmfs train", description=__doc__, epilog=options_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="din | mmctr_din | dmf | diffmsin (= --model.name=...)")
     parser.add_argument("--training-set", default=None)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="output folder (default: out/models/<model>)")
     parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields")
     parser.add_argument("--distributed", type=int, default=0, metavar="N",
                         help="train data-parallel in N processes through pyspark's TorchDistributor")
@@ -407,7 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"--training_set={args.training_set}")
     if args.out:
         overrides.append(f"--out={args.out}")
-    config = resolve_config(args.config, overrides)
+    try:
+        config = resolve_config(args.config, overrides)
+        if not args.out and not any(o.lstrip("-").startswith("out=") for o in overrides):
+            config = dataclasses.replace(config, out=f"out/models/{config.model.name}")  # never another model's checkpoint
+        if not Path(config.training_set, "manifest.json").is_file():
+            raise ValueError(f"{config.training_set} is not a training set (no manifest.json): build one with mmfs training-set")
+    except (ValueError, yaml.YAMLError, OSError) as exc:
+        parser.exit(2, f"mmfs train: error: {exc}\n")
     print(yaml.safe_dump(json.loads(json.dumps(asdict(config))), sort_keys=False), file=sys.stderr)
     if SERVICES.get(config.model.name) and read_manifest(config.training_set)["feature_service"] != SERVICES[config.model.name]:
         print(f"note: {config.model.name} trains on {read_manifest(config.training_set)['feature_service']} "

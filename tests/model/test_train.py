@@ -80,3 +80,25 @@ def test_torch_distributor_trains_data_parallel_in_two_processes(dmf_set, tmp_pa
     assert metrics["world_size"] == 2 and len(metrics["history"]) == 2
     model, meta = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
     assert meta["feature_service"] == "ctr_dmf_v1"
+
+
+def test_cli_lists_every_option_and_refuses_bad_ones_in_one_line(capsys):
+    import dataclasses
+
+    from model.models import ModelConfig
+    from model.train import TrainConfig, main
+
+    with pytest.raises(SystemExit) as shown:
+        main(["--help"])
+    assert shown.value.code == 0
+    usage = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name}" in usage, f.name
+    for f in dataclasses.fields(ModelConfig):
+        assert f"--model.{f.name}=" in usage, f.name
+    for bad, message in ((["--lr=fast"], "--lr must be float, got 'fast'"), (["--bogus=1"], "unknown config key 'bogus'"),
+                         (["--training-set", "/no/such/set"], "is not a training set")):
+        with pytest.raises(SystemExit) as refused:
+            main(["--model", "din"] + bad)
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1, err
