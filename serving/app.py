@@ -5,10 +5,20 @@
 Endpoints: ``POST /score`` (one user, up to ``--max-candidates`` items), ``POST /events`` (feedback:
 impressions and clicks, seen by the next score), ``GET /health`` (the process is up),
 ``GET /ready`` (model and store loaded; 503 before, or while the online store fails),
-``GET /metrics`` (Prometheus text: requests, latency histogram, errors, stale features), and the
-OpenAPI schema at ``/docs``. It binds 127.0.0.1 unless told otherwise. The model and store load in
-the background after start-up, so ``/health`` answers at once and ``/ready`` says when to send
-traffic. No request field names a file: the checkpoint and the store come from the command line.
+``GET /metrics`` (Prometheus text: requests, latency histogram, errors by kind, stale features), and
+the API's docs at ``/docs`` (a self-contained page; ``/openapi.json``). It binds 127.0.0.1 unless
+told otherwise. The model and store load in the background after start-up, so ``/health`` answers
+at once and ``/ready`` says when to send traffic. No request field names a file: the checkpoint and
+the store come from the command line.
+
+Failure behaviour: scoring and feedback run on one worker thread, so the event loop (``/health``,
+``/ready``) never waits on them; past ``--max-queue`` waiting requests the server sheds load with
+503 and ``Retry-After``. A client's mistake is a 4xx naming the field (ids outside int64, a time
+that is not an ISO string with a zone or lies outside what the store holds, a body over
+``--max-body-bytes``) and never touches readiness. Only a failing online store is a 503; readiness
+re-probes the store every ``probe_interval_s`` and comes back on its own (SQLite: a missing file is
+reported as missing, never created; a replaced file is reopened). Error bodies carry no internal
+text: the log does.
 """
 from __future__ import annotations
 
@@ -22,15 +32,25 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
+from typing_extensions import Annotated
 
 log = logging.getLogger("mmfs.serve")
 
 MAX_EVENTS = 10_000
+INT64 = Annotated[StrictInt, Field(ge=-(2 ** 63), le=2 ** 63 - 1)]  # the stores' id type: larger ids are a 422, not a crash
+EARLIEST_AT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def iso_time_only(value):
+    """Times come as ISO-8601 strings with a zone; a bare number is not silently epoch seconds."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be an ISO-8601 string with a time zone, e.g. 2018-10-01T00:00:00Z")
+    return value
 
 
 @dataclass(frozen=True)
@@ -42,15 +62,23 @@ class ServeSettings:
     max_candidates: int = 2000
     item_cache_size: int = 500_000
     torch_threads: int = 0
+    max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies are refused (413) before they are parsed
+    max_queue: int = 32  # requests waiting for the scoring worker beyond this are shed (503, Retry-After)
+    probe_interval_s: float = 2.0  # how often readiness re-checks the online store
 
 
 # -- request / response models ----------------------------------------------------------------------
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: StrictInt
-    item_ids: list[StrictInt] = Field(min_length=1, description="candidate item ids, at most the server's max_candidates")
+    user_id: INT64
+    item_ids: list[INT64] = Field(min_length=1, description="candidate item ids, at most the server's max_candidates")
     at: AwareDatetime | None = Field(None, description="score as of this time (replays, tests); default now")
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def at_is_text(cls, value):
+        return iso_time_only(value)
 
 
 class ItemScoreOut(BaseModel):
@@ -73,10 +101,15 @@ class ScoreResponse(BaseModel):
 
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: StrictInt
-    item_id: StrictInt
+    user_id: INT64
+    item_id: INT64
     label: Literal[0, 1]
     event_timestamp: AwareDatetime
+
+    @field_validator("event_timestamp", mode="before")
+    @classmethod
+    def timestamp_is_text(cls, value):
+        return iso_time_only(value)
 
 
 class EventsRequest(BaseModel):
@@ -108,19 +141,57 @@ class Metrics:
         self.cache_misses = Gauge("mmfs_item_cache_misses", "item feature cache misses", registry=self.registry)
 
 
+class Shed(Exception):
+    """More requests are waiting than the queue bound allows."""
+
+
 class State:
+    """The loaded scorer, the one worker thread that runs scoring and feedback (the event loop
+    only awaits it), the queue bound, and the online store's health as last probed."""
+
     def __init__(self, settings: ServeSettings):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.settings = settings
         self.scorer = None
         self.feedback = None
         self.load_error: str | None = None
         self.store_error: str | None = None
-        self.lock = threading.Lock()  # one scoring or feedback call at a time (SQLite, torch threads)
+        # One worker: scoring is CPU-bound torch work on 2 cores, and the SQLite connection and the
+        # feedback writer are not meant for concurrent use. The loop never blocks on it.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfs-score")
+        self.waiting = 0  # requests queued for or running on the worker (touched on the loop only)
         self.metrics = Metrics()
 
     @property
     def ready(self) -> bool:
         return self.scorer is not None and self.store_error is None
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` on the worker; ``Shed`` when ``max_queue`` requests already wait."""
+        if self.waiting >= self.settings.max_queue:
+            raise Shed()
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        finally:
+            self.waiting -= 1
+
+    def probe(self) -> None:
+        """Re-check the online store (on the worker, between requests): sets or clears store_error."""
+        from serving.online import StoreUnavailable, probe_store
+        from serving.scorer import SEQUENCE_VIEW
+
+        try:
+            probe_store(self.scorer.reader, SEQUENCE_VIEW)
+        except StoreUnavailable as exc:
+            if self.store_error is None:
+                log.error("online store unavailable: %s", exc)
+            self.store_error = str(exc)
+            return
+        if self.store_error is not None:
+            log.info("online store answers again")
+        self.store_error = None
 
     def load(self) -> None:
         from pipelines.feast_store import REPO, open_store
@@ -135,16 +206,66 @@ class State:
             views = {p.name for p in store.get_feature_service(scorer.feature_service).feature_view_projections}
             self.feedback = FeedbackWriter(store, s.root, scorer.reader if "item_stats" in views else None)
             self.scorer = scorer
+            self.probe()  # a store that is missing or empty at start-up is not ready
             self.metrics.ready.set(1)
-            log.info("ready: %s on %s (%s online store)", scorer.meta["config"]["model"]["name"], scorer.feature_service,
-                     store.config.online_store.type)
+            log.info("loaded: %s on %s (%s online store)%s", scorer.meta["config"]["model"]["name"], scorer.feature_service,
+                     store.config.online_store.type, "" if self.store_error is None else f"; not ready: {self.store_error}")
         except Exception as exc:  # noqa: BLE001 - reported by /ready and the log, the server stays up
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("loading failed: %s", self.load_error)
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is parsed,
+    whether it declares its length or streams it."""
+
+    def __init__(self, app, limit: int, on_refused):
+        self.app, self.limit, self.on_refused = app, limit, on_refused
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, send)
+        # Read the body first (at most ``limit`` bytes are ever held), then hand it on.
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await self._refuse(scope, send)
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed():
+            return next(replay, None) or await receive()
+
+        return await self.app(scope, replayed, send)
+
+    async def _refuse(self, scope, send):
+        self.on_refused(scope.get("path", ""))
+        body = b'{"detail":"request body over the limit of %d bytes"}' % self.limit
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(settings: ServeSettings, load_in_background: bool = True) -> FastAPI:
     state = State(settings)
+
+    async def probe_forever():
+        while True:
+            await asyncio.sleep(settings.probe_interval_s)
+            if state.scorer is not None:
+                try:  # on the worker, so it never races a request on the store connection
+                    await asyncio.get_running_loop().run_in_executor(state.worker, state.probe)
+                except Exception:  # noqa: BLE001 - a probe that itself failed says nothing new; try again later
+                    log.exception("store probe failed")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -152,101 +273,151 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
         loader.start()
         if not load_in_background:
             await asyncio.to_thread(loader.join)
+        prober = asyncio.create_task(probe_forever())
         yield
+        prober.cancel()
         state.metrics.ready.set(0)
-        state.scorer = None  # nothing else to release: the online store connections close with the process
+        state.scorer = None
+        state.worker.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="mmfs scorer", version="1", lifespan=lifespan,
+    app = FastAPI(title="mmfs scorer", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Scores one user's candidates with the checkpoint's feature service from the Feast online store.")
     app.state.mmfs = state
 
+    def count(endpoint: str, status: int, kind: str | None = None) -> None:
+        state.metrics.requests.labels(endpoint, str(status)).inc()
+        if status >= 400:
+            state.metrics.errors.labels(endpoint, kind or str(status)).inc()
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, on_refused=lambda path: count(path, 413, "body_too_large"))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        endpoint = request.url.path
-        state.metrics.requests.labels(endpoint, "422").inc()
-        state.metrics.errors.labels(endpoint, "invalid_request").inc()
+        count(request.url.path, 422, "invalid_request")
         detail = [{"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
+    def refuse(endpoint: str, status: int, detail: str, kind: str | None = None, retry_after: int | None = None):
+        count(endpoint, status, kind)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
+
     @app.get("/health")
-    def health():
-        state.metrics.requests.labels("/health", "200").inc()
+    async def health():
+        count("/health", 200)
         return {"status": "ok"}
 
     @app.get("/ready")
-    def ready():
+    async def ready():
         if state.ready:
-            state.metrics.requests.labels("/ready", "200").inc()
+            count("/ready", 200)
             return {"ready": True, "feature_service": state.scorer.feature_service}
-        state.metrics.requests.labels("/ready", "503").inc()
-        return JSONResponse(status_code=503, content={"ready": False, "reason": state.load_error or state.store_error or "loading"})
+        reason = "loading failed (see the server log)" if state.load_error else "online store unavailable" if state.store_error else "loading"
+        count("/ready", 503, "not_ready")
+        return JSONResponse(status_code=503, content={"ready": False, "reason": reason})
 
     @app.get("/metrics")
-    def metrics():
+    async def metrics():
         if state.scorer is not None:
             state.metrics.cache_hits.set(state.scorer.cache.hits)
             state.metrics.cache_misses.set(state.scorer.cache.misses)
         return PlainTextResponse(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def scorer_or_503():
+    @app.get("/docs", response_class=HTMLResponse)
+    async def docs():
+        return HTMLResponse(offline_docs(app.openapi()))
+
+    async def on_worker(endpoint: str, fn, *args):
+        """Run ``fn`` on the worker and map what it raises: the client's mistakes are 4xx, a failing
+        store 503 (and not ready until a probe finds it back), anything else 500. No internal
+        text goes back; the log has it."""
+        from serving.feedback import FeedbackError
+        from serving.online import store_errors
+        from serving.scorer import BadRequest
+
         if state.scorer is None:
-            raise HTTPException(status_code=503, detail=state.load_error or "the model and store are still loading")
-        return state.scorer
+            return None, refuse(endpoint, 503, "the model and store are still loading" if not state.load_error else
+                                "the model could not be loaded (see the server log)", "not_ready", retry_after=5)
+        if state.store_error is not None:
+            return None, refuse(endpoint, 503, "online store unavailable", "store", retry_after=int(settings.probe_interval_s) or 1)
+        try:
+            return await state.run(fn, *args), None
+        except Shed:
+            return None, refuse(endpoint, 503, f"overloaded: more than {settings.max_queue} requests waiting", "shed", retry_after=1)
+        except BadRequest as exc:
+            return None, refuse(endpoint, 422, str(exc), "invalid_request")
+        except FeedbackError as exc:
+            return None, refuse(endpoint, 409, str(exc), "conflict")
+        except store_errors() as exc:
+            state.store_error = f"{type(exc).__name__}: {exc}"
+            log.error("%s: online store error: %s", endpoint, state.store_error)
+            return None, refuse(endpoint, 503, "online store unavailable", "store", retry_after=int(settings.probe_interval_s) or 1)
+        except Exception:  # noqa: BLE001 - a bug: logged with its trace, answered without it
+            log.exception("%s failed", endpoint)
+            return None, refuse(endpoint, 500, "internal error (see the server log)", "internal")
 
     @app.post("/score", response_model=ScoreResponse)
     async def score(request: ScoreRequest):
-        # Runs on the event loop: scoring is a few ms of CPU, and one request at a time is what 2
-        # cores can do anyway; a thread hop per request cost more than it bought.
-        from serving.scorer import BadRequest
-
         began = time.perf_counter()
-        try:
-            scorer = scorer_or_503()
-            if len(request.item_ids) > settings.max_candidates:
-                raise HTTPException(status_code=413, detail=f"{len(request.item_ids)} candidates is more than the limit of {settings.max_candidates}")
-            with state.lock:
-                try:
-                    result = scorer.score(request.user_id, request.item_ids, now=request.at)
-                except BadRequest as exc:
-                    raise HTTPException(status_code=422, detail=str(exc)) from exc
-                except Exception as exc:  # noqa: BLE001 - the online store failed: not ready until it answers again
-                    state.store_error = f"{type(exc).__name__}: {exc}"
-                    raise HTTPException(status_code=503, detail=f"online store error: {state.store_error}") from exc
-                state.store_error = None
-        except HTTPException as exc:
-            state.metrics.requests.labels("/score", str(exc.status_code)).inc()
-            state.metrics.errors.labels("/score", str(exc.status_code)).inc()
-            raise
+        if len(request.item_ids) > settings.max_candidates:
+            return refuse("/score", 413, f"{len(request.item_ids)} candidates is more than the limit of {settings.max_candidates}")
+        result, error = await on_worker("/score", lambda: state.scorer.score(request.user_id, request.item_ids, now=request.at))
+        if error is not None:
+            return error
         state.metrics.latency.observe(time.perf_counter() - began)
-        state.metrics.requests.labels("/score", "200").inc()
+        count("/score", 200)
         state.metrics.stale.inc(result.stale_features)
         state.metrics.item_errors.inc(sum(1 for i in result.items if i.error))
         # Built as plain JSON (the shape ScoreResponse documents): validating 1,200 item models again
         # on the way out cost more than the scoring's own feature reads.
-        return JSONResponse({"user_id": result.user_id, "feature_service": result.feature_service, "model": scorer.model_name,
+        return JSONResponse({"user_id": result.user_id, "feature_service": result.feature_service, "model": state.scorer.model_name,
                              "items": [{"item_id": i.item_id, "score": i.score, "flags": i.flags, "error": i.error} for i in result.items],
                              "user_flags": result.user_flags, "history_len": result.history_len, "stale_features": result.stale_features,
                              "timings_ms": result.timings_ms})
 
     @app.post("/events", response_model=EventsResponse)
-    def events(request: EventsRequest):
-        from serving.feedback import Event, FeedbackError
+    async def events(request: EventsRequest):
+        from serving.feedback import Event
 
-        scorer = scorer_or_503()
         batch = [Event(e.user_id, e.item_id, e.event_timestamp.astimezone(dt.timezone.utc), e.label) for e in request.events]
-        try:
-            with state.lock:
-                done = state.feedback.record(batch)
-                for item in {e.item_id for e in batch}:
-                    scorer.invalidate_item(item)
-        except FeedbackError as exc:
-            state.metrics.requests.labels("/events", "409").inc()
-            state.metrics.errors.labels("/events", "409").inc()
-            raise HTTPException(status_code=409, detail=str(exc)) from exc
-        state.metrics.requests.labels("/events", "200").inc()
+
+        def record():
+            done = state.feedback.record(batch)
+            for item in {e.item_id for e in batch}:
+                state.scorer.invalidate_item(item)
+            return done
+
+        done, error = await on_worker("/events", record)
+        if error is not None:
+            return error
+        count("/events", 200)
         return EventsResponse(**{k: done[k] for k in ("events", "users", "items")}, snapshots=done.get("snapshots", 0))
 
     return app
+
+
+def offline_docs(schema: dict) -> str:
+    """The OpenAPI schema as one self-contained HTML page (no CDN, no script): each endpoint, its
+    request and response models; the machine-readable schema is at /openapi.json."""
+    import html
+    import json as json_
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(schema['info']['title'])}</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}pre{background:#f4f4f4;padding:.5em;overflow:auto}</style>",
+             f"</head><body><h1>{html.escape(schema['info']['title'])}</h1><p>{html.escape(schema['info'].get('description', ''))}</p>",
+             "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p>"]
+    for path, methods in schema["paths"].items():
+        for method, op in methods.items():
+            parts.append(f"<h2>{method.upper()} {html.escape(path)}</h2>")
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                parts.append(f"<p>Request body: <code>{html.escape(body.get('$ref', '').rsplit('/', 1)[-1])}</code></p>")
+            codes = ", ".join(sorted(op.get("responses", {})))
+            parts.append(f"<p>Responses: {html.escape(codes)}</p>")
+    for name, model in schema.get("components", {}).get("schemas", {}).items():
+        parts.append(f"<h3 id='{html.escape(name)}'>{html.escape(name)}</h3><pre>{html.escape(json_.dumps(model, indent=2))}</pre>")
+    parts.append("</body></html>")
+    return "".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,11 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-candidates", type=int, default=2000)
     parser.add_argument("--item-cache-size", type=int, default=500_000)
     parser.add_argument("--torch-threads", type=int, default=0)
+    parser.add_argument("--max-body-bytes", type=int, default=ServeSettings.max_body_bytes, help="larger request bodies get 413")
+    parser.add_argument("--max-queue", type=int, default=ServeSettings.max_queue,
+                        help="requests waiting beyond this are shed with 503 and Retry-After (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(ServeSettings(checkpoint=args.checkpoint, root=args.root, config=args.config, repo=args.repo,
                                    max_candidates=args.max_candidates, item_cache_size=args.item_cache_size,
-                                   torch_threads=args.torch_threads))
+                                   torch_threads=args.torch_threads, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

@@ -20,6 +20,51 @@ from feast.type_map import feast_value_type_to_python_type
 PRESENT, MISSING, STALE = "present", "missing", "stale"
 
 
+class StoreUnavailable(RuntimeError):
+    """The online store cannot answer (down, locked, its file missing): a server error, never the client's."""
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean the online store failed, as opposed to a bug or a bad request."""
+    import sqlite3
+
+    kinds: list[type[BaseException]] = [StoreUnavailable, sqlite3.Error, OSError, ConnectionError, TimeoutError]
+    try:
+        from redis.exceptions import RedisError
+
+        kinds.append(RedisError)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def probe_store(reader: "OnlineReader", view: str) -> None:
+    """One cheap read of ``view``: returns when the online store answers, raises ``StoreUnavailable``
+    otherwise. For SQLite it first tells a missing file from an empty one (and never creates one),
+    and reopens the connection when the file was replaced or the last read failed."""
+    online = reader.provider.online_store
+    config = reader.store.config
+    if config.online_store.type == "sqlite":
+        import os
+
+        path = online._get_db_path(config)  # noqa: SLF001 - Feast's own path rule
+        if not os.path.exists(path):
+            raise StoreUnavailable(f"the SQLite online store file is missing: {path}")
+        inode = os.stat(path).st_ino
+        conn = getattr(online, "_conn", None)
+        if conn is not None and getattr(online, "_mmfs_inode", inode) != inode:  # replaced under us: reopen
+            conn.close()
+            online._conn = None
+        online._mmfs_inode = inode
+    try:
+        reader.read(view, [0])
+    except store_errors() as exc:
+        if config.online_store.type == "sqlite" and getattr(online, "_conn", None) is not None:
+            online._conn.close()  # a fresh connection next time (a lock or a schema change may have passed)
+            online._conn = None
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class ViewRows:
     """One online view's rows for a list of entity keys, in request order."""

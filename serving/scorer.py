@@ -51,6 +51,8 @@ from pipelines.similarity import target_similarity
 from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows, decode, row_or_missing
 
 SEQUENCE_VIEW = "user_sequence"
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # the tables' validated range starts here
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 USER_STATS_VIEW = "user_stats"
 
 
@@ -70,6 +72,7 @@ class ScorerConfig:
     torch_threads: int = 0  # 0: torch's default
     blas_threads: int = 1  # numpy's BLAS pool, process-wide (see Scorer.__init__)
     freeze_gc: bool = True  # gc.freeze() once loaded: long-lived objects leave the collector's scans
+    future_slack: dt.timedelta | None = dt.timedelta(days=1)  # an `at` later than now + this is refused; None: no bound (replays)
 
 
 @dataclass
@@ -223,6 +226,7 @@ class Scorer:
         self.embedding_view = embedding_view_of(self.item_views) or EMBEDDING_VIEW
         self.online_store = self.reader.provider.online_store
         self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
+        self._online_from: tuple[int, dt.datetime | None] | None = None  # (cache invalidations, first materialised time)
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -276,6 +280,8 @@ class Scorer:
     def validate(self, user_id, item_ids) -> list[int]:
         if isinstance(user_id, bool) or not isinstance(user_id, (int, np.integer)):
             raise BadRequest(f"user_id must be an integer, got {user_id!r}")
+        if not INT64_MIN <= int(user_id) <= INT64_MAX:
+            raise BadRequest(f"user_id {user_id} is outside int64")
         items = list(item_ids)
         if not items:
             raise BadRequest("item_ids is empty: send at least one candidate")
@@ -284,16 +290,44 @@ class Scorer:
         for i, item in enumerate(items):
             if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
                 raise BadRequest(f"item_ids[{i}] must be an integer, got {item!r}")
+            if not INT64_MIN <= int(item) <= INT64_MAX:
+                raise BadRequest(f"item_ids[{i}] = {item} is outside int64")
         return [int(i) for i in items]
+
+    def online_from(self) -> dt.datetime | None:
+        """The start of the sequence view's first materialised interval: the online store holds
+        nothing older, so a request for an earlier time cannot be answered point-in-time. Re-read
+        from the registry whenever it changes."""
+        if self._online_from is None or self._online_from[0] != self.cache.invalidations:
+            store = self.reader.store
+            try:
+                fv = store.registry.get_feature_view(SEQUENCE_VIEW, store.project, allow_cache=False)
+            except Exception:  # noqa: BLE001 - a registry that cannot be re-read: fall back to the loaded view
+                fv = self.reader.views[SEQUENCE_VIEW][0]
+            starts = [start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc) for start, _ in fv.materialization_intervals]
+            self._online_from = (self.cache.invalidations, min(starts) if starts else None)
+        return self._online_from[1]
+
+    def check_time(self, now: dt.datetime) -> None:
+        if now.tzinfo is None:
+            raise BadRequest("at must be timezone-aware (UTC)")
+        if now < EARLIEST:
+            raise BadRequest(f"at {now.isoformat()} is before {EARLIEST.isoformat()}: the tables hold nothing earlier")
+        slack = self.config.future_slack
+        if slack is not None and now > dt.datetime.now(dt.timezone.utc) + slack:
+            raise BadRequest(f"at {now.isoformat()} is more than {slack} in the future")
+        first = self.online_from()
+        if first is not None and now < first:
+            raise BadRequest(f"at {now.isoformat()} is before the online store's first materialised interval "
+                             f"(from {first.isoformat()}): it holds no values for that time")
 
     @torch.inference_mode()
     def score(self, user_id: int, item_ids: Sequence[int], now: dt.datetime | None = None) -> ScoreResult:
         began = time.perf_counter()
         items = self.validate(user_id, item_ids)
         now = now or dt.datetime.now(dt.timezone.utc)
-        if now.tzinfo is None:
-            raise BadRequest("now must be timezone-aware (UTC)")
         self.cache.check()
+        self.check_time(now)
         # The user's sequence: one online read. Stale or missing = empty history, as in training.
         seq = self.reader.read(SEQUENCE_VIEW, [int(user_id)], now)
         status, hist_raw = seq.status[0], seq.values["hist_item_ids"][0]
