@@ -80,13 +80,50 @@ def encoder_env(meta_file: Path, suffix: str = "") -> dict[str, str]:
     return env
 
 
+class StoreRootMismatch(ValueError):
+    """The registry was applied for other tables than the ones a command was given."""
+
+
 def open_store(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None):
-    """A FeatureStore over ``repo`` with the given config (registry as applied)."""
+    """A FeatureStore over ``repo`` with the given config (registry as applied). With
+    ``table_root``, the registry's sources must be that root's tables (``assert_store_root``)."""
     from feast import FeatureStore
 
     fs_yaml = yaml_path(config, repo)
     os.environ.update(repo_env(table_root, fs_yaml))
-    return FeatureStore(repo_path=str(repo), fs_yaml_file=fs_yaml)
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=fs_yaml)
+    if table_root is not None:
+        assert_store_root(store, table_root)
+    return store
+
+
+def assert_store_root(store, table_root: str | Path) -> None:
+    """Refuse a registry whose views read tables outside ``table_root``: a training set or a scorer
+    would otherwise mix one root's events with another root's features, silently."""
+    registry = getattr(store.config.registry, "path", "")
+    if registry and not Path(registry).is_absolute():
+        registry = str(Path(store.repo_path) / registry)
+    if registry and not Path(registry).exists():
+        return  # nothing applied yet
+    root = Path(table_root).resolve()
+    try:
+        views = store.list_feature_views()
+    except Exception:  # noqa: BLE001 - an unreadable registry fails later with Feast's own message
+        return
+    for fv in views:
+        glob = source_glob(fv.batch_source)
+        if "://" in glob:  # a remote root (s3://, hdfs://): compare the URIs
+            if glob.startswith(str(table_root).rstrip("/") + "/"):
+                continue
+            table = glob.rsplit("/", 1)[0]
+        else:
+            table = Path(glob).parent
+            if root in table.resolve().parents:
+                continue
+        if True:
+            raise StoreRootMismatch(
+                f"the registry {registry} was applied for other tables: view {fv.name} reads {table}, not a table under --root {root}. "
+                f"Run `mmfs apply --root {table_root}` with a --repo of its own, or pass the root it was applied for")
 
 
 def feast_cli(args: list[str], config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None,

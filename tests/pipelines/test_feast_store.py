@@ -48,3 +48,19 @@ def test_cli_reports_drift_as_an_error_exit(tiny_root, tmp_path, capsys):
     repo = copy_repo(tmp_path)
     assert feast_store.main_apply(["--root", str(drifted), "--repo", str(repo)]) == 2
     assert "view user_sequence" in capsys.readouterr().err
+
+
+def test_a_registry_applied_for_other_tables_is_refused_naming_both(applied_repo, tmp_path):
+    """training-set --root B over a registry applied for root A must not mix A's features with B's events."""
+    repo, root = applied_repo
+    other = tmp_path / "other_tables"
+    shutil.copytree(root, other)
+    assert feast_store.open_store("duckdb", repo, root).get_feature_service("ctr_dmf_v1")  # its own root: fine
+    with pytest.raises(feast_store.StoreRootMismatch) as refused:
+        feast_store.open_store("duckdb", repo, other)
+    assert str(root) in str(refused.value) and str(other) in str(refused.value)
+    from pipelines import training_set
+
+    with pytest.raises(feast_store.StoreRootMismatch):
+        training_set.main(["--root", str(other), "--repo", str(repo), "--out", str(tmp_path / "set")])
+    assert not (tmp_path / "set").exists()
