@@ -14,8 +14,9 @@ keys, TTL), joined point-in-time per DESIGN.md section 1:
 Two engines give the same rows where Feast is right:
 - ``duckdb`` (default): DuckDB ASOF joins over the parquet tables, streamed straight to parquet.
   Created timestamps are honoured exactly (Feast's own join only uses them to break ties).
-- ``feast``: ``FeatureStore.get_historical_features`` with the feature service, the reference.
-  It leaks back-filled values, which is why it is not the default.
+- ``feast``: ``FeatureStore.get_historical_features`` with the feature service, the reference,
+  with ``filter_by_created_timestamp`` (Feast 0.67), so it honours created timestamps too and
+  gives the same rows (tested). DuckDB's ASOF join stays the default for speed.
 
 Embedding vectors (``Array(Float32)`` fields with a ``dim`` tag) are by default left out of the
 rows (``--embeddings reference``): a model needs the history items' vectors as of T anyway, which
@@ -229,10 +230,10 @@ def duckdb_join(views: list[ViewJoin], entity: pa.Table, embeddings: str = "refe
 
 
 def feast_join(store, service_name: str, entity: pa.Table, views: list[ViewJoin], embeddings: str = "reference") -> pa.Table:
-    """The same rows through Feast's get_historical_features (reference path; leaks backfills)."""
+    """The same rows through Feast's get_historical_features, created timestamps honoured."""
     service = store.get_feature_service(service_name)
     frame = entity.to_pandas()
-    job = store.get_historical_features(entity_df=frame, features=service, full_feature_names=False)
+    job = store.get_historical_features(entity_df=frame, features=service, full_feature_names=False, filter_by_created_timestamp=True)
     table = job.to_arrow()
     if table.num_rows != entity.num_rows:
         raise EntityFrameError(f"Feast returned {table.num_rows} rows for {entity.num_rows} entity rows")

@@ -4,7 +4,7 @@ The sequence job stamps each snapshot 1 microsecond after its newest positive so
 join (feature_ts <= entity_ts) reproduces exactly the history strictly before each event.
 """
 import pandas as pd
-import pytest
+import pytest  # noqa: F401
 
 from pipelines import feast_store
 from tests.feast_tables import EVENTS
@@ -31,16 +31,13 @@ def test_feast_join_on_snapshots_reproduces_each_events_history(store, tiny_root
     assert by_pair == {(1, 10): [], (1, 11): [], (1, 12): [10, 11], (1, 13): [10, 11, 12], (1, 14): [10, 11, 12]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Feast's get_historical_features uses created_timestamp only to break ties between rows with the "
-    "same event time, so a back-filled value (or one created after the entity time) leaks; our "
-    "training-set builder (pipelines/training_set.py) filters created_timestamp <= T itself. strict: "
-    "this fails loudly if Feast starts honouring the contract."))
 def test_feast_join_never_serves_an_embedding_from_after_the_event(store):
+    """With ``filter_by_created_timestamp`` (Feast 0.67, PR 6617) Feast's own join honours the
+    created-timestamp rule: a back-filled value never reaches rows before it was written."""
     times = ["2019-12-31 23:59:59.999999", "2020-01-01 00:00:00", "2020-01-02 00:00:00",
              "2020-01-02 00:00:00.000001", "2020-03-01 00:00:00", "2020-07-01 00:00:00"]
     entity = pd.DataFrame({"item_id": [10] * len(times), "event_timestamp": [pd.Timestamp(t, tz="UTC") for t in times]})
-    got = store.get_historical_features(entity_df=entity, features=["item_embeddings:mm_emb"]).to_df()
+    got = store.get_historical_features(entity_df=entity, features=["item_embeddings:mm_emb"], filter_by_created_timestamp=True).to_df()
     by_time = {r.event_timestamp: (None if r.mm_emb is None else round(float(r.mm_emb[1]), 6)) for r in got.itertuples()}
     values = [by_time[pd.Timestamp(t, tz="UTC")] for t in times]
     # sin of the version's angle: 0 deg from Jan 1, 90 deg known 1us after Jan 2, the 180 deg
