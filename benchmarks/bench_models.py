@@ -138,6 +138,7 @@ def baseline_rows(training_set: Path, dataset: str) -> list[dict]:
         ("constant (train positive rate)", lambda d: np.full(len(d["label"]), prior)),
         ("popularity (item's smoothed train CTR)", lambda d: pop.score(d["item_id"])),
         ("co-like (item-item cosine vs history)", lambda d: colike.score(d["item_id"], d["hist_item_ids"], d["hist_mask"])),
+        ("user's running CTR (user_stats alone)", lambda d: np.where(d["user_dense_mask"], d["user_dense"][:, 2], prior)),
         # The user's running CTR is the user_stats feature itself (smoothed to 0.5 with 2 pseudo-events).
         ("popularity x user's running CTR", lambda d: 1 / (1 + np.exp(-(logit(pop.score(d["item_id"]))
                                                                          + np.where(d["user_dense_mask"], d["user_dense"][:, 3], 0.0) - logit(prior))))),
@@ -148,7 +149,7 @@ def baseline_rows(training_set: Path, dataset: str) -> list[dict]:
             p = score(d)
             row[f"{split}_auc"] = auc(d["label"], p)
             row[f"{split}_gauc"] = gauc(d["user_id"], d["label"], p)
-            row[f"{split}_logloss"] = logloss(d["label"], p) if label.startswith(("constant", "popularity")) else float("nan")
+            row[f"{split}_logloss"] = logloss(d["label"], p) if label.startswith(("constant", "popularity", "user's")) else float("nan")
         rows.append(row)
     return rows
 
