@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test test-all bench bench-serving bench-feast bench-models bench-scale java redis clean
+.PHONY: demo test test-all bench bench-serving bench-feast bench-models bench-scale java redis ui clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ bench-models: $(BENCH_INSTALLED) java
 
 bench-scale: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_scale
+
+ui: $(INSTALLED)
+	$(VENV)/bin/mmfs ui --root $(OUT) --port $${PORT:-8888}
 
 clean:
 	rm -rf out bench_out .pytest_cache

@@ -11,6 +11,7 @@
     mmfs apply --root out/movielens [--config duckdb|spark|redis]   # check tables, then `feast apply`
     mmfs training-set --root out/movielens --service ctr_dmf_v1
     mmfs materialize --root out/movielens [--config redis] [--end 2018-10-01T00:00:00Z]
+    mmfs ui --root out/movielens [--port 8888]                      # Feast's web UI on 127.0.0.1
     mmfs train --model dmf --training-set out/movielens/training_sets/ctr_dmf_v1 --out out/models/dmf
     mmfs online-read --root out/movielens --user 414 --at 2018-10-01T00:00:00Z
     mmfs parity --root out/movielens --at 2018-10-01T00:00:00Z [--config redis]
@@ -33,6 +34,7 @@ JOBS = {
     "synth": "pipelines.synth",
     "apply": "pipelines.feast_store:main_apply",
     "materialize": "pipelines.feast_store:main_materialize",
+    "ui": "pipelines.feast_store:main_ui",
     "training-set": "pipelines.training_set",
     "parity": "serving.parity",
     "online-read": "serving.online",

@@ -340,3 +340,18 @@ def main_materialize(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(json.dumps(materialize(args.config, args.repo, args.root, args.end, args.start, args.views, args.engine), indent=2, default=str))
     return 0
+
+
+def main_ui(argv: list[str] | None = None) -> int:
+    """``mmfs ui``: Feast's web UI over the store of ``--root`` (views, services, saved datasets),
+    on 127.0.0.1, with its REST registry API under /api/v1."""
+    parser = _parser("mmfs ui", main_ui.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8888)
+    args = parser.parse_args(argv)
+    from feast import ui_server
+
+    store = open_store(args.config, args.repo, args.root)
+    print(f"Feast UI for {store.project} ({args.root}) on http://{args.host}:{args.port}", flush=True)
+    ui_server.start_server(store, host=args.host, port=args.port, project_id=store.project)
+    return 0

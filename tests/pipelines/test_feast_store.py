@@ -64,3 +64,21 @@ def test_a_registry_applied_for_other_tables_is_refused_naming_both(applied_repo
     with pytest.raises(feast_store.StoreRootMismatch):
         training_set.main(["--root", str(other), "--repo", str(repo), "--out", str(tmp_path / "set")])
     assert not (tmp_path / "set").exists()
+
+
+def test_feast_ui_serves_our_views_and_services(applied_repo):
+    """Feast's web UI (``mmfs ui``) over our repo: its REST registry API lists every view and
+    service, and the UI page itself is served (needs feast[grpcio])."""
+    from fastapi.testclient import TestClient
+    from feast import ui_server
+
+    repo, root = applied_repo
+    store = feast_store.open_store("duckdb", repo, root)
+    client = TestClient(ui_server.get_app(store, store.project))
+    views = {v["spec"]["name"] for v in client.get("/api/v1/feature_views", params={"project": "mmfs"}).json()["featureViews"]}
+    assert {"user_sequence", "user_stats", "item_stats", "item_embeddings", "target_similarity"} <= views
+    services = {s["spec"]["name"] for s in client.get("/api/v1/feature_services", params={"project": "mmfs"}).json()["featureServices"]}
+    assert {"ctr_dmf_v1", "ctr_din_v1", "ctr_mmctr_din_v1", "ctr_diffmsin_v1"} <= services
+    page = client.get("/")
+    assert page.status_code == 200 and "<!doctype html>" in page.text.lower()
+    assert client.get("/projects-list.json").json()["projects"][0]["id"] == "mmfs"
