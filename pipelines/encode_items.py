@@ -35,6 +35,7 @@ from pipelines import reports
 from pipelines.encoders import NO_IMAGE_MODEL, NO_IMAGE_ROOT, EncoderConfig, decode_image, load_image_encoder, load_text_encoder
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
+from pipelines.spark_session import task_progress
 from pipelines.table_io import job_main, read_meta, read_side_file, read_table, table_exists, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output, unit_vector_rule, validate_and_split
 
@@ -304,7 +305,7 @@ def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_d
         cached = cache.filter(F.col("encoder_key") == key).select(*columns(ENCODED_SCHEMA)).dropDuplicates(["content_hash"])
         contents = contents.join(cached.select("content_hash"), on="content_hash", how="left_anti")
     # Stage the encoder output once: the PCA fit, the projection and the cache all read it.
-    with phase("encode in Spark workers"):
+    with phase("encode in Spark workers"), task_progress(spark, "encode"):
         encode(contents, config, partitions).write.mode("overwrite").parquet(staging)
     fresh = spark.read.parquet(staging)
     encodings = fresh if cached is None else fresh.unionByName(cached)

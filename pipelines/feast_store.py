@@ -323,7 +323,9 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
 def main_apply(argv: list[str] | None = None) -> int:
     args = _parser("mmfs apply", "Check the tables against the feature views, then `feast apply`.").parse_args(argv)
     try:
-        print(apply(args.config, args.repo, args.root))
+        output = apply(args.config, args.repo, args.root)
+        # Feast's notice that the project comes from feature_store.yaml is how this repo works.
+        print("\n".join(line for line in output.splitlines() if not line.startswith("No project found in the repository")))
     except SchemaDriftError as error:
         print(f"mmfs apply: {error}", file=sys.stderr)
         return 2

@@ -1,8 +1,12 @@
 """The one SparkSession builder shared by every job and by the tests."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+import threading
+import time
 
 from pyspark.sql import SparkSession
 
@@ -58,5 +62,51 @@ def build_spark(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MMFS_SPARK_LOG_LEVEL", "WARN"))
+    quiet_known_noise(spark)
     return spark
 
+
+# Warnings every run printed that say nothing to act on: a job that persists a frame Spark already
+# cached, `mmfs pipeline` reusing its one session, and the JVM's missing native Hadoop library.
+QUIET_LOGGERS = ("org.apache.spark.sql.execution.CacheManager", "org.apache.spark.sql.SparkSession",
+                 "org.apache.spark.sql.classic.SparkSession", "org.apache.hadoop.util.NativeCodeLoader")
+
+
+def quiet_known_noise(spark: SparkSession) -> None:
+    if os.environ.get("MMFS_SPARK_LOG_LEVEL"):
+        return  # the user asked for a level: leave every logger at it
+    try:
+        jvm = spark.sparkContext._jvm  # noqa: SLF001 - log4j lives in the driver JVM
+        level = jvm.org.apache.logging.log4j.Level.ERROR
+        for name in QUIET_LOGGERS:
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
+    except Exception:  # noqa: BLE001 - a JVM without log4j 2 (spark-submit with its own logging): keep its output
+        pass
+
+
+
+@contextlib.contextmanager
+def task_progress(spark: SparkSession, label: str, every_s: float = 10.0):
+    """Log the running stages' finished/total tasks every ``every_s`` seconds while the block runs:
+    a job that works for minutes (encoding) says how far it is."""
+    log = logging.getLogger("mmfs.progress")
+    done = threading.Event()
+    tracker = spark.sparkContext.statusTracker()
+    began = time.perf_counter()
+
+    def report():
+        while not done.wait(every_s):
+            stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+            stages = [s for s in stages if s is not None]
+            if stages:
+                finished = sum(s.numCompletedTasks for s in stages)
+                total = sum(s.numTasks for s in stages)
+                log.info("%s: %d/%d tasks done, %.0f s", label, finished, total, time.perf_counter() - began)
+
+    thread = threading.Thread(target=report, name="mmfs-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=1)
