@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module, _, function = JOBS[argv[0]].partition(":")
     job = importlib.import_module(module)
-    from pipelines.feast_store import StoreRootMismatch
+    from pipelines.feast_store import SchemaDriftError, StoreRootMismatch
     from pipelines.table_io import TableReadError
 
     try:
         return int(getattr(job, function or "main")(argv[1:]) or 0)
-    except (TableReadError, StoreRootMismatch) as exc:
+    except (TableReadError, StoreRootMismatch, SchemaDriftError) as exc:
         print(f"mmfs {argv[0]}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -174,6 +174,17 @@ def source_glob(source) -> str:
     return path if path.endswith(".parquet") else f"{path.rstrip('/')}/*.parquet"
 
 
+def _unreadable(files: list[Path]) -> list[tuple[Path, str]]:
+    """Files whose parquet footer cannot be read (truncated, corrupt, not parquet): each one named."""
+    bad = []
+    for f in files:
+        try:
+            pq.ParquetFile(f).metadata
+        except (pa.ArrowException, OSError) as exc:
+            bad.append((f, str(exc).split(". Either")[0]))
+    return bad
+
+
 def check_views(views) -> list[FieldCheck]:
     """Every field of every view against its table: present, right type, declared vector length."""
     problems: list[FieldCheck] = []
@@ -183,6 +194,10 @@ def check_views(views) -> list[FieldCheck]:
         files = sorted(Path(glob).parent.glob(Path(glob).name)) if "*" in glob else [Path(glob)]
         if not files:
             problems.append(FieldCheck(fv.name, table, "*", "no parquet files: run the Spark jobs first"))
+            continue
+        unreadable = _unreadable(files)
+        if unreadable:
+            problems += [FieldCheck(fv.name, table, "*", f"cannot read {f}: {reason}") for f, reason in unreadable]
             continue
         schema = ds.dataset([str(f) for f in files], format="parquet").schema
         wanted = [fv.batch_source.timestamp_field] + list(fv.join_keys) + (

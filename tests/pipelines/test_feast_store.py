@@ -82,3 +82,22 @@ def test_feast_ui_serves_our_views_and_services(applied_repo):
     page = client.get("/")
     assert page.status_code == 200 and "<!doctype html>" in page.text.lower()
     assert client.get("/projects-list.json").json()["projects"][0]["id"] == "mmfs"
+
+
+def test_a_corrupt_table_file_is_named_by_apply_and_training_set(tiny_root, tmp_path, capsys):
+    from pipelines import cli
+
+    root, _ = tiny_root
+    broken = tmp_path / "tables"
+    shutil.copytree(root, broken)
+    os.environ.update(DIMS)
+    repo = copy_repo(tmp_path)
+    feast_store.apply("duckdb", repo, broken)
+    victim = sorted((broken / "item_stats").glob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated: no footer
+    for argv in (["apply", "--root", str(broken), "--repo", str(repo)],
+                 ["training-set", "--root", str(broken), "--repo", str(repo), "--out", str(tmp_path / "set")]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read {victim}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "set").exists()
