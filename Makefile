@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test test-all bench bench-serving bench-feast bench-models bench-scale java redis ui clean
+.PHONY: demo test test-all bench bench-serving bench-feast bench-load bench-models bench-scale java redis ui clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,9 @@ bench: $(INSTALLED) java redis
 
 bench-serving: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_serving
+
+bench-load: $(INSTALLED)
+	$(PY) -m benchmarks.bench_load
 
 bench-feast: $(INSTALLED) java redis
 	$(PY) -m benchmarks.bench_feast

@@ -53,9 +53,36 @@ def offline_store_type(fs_yaml: Path) -> str:
     return (yaml.safe_load(fs_yaml.read_text()).get("offline_store") or {}).get("type", "duckdb")
 
 
+STATE_DIR_ENV = "MMFS_STATE_DIR"  # the user's choice of where the registry and the SQLite online store live
+STATE_SUBDIR = "_feast"  # by default: <table root>/_feast, with the tables
+
+
+class NoStateDir(ValueError):
+    """The checkout's feature_repo keeps no state, and no table root or state dir was given."""
+
+
+def state_dir(repo: Path | str, table_root: str | Path | None) -> Path:
+    """Where the registry and the SQLite online store of ``repo`` over ``table_root`` live:
+    ``$MMFS_STATE_DIR`` when set; else, for the checkout's own feature_repo, ``<table_root>/_feast``
+    (one store per table root, never inside the source checkout); else, for a repo copied
+    elsewhere (the user's own), its ``data/`` folder, as Feast's templates keep it."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV]).resolve()
+    if Path(repo).resolve() != REPO.resolve():
+        return Path(repo).resolve() / "data"
+    if table_root is None:
+        raise NoStateDir(f"the checkout's {REPO} keeps no registry or online store: give the table root (--root; "
+                         f"its store is <root>/{STATE_SUBDIR}) or set {STATE_DIR_ENV}")
+    return Path(table_root).resolve() / STATE_SUBDIR
+
+
 def repo_env(table_root: str | Path | None, fs_yaml: Path) -> dict[str, str]:
-    """Environment under which features.py declares the tables at ``table_root``."""
+    """Environment under which features.py declares the tables at ``table_root`` and the yaml
+    files find their registry and online store (``MMFS_FEAST_STATE``, see ``state_dir``)."""
     env = {"MMFS_OFFLINE_STORE": offline_store_type(fs_yaml)}
+    state = state_dir(fs_yaml.parent, table_root)
+    state.mkdir(parents=True, exist_ok=True)
+    env["MMFS_FEAST_STATE"] = str(state)
     if table_root is not None:
         env["MMFS_TABLE_ROOT"] = str(Path(table_root).resolve())
         env.update(encoder_env(Path(table_root) / "item_embeddings" / "_mmfs_meta.json"))

@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines import reports
+from pipelines.event_rules import EARLIEST, EVENT_KEY, latest_allowed, reason, sql_time
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS, columns
 from pipelines.table_io import job_main, write_table
@@ -31,11 +32,9 @@ from pipelines.validation import (
 
 log = logging.getLogger(__name__)
 
-EARLIEST = "1970-01-01 00:00:00"
-
 
 def _latest_allowed(now: dt.datetime) -> str:
-    return (now + dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+    return sql_time(latest_allowed(now))
 
 
 def timestamp_sql(column: str) -> str:
@@ -52,8 +51,8 @@ def item_rules(now: dt.datetime) -> TableRules:
             Rule("updated_at_parseable", "_updated_at IS NOT NULL", "updated_at is missing or not a timestamp"),
             Rule(
                 "updated_at_in_range",
-                f"_updated_at IS NULL OR _updated_at BETWEEN TIMESTAMP'{EARLIEST}' AND TIMESTAMP'{latest}'",
-                f"updated_at is outside [{EARLIEST}, {latest}]",
+                f"_updated_at IS NULL OR _updated_at BETWEEN TIMESTAMP'{sql_time(EARLIEST)}' AND TIMESTAMP'{latest}'",
+                f"updated_at is outside [{sql_time(EARLIEST)}, {latest}]",
             ),
             Rule(
                 "created_not_before_updated",
@@ -71,23 +70,21 @@ def item_rules(now: dt.datetime) -> TableRules:
 
 
 def event_rules(now: dt.datetime) -> TableRules:
+    """``pipelines.event_rules`` as Spark predicates over the parsed columns (the scorer's feedback
+    path checks the same rules in Python; ``tests/pipelines/test_event_rules.py`` holds them equal)."""
     latest = _latest_allowed(now)
-    return TableRules(
-        table="events",
-        rules=(
-            Rule("user_id_integral", "_user_id IS NOT NULL", "user_id is missing or not an integer"),
-            Rule("item_id_integral", "_item_id IS NOT NULL", "item_id is missing or not an integer"),
-            Rule("event_timestamp_parseable", "_event_timestamp IS NOT NULL", "event_timestamp is missing or not a timestamp"),
-            Rule(
-                "event_timestamp_in_range",
-                f"_event_timestamp IS NULL OR _event_timestamp BETWEEN TIMESTAMP'{EARLIEST}' AND TIMESTAMP'{latest}'",
-                f"event_timestamp is outside [{EARLIEST}, {latest}]",
-            ),
-            Rule("label_in_0_1", "_label IN (0, 1)", "label must be 0 or 1"),
-            Rule("item_known", "_item_id IS NULL OR _item_known", "item_id is not in the items table"),
-        ),
-        unique_key=("_user_id", "_item_id", "_event_timestamp"),
-    )
+    sql = {
+        "user_id_integral": "_user_id IS NOT NULL",
+        "user_id_in_range": "_user_id IS NULL OR _user_id >= 0",
+        "item_id_integral": "_item_id IS NOT NULL",
+        "item_id_in_range": "_item_id IS NULL OR _item_id >= 0",
+        "event_timestamp_parseable": "_event_timestamp IS NOT NULL",
+        "event_timestamp_in_range": f"_event_timestamp IS NULL OR _event_timestamp BETWEEN TIMESTAMP'{sql_time(EARLIEST)}' AND TIMESTAMP'{latest}'",
+        "label_in_0_1": "_label IN (0, 1)",
+        "item_known": "_item_id IS NULL OR _item_known",
+    }
+    return TableRules(table="events", rules=tuple(Rule(name, body, reason(name, now)) for name, body in sql.items()),
+                      unique_key=tuple(f"_{c}" for c in EVENT_KEY))
 
 
 def canonical_item_rules() -> TableRules:
@@ -104,7 +101,7 @@ def canonical_event_rules() -> TableRules:
     return TableRules(
         table="events",
         rules=(Rule("label_in_0_1", "label IN (0, 1)", "label must be 0 or 1"),),
-        unique_key=("user_id", "item_id", "event_timestamp"),
+        unique_key=EVENT_KEY,
     )
 
 
@@ -258,6 +255,10 @@ def with_feedback(spark: SparkSession, events: DataFrame, out: str) -> DataFrame
     if not any(landing.glob("*.parquet")):
         return events
     feedback = spark.read.schema(EVENTS_SCHEMA).parquet(str(landing)).select(*columns(EVENTS_SCHEMA))
+    # One row per event key: an event the raw source holds as well is kept once, from the source
+    # (the feedback path itself records each key once, and refuses a second label for it).
+    key = list(EVENT_KEY)
+    feedback = feedback.dropDuplicates(key).join(events.select(*key), on=key, how="left_anti")
     return events.unionByName(feedback)
 
 

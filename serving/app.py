@@ -35,9 +35,11 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 from typing_extensions import Annotated
+
+from serving.metrics import Metrics
 
 log = logging.getLogger("mmfs.serve")
 
@@ -118,27 +120,11 @@ class EventsRequest(BaseModel):
 
 
 class EventsResponse(BaseModel):
-    events: int
+    events: int  # newly recorded
+    duplicates: int  # already recorded (a retry) or repeated in the request: no-ops
     users: int
     items: int
     snapshots: int
-
-
-# -- metrics ----------------------------------------------------------------------------------------
-
-class Metrics:
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.requests = Counter("mmfs_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("mmfs_score_latency_seconds", "POST /score latency (server side)",
-                                 buckets=(.001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .1, .25, .5, 1, 2.5),
-                                 registry=self.registry)
-        self.errors = Counter("mmfs_errors", "requests that failed", ["endpoint", "kind"], registry=self.registry)
-        self.stale = Counter("mmfs_stale_features", "feature values older than their TTL, flagged in responses", registry=self.registry)
-        self.item_errors = Counter("mmfs_item_errors", "candidates answered with an error entry", registry=self.registry)
-        self.ready = Gauge("mmfs_ready", "1 when the model and store are loaded", registry=self.registry)
-        self.cache_hits = Gauge("mmfs_item_cache_hits", "item feature cache hits", registry=self.registry)
-        self.cache_misses = Gauge("mmfs_item_cache_misses", "item feature cache misses", registry=self.registry)
 
 
 class Shed(Exception):
@@ -331,7 +317,7 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
         """Run ``fn`` on the worker and map what it raises: the client's mistakes are 4xx, a failing
         store 503 (and not ready until a probe finds it back), anything else 500. No internal
         text goes back; the log has it."""
-        from serving.feedback import FeedbackError
+        from serving.feedback import FeedbackError, InvalidEvents
         from serving.online import store_errors
         from serving.scorer import BadRequest
 
@@ -346,6 +332,9 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
             return None, refuse(endpoint, 503, f"overloaded: more than {settings.max_queue} requests waiting", "shed", retry_after=1)
         except BadRequest as exc:
             return None, refuse(endpoint, 422, str(exc), "invalid_request")
+        except InvalidEvents as exc:  # ingest's rules, each broken one named
+            count(endpoint, 422, "invalid_event")
+            return None, JSONResponse(status_code=422, content={"detail": exc.problems})
         except FeedbackError as exc:
             return None, refuse(endpoint, 409, str(exc), "conflict")
         except store_errors() as exc:
@@ -391,7 +380,7 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
         if error is not None:
             return error
         count("/events", 200)
-        return EventsResponse(**{k: done[k] for k in ("events", "users", "items")}, snapshots=done.get("snapshots", 0))
+        return EventsResponse(**{k: done[k] for k in ("events", "duplicates", "users", "items", "snapshots")})
 
     return app
 

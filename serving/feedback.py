@@ -16,12 +16,27 @@ the last N positives up to t, ordered by (time, item), stamped t + 1 µs; stats 
 up to t, stamped t + 1 µs, ctr smoothed with the pipeline's prior. Events older than what is
 already online for their user or item are refused (late data goes through the batch pipeline):
 applying them here would rewrite history the online store no longer holds.
+
+The pipeline's contract holds for what feedback writes:
+
+- every event is checked with ingest's own rules (``pipelines.event_rules``): a bad one refuses the
+  whole request with ``InvalidEvents``, naming each event, field and rule (the app answers 422);
+- an event's key is (user_id, item_id, event_timestamp), as in ingest: a key already recorded, or
+  repeated in the request, is a retry and a no-op (counted as ``duplicates``); the same key with
+  the other label is a conflict (``FeedbackError``, 409);
+- durable before visible: every row a request produces is first written to
+  ``<root>/_feedback_log/<batch>/`` and committed by one directory rename; only then are the
+  online store written and the files published into the tables (each by a rename). A failure
+  before the commit leaves nothing anywhere; one after it is finished by the next request (or the
+  next start), before anything else, and the online writes it replays are absolute values, so a
+  retry never counts a click twice.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import shutil
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,6 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.event_rules import event_violations
 from pipelines.item_index import ItemEmbeddingIndex
 from serving.online import MISSING, OnlineReader
 
@@ -49,8 +65,20 @@ STATS_VIEWS = (("item_stats", "item_id", ("impressions", "clicks", "ctr"), STATS
                ("user_stats", "user_id", ("user_impressions", "user_clicks", "user_ctr"), USER_STATS))
 
 
+LOG = "_feedback_log"  # under the table root: committed batches not yet fully applied
+
+
 class FeedbackError(ValueError):
     """An event the feedback path refuses, with the reason."""
+
+
+class InvalidEvents(FeedbackError):
+    """Events that break ingest's rules: ``problems`` holds one {"field", "rule", "error"} per
+    broken rule (field ``events.<n>.<column>``)."""
+
+    def __init__(self, problems: list[dict]):
+        self.problems = problems
+        super().__init__("; ".join(f"{p['field']}: {p['error']} ({p['rule']})" for p in problems))
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,9 @@ class FeedbackWriter:
             stats = json.loads(stats_meta.read_text()) if stats_meta.is_file() else {}
             self.priors[view] = (stats.get("prior_ctr", PRIOR_CTR), stats.get("prior_weight", PRIOR_WEIGHT))
         self._index: tuple | None = None  # (table stamp, index, encoder id)
+        self._items: tuple | None = None  # (table, stamp, known item ids)
+        self.recover()
+        self._keys = self._recorded_keys()  # (user, item, event µs) -> label, for every event feedback recorded
 
     def _embedding_index(self) -> tuple[ItemEmbeddingIndex | None, str]:
         """The offline embedding table's mm_emb versions, reloaded when the table is rewritten."""
@@ -99,16 +130,17 @@ class FeedbackWriter:
             self._index = (stamp, load_embedding_index(table, "mm_emb"), encoder_id)
         return self._index[1], self._index[2]
 
-    def record(self, events: list[Event]) -> dict:
+    def record(self, events: list[Event], now: dt.datetime | None = None) -> dict:
         """Apply events (any users and items, any order within the batch). All or nothing: every event
-        is checked before anything is written."""
+        is checked before anything is written, and what is written is committed to the log first.
+        ``now`` (default: the clock) bounds the event times as ingest's run time does."""
+        self.recover()
         if not events:
-            return {"events": 0, "users": 0, "items": 0}
-        for n, e in enumerate(events):
-            if e.event_timestamp.tzinfo is None:
-                raise FeedbackError(f"events[{n}].event_timestamp has no time zone")
-            if e.label not in (0, 1):
-                raise FeedbackError(f"events[{n}].label must be 0 or 1, got {e.label!r}")
+            return {"events": 0, "duplicates": 0, "users": 0, "items": 0, "snapshots": 0, "files": {}}
+        self._validate(events, now or dt.datetime.now(dt.timezone.utc))
+        events, duplicates = self._new_events(events)
+        if not events:
+            return {"events": 0, "duplicates": duplicates, "users": 0, "items": 0, "snapshots": 0, "files": {}}
         events = sorted(events, key=lambda e: (e.event_timestamp, e.user_id, e.item_id))
         users = sorted({e.user_id for e in events})
         items = sorted({e.item_id for e in events})
@@ -179,30 +211,131 @@ class FeedbackWriter:
             sims = pa.Table.from_batches([similarity_batch(sim_input, index)])
             tables["target_similarity"] = sims.append_column("encoder_id", pa.array([encoder_id] * sims.num_rows, pa.string()))
 
-        # Online first (the next score must see it), then the offline files, each written atomically.
-        if snapshots:
-            newest = {}
-            for user, ts, h in snapshots:
-                newest[user] = (ts, h)
-            self.store.write_to_online_store("user_sequence", pd.DataFrame({
-                "user_id": list(newest), "event_timestamp": [pd.Timestamp(t) for t, _ in newest.values()],
-                "hist_item_ids": [[i for _, i in h] for _, h in newest.values()],
-                "hist_ts_us": [[t for t, _ in h] for _, h in newest.values()],
-                "hist_len": [len(h) for _, h in newest.values()]}))
-        for view, key, names, _ in STATS_VIEWS:
-            if view not in stat_rows:
-                continue
-            newest_stats = {r[0]: r for r in stat_rows[view]}
-            self.store.write_to_online_store(view, pd.DataFrame({
-                key: list(newest_stats), "event_timestamp": [pd.Timestamp(r[1]) for r in newest_stats.values()],
-                names[0]: [r[2] for r in newest_stats.values()], names[1]: [r[3] for r in newest_stats.values()],
-                names[2]: np.array([r[4] for r in newest_stats.values()], np.float32)}))
+        tables = {"feedback_events": tables["events"], **tables}
         batch_id = f"feedback-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
-        written = {}
-        for table, data in [("feedback_events", tables["events"])] + list(tables.items()):
+        self._commit(batch_id, tables)
+        for e in events:
+            self._keys[_key(e)] = e.label
+        written = self._apply(batch_id)
+        return {"events": len(events), "duplicates": duplicates, "users": len(users), "items": len(items),
+                "snapshots": len(snapshots), "files": written}
+
+    # -- validation and keys ---------------------------------------------------------------------
+
+    def _validate(self, events: list[Event], now: dt.datetime) -> None:
+        known = self._known_items()
+        problems = []
+        for n, e in enumerate(events):
+            for rule, reason in event_violations(e.user_id, e.item_id, e.event_timestamp, e.label, e.item_id in known, now):
+                column = "item_id" if rule == "item_known" else next(c for c in ("user_id", "item_id", "event_timestamp", "label")
+                                                                     if rule.startswith(c))
+                problems.append({"field": f"events.{n}.{column}", "rule": rule, "error": reason})
+        if problems:
+            raise InvalidEvents(problems)
+
+    def _known_items(self) -> set[int]:
+        """The items table's ids (ingest's ``item_known``); a root without one (its tables were
+        written some other way) falls back to the item_embeddings table's. Reloaded when rewritten."""
+        for table in (self.root / "items", self.root / "item_embeddings"):
+            files = sorted(table.glob("*.parquet"))
+            if not files:
+                continue
+            stamp = tuple((f.name, f.stat().st_mtime_ns) for f in files)
+            if self._items is None or self._items[:2] != (table, stamp):
+                ids = pq.ParquetDataset([str(f) for f in files]).read(columns=["item_id"]).column("item_id")
+                self._items = (table, stamp, set(ids.to_pylist()))
+            return self._items[2]
+        return set()
+
+    def _new_events(self, events: list[Event]) -> tuple[list[Event], int]:
+        """The events whose key is not recorded yet (one per key), and how many were retries."""
+        fresh, seen, duplicates = [], {}, 0
+        for n, e in enumerate(events):
+            key = _key(e)
+            label = self._keys.get(key, seen.get(key))
+            if label is None:
+                seen[key] = e.label
+                fresh.append(e)
+            elif label == e.label:
+                duplicates += 1
+            else:
+                raise FeedbackError(f"events[{n}] (user {e.user_id}, item {e.item_id}, {e.event_timestamp.isoformat()}) has label "
+                                    f"{e.label}, but the event with this key was recorded with label {label}")
+        return fresh, duplicates
+
+    def _recorded_keys(self) -> dict:
+        files = sorted((self.root / "feedback_events").glob("*.parquet"))
+        if not files:
+            return {}
+        recorded = pq.ParquetDataset([str(f) for f in files]).read(columns=["user_id", "item_id", "event_timestamp", "label"])
+        ts = recorded.column("event_timestamp").cast(pa.int64()).to_pylist()  # µs
+        return {(u, i, t): label for u, i, t, label in zip(recorded.column("user_id").to_pylist(), recorded.column("item_id").to_pylist(),
+                                                          ts, recorded.column("label").to_pylist())}
+
+    # -- the log: commit, apply, recover -----------------------------------------------------------
+
+    def _commit(self, batch_id: str, tables: dict[str, pa.Table]) -> None:
+        """Write every table's rows of the batch under the log, then commit them with one rename."""
+        log_dir = self.root / LOG
+        pending = log_dir / f".{batch_id}.tmp"
+        pending.mkdir(parents=True)
+        for table, data in tables.items():
             if data.num_rows:
-                written[table] = str(self._append(table, data, batch_id))
-        return {"events": len(events), "users": len(users), "items": len(items), "snapshots": len(snapshots), "files": written}
+                path = pending / f"{table}.parquet"
+                pq.write_table(data, path)
+                _fsync(path)
+        _fsync(pending)
+        os.replace(pending, log_dir / batch_id)
+        _fsync(log_dir)
+
+    def _apply(self, batch_id: str) -> dict:
+        """Make a committed batch visible: the online rows (absolute values, so a replay writes the
+        same), then each table's file published by a rename. Safe to run again after any failure."""
+        batch = self.root / LOG / batch_id
+        final = {p.stem: self.root / p.stem / f"{batch_id}.parquet" for p in batch.glob("*.parquet")}
+
+        def read(table: str) -> pa.Table | None:
+            staged = batch / f"{table}.parquet"
+            path = staged if staged.exists() else final.get(table)
+            return pq.read_table(path) if path is not None and path.exists() else None
+
+        snapshots = read("user_sequence_snapshots")
+        if snapshots is not None and snapshots.num_rows:
+            newest = snapshots.to_pandas().sort_values("event_timestamp").groupby("user_id", as_index=False).last()
+            self.store.write_to_online_store("user_sequence", pd.DataFrame({
+                "user_id": newest["user_id"], "event_timestamp": newest["event_timestamp"],
+                "hist_item_ids": [h.tolist() for h in newest["hist_item_ids"]], "hist_ts_us": [h.tolist() for h in newest["hist_ts_us"]],
+                "hist_len": newest["hist_len"]}))
+        for view, key, names, _ in STATS_VIEWS:
+            rows = read(view) if view in self.reader.views else None
+            if rows is None or not rows.num_rows:
+                continue
+            newest = rows.to_pandas().sort_values("event_timestamp").groupby(key, as_index=False).last()
+            self.store.write_to_online_store(view, pd.DataFrame({
+                key: newest[key], "event_timestamp": newest["event_timestamp"], names[0]: newest[names[0]], names[1]: newest[names[1]],
+                names[2]: newest[names[2]].astype(np.float32)}))
+        for table, target in final.items():
+            staged = batch / f"{table}.parquet"
+            if staged.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+        shutil.rmtree(batch)
+        return {table: str(path) for table, path in final.items()}
+
+    def recover(self) -> list[str]:
+        """Finish every committed batch a failure left behind (oldest first) and drop uncommitted
+        ones (their request failed before anything was visible). Returns the batches finished."""
+        log_dir = self.root / LOG
+        if not log_dir.is_dir():
+            return []
+        finished = []
+        for entry in sorted(log_dir.iterdir()):
+            if entry.name.startswith("."):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.is_dir():
+                self._apply(entry.name)
+                finished.append(entry.name)
+        return finished
 
     def _running_stats(self, events: list[Event], online, key: str, names: tuple[str, str, str],
                        prior_ctr: float, prior_weight: float) -> list[tuple]:
@@ -227,16 +360,16 @@ class FeedbackWriter:
             rows.append((k, ts + ONE_US, impressions, clicks, ctr))
         return rows
 
-    def _append(self, table: str, data: pa.Table, batch_id: str) -> Path:
-        staging = self.root / "_staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        target_dir = self.root / table
-        target_dir.mkdir(parents=True, exist_ok=True)
-        tmp = staging / f".{table}-{batch_id}.parquet"
-        pq.write_table(data, tmp)
-        final = target_dir / f"{batch_id}.parquet"
-        os.replace(tmp, final)
-        return final
+def _key(e: Event) -> tuple[int, int, int]:
+    return (e.user_id, e.item_id, _us(e.event_timestamp))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _service_with(store, view: str) -> str:

@@ -10,6 +10,7 @@ no test guards: the script exits 1 naming it.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -69,6 +70,31 @@ MUTANTS = (
            "            if not np.array_equal(raw[np.asarray(seq, np.int64)], expected):",
            "            if False:",
            ("tests/model/test_export_fuxictr.py::test_a_tampered_export_is_caught",)),
+    Mutant("feedback applies a retried event again",
+           "serving/feedback.py",
+           "            label = self._keys.get(key, seen.get(key))",
+           "            label = None",
+           ("tests/serving/test_feedback.py::test_duplicates_and_retries_are_no_ops_and_batch_jobs_accept_what_feedback_wrote",)),
+    Mutant("feedback skips ingest's rules",
+           "serving/feedback.py",
+           "        self._validate(events, now or dt.datetime.now(dt.timezone.utc))",
+           "        pass",
+           ("tests/serving/test_feedback.py::test_bad_events_are_refused_by_ingests_rules_and_nothing_is_written",)),
+    Mutant("feedback forgets committed batches a failure left behind",
+           "serving/feedback.py",
+           "                self._apply(entry.name)",
+           "                shutil.rmtree(entry)",
+           ("tests/serving/test_feedback.py::test_a_failure_after_the_commit_is_finished_by_the_retry_and_counted_once",)),
+    Mutant("ingest folds feedback events in twice",
+           "pipelines/ingest.py",
+           '    feedback = feedback.dropDuplicates(key).join(events.select(*key), on=key, how="left_anti")',
+           "    feedback = feedback",
+           ("tests/serving/test_feedback.py::test_duplicates_and_retries_are_no_ops_and_batch_jobs_accept_what_feedback_wrote",)),
+    Mutant("ingest and feedback disagree on the time range",
+           "pipelines/ingest.py",
+           "    latest = _latest_allowed(now)\n    sql = {",
+           "    latest = _latest_allowed(now + dt.timedelta(days=3650))\n    sql = {",
+           ("tests/pipelines/test_event_rules.py",)),
 )
 
 
@@ -91,13 +117,17 @@ def run(mutant: Mutant) -> tuple[bool, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--only", default=None, help="run the mutants whose name contains this text")
     args = parser.parse_args(argv)
     if args.list:
         for m in MUTANTS:
             print(f"{m.name}  ({m.path})")
         return 0
+    # A stop (SIGTERM, ^C) unwinds through run()'s finally, so the patched file is restored.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     survivors = []
-    for m in MUTANTS:
+    chosen = [m for m in MUTANTS if args.only is None or args.only in m.name]
+    for m in chosen:
         killed, seconds = run(m)
         print(f"{'killed  ' if killed else 'SURVIVED'} {seconds:6.1f} s  {m.name}", flush=True)
         if not killed:
@@ -105,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if survivors:
         print(f"{len(survivors)} mutant(s) no test kills: {survivors}")
         return 1
-    print(f"all {len(MUTANTS)} mutants killed")
+    print(f"all {len(chosen)} mutants killed")
     return 0
 
 

@@ -101,3 +101,29 @@ def test_a_corrupt_table_file_is_named_by_apply_and_training_set(tiny_root, tmp_
         err = capsys.readouterr().err
         assert f"cannot read {victim}" in err and "Traceback" not in err, err
     assert not (tmp_path / "set").exists()
+
+
+def test_the_checkouts_repo_keeps_its_store_with_the_tables(tiny_root, tmp_path, monkeypatch):
+    """mmfs apply over the checkout's feature_repo writes the registry under <root>/_feast, never
+    inside the checkout; two roots get two stores; MMFS_STATE_DIR names another place."""
+    root, _ = tiny_root
+    monkeypatch.delenv(feast_store.STATE_DIR_ENV, raising=False)
+    tables = tmp_path / "a"
+    shutil.copytree(root, tables, ignore=shutil.ignore_patterns("_feast"))
+    checkout_state = feast_store.REPO / "data"
+    before = sorted(checkout_state.rglob("*")) if checkout_state.exists() else []
+    os.environ.update(DIMS)
+    feast_store.apply("duckdb", feast_store.REPO, tables)
+    assert (tables / "_feast" / "registry.db").is_file()
+    assert (sorted(checkout_state.rglob("*")) if checkout_state.exists() else []) == before
+    store = feast_store.open_store("duckdb", feast_store.REPO, tables)
+    assert str(store.config.registry.path).startswith(str(tables / "_feast"))
+    assert store.config.online_store.path == str(tables.resolve() / "_feast" / "online_store.db")
+
+    assert feast_store.state_dir(feast_store.REPO, tmp_path / "b") == (tmp_path / "b").resolve() / "_feast"
+    copied = copy_repo(tmp_path / "own")
+    assert feast_store.state_dir(copied, tables) == copied.resolve() / "data"  # the user's own repo keeps its data/
+    with pytest.raises(feast_store.NoStateDir, match="--root"):
+        feast_store.state_dir(feast_store.REPO, None)
+    monkeypatch.setenv(feast_store.STATE_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert feast_store.state_dir(feast_store.REPO, tables) == (tmp_path / "elsewhere").resolve()

@@ -66,6 +66,10 @@ def test_bad_requests_are_4xx_and_never_make_the_server_unready(served, own_stor
         assert streamed.status_code == 413
         bad_event = client.post("/events", json={"events": [{"user_id": 2 ** 64, "item_id": 1, "label": 1, "event_timestamp": AT}]})
         assert bad_event.status_code == 422 and client.get("/ready").status_code == 200
+        future = client.post("/events", json={"events": [{"user_id": 1, "item_id": 1, "label": 1, "event_timestamp": "2300-01-01T00:00:00Z"}]})
+        assert future.status_code == 422, future.text
+        assert {(d["field"], d["rule"]) for d in future.json()["detail"]} == {("events.0.event_timestamp", "event_timestamp_in_range")}
+        assert client.get("/ready").status_code == 200
         assert client.post("/score", json={"user_id": 1, "item_ids": [1], "at": AT}).status_code == 200
         metrics = client.get("/metrics").text
         assert 'mmfs_errors_total{endpoint="/score",kind="invalid_request"}' in metrics

@@ -1,0 +1,107 @@
+"""The scorer's Prometheus metrics, held by the app that counts them.
+
+prometheus_client picks its value store once, when it is first imported: if
+``PROMETHEUS_MULTIPROC_DIR`` is set by then (importing ``feast.metrics`` sets it), every metric
+of a given name shares one memory-mapped value per process, whatever registry it is in, and two
+scorers in one process (tests, an embedding app) would count each other's requests. So the
+values live here, in plain dicts under a lock, and reach Prometheus through a custom collector
+(``prometheus_client.core``'s metric families, which hold no values of their own).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+
+class _Series:
+    def __init__(self, owner: "_Metric", key: tuple):
+        self.owner, self.key = owner, key
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("counters only go up")
+        with self.owner.lock:
+            self.owner.values[self.key] = self.owner.values.get(self.key, 0.0) + amount
+
+    def set(self, value: float) -> None:
+        with self.owner.lock:
+            self.owner.values[self.key] = float(value)
+
+
+class _Metric:
+    def __init__(self, kind: str, name: str, documentation: str, labelnames: tuple[str, ...] = ()):
+        self.kind, self.name, self.documentation, self.labelnames = kind, name, documentation, tuple(labelnames)
+        self.lock = threading.Lock()
+        self.values: dict[tuple, float] = {}
+
+    def labels(self, *values) -> _Series:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}")
+        return _Series(self, tuple(str(v) for v in values))
+
+    def inc(self, amount: float = 1.0) -> None:
+        _Series(self, ()).inc(amount)
+
+    def set(self, value: float) -> None:
+        _Series(self, ()).set(value)
+
+    def family(self):
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        with self.lock:
+            items = sorted(self.values.items())
+        if not self.labelnames:
+            return cls(self.name, self.documentation, value=dict(items).get((), 0.0))
+        family = cls(self.name, self.documentation, labels=self.labelnames)
+        for key, value in items:
+            family.add_metric(list(key), value)
+        return family
+
+
+class _Histogram:
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]):
+        self.name, self.documentation = name, documentation
+        self.bounds = tuple(sorted(buckets))
+        self.lock = threading.Lock()
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        with self.lock:
+            self.counts[bisect.bisect_left(self.bounds, value)] += 1
+            self.total += value
+
+    def family(self):
+        with self.lock:
+            counts, total = list(self.counts), self.total
+        cumulative, running = [], 0
+        for bound, n in zip(self.bounds + (math.inf,), counts):
+            running += n
+            cumulative.append(("+Inf" if bound == math.inf else repr(float(bound)), running))
+        return HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=total)
+
+
+class Metrics:
+    """What ``/metrics`` reports for one app: requests and errors by endpoint, the score latency,
+    stale features, item errors, readiness and the item cache."""
+
+    def __init__(self):
+        self.requests = _Metric("counter", "mmfs_requests", "HTTP requests", ("endpoint", "status"))
+        self.errors = _Metric("counter", "mmfs_errors", "requests that failed", ("endpoint", "kind"))
+        self.latency = _Histogram("mmfs_score_latency_seconds", "POST /score latency (server side)",
+                                  (.001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .1, .25, .5, 1, 2.5))
+        self.stale = _Metric("counter", "mmfs_stale_features", "feature values older than their TTL, flagged in responses")
+        self.item_errors = _Metric("counter", "mmfs_item_errors", "candidates answered with an error entry")
+        self.ready = _Metric("gauge", "mmfs_ready", "1 when the model and store are loaded")
+        self.cache_hits = _Metric("gauge", "mmfs_item_cache_hits", "item feature cache hits")
+        self.cache_misses = _Metric("gauge", "mmfs_item_cache_misses", "item feature cache misses")
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self):
+        for metric in (self.requests, self.latency, self.errors, self.stale, self.item_errors, self.ready, self.cache_hits,
+                       self.cache_misses):
+            yield metric.family()

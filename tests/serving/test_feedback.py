@@ -1,0 +1,124 @@
+"""POST /events' writer keeps the pipeline's contract: ingest's rules, one record per event key,
+durable before visible, and batch jobs that run after it accept what it wrote."""
+import datetime as dt
+import os
+
+import duckdb
+import pytest
+
+from pipelines import feast_store, ingest, user_sequences
+from pipelines.table_io import read_table
+from serving import feedback as feedback_module
+from serving.feedback import LOG, Event, FeedbackError, FeedbackWriter, InvalidEvents
+from serving.online import OnlineReader
+from tests.feast_tables import DIMS, copy_repo, write_tables
+
+UTC = dt.timezone.utc
+AT = dt.datetime(2020, 8, 1, tzinfo=UTC)  # after everything online
+
+
+@pytest.fixture
+def fed(spark, tmp_path):
+    """A fresh table root, applied and materialised, and a writer over it."""
+    root = tmp_path / "tables"
+    write_tables(spark, root)
+    os.environ.update(DIMS)
+    repo = copy_repo(tmp_path)
+    feast_store.apply("duckdb", repo, root)
+    store = feast_store.open_store("duckdb", repo, root)
+    store.materialize(start_date=dt.datetime(2019, 1, 1, tzinfo=UTC), end_date=dt.datetime(2020, 7, 2, tzinfo=UTC))
+    return {"root": root, "repo": repo, "store": store, "writer": FeedbackWriter(store, root)}
+
+
+def online(fed, view, key, at=AT + dt.timedelta(days=1)):
+    rows = OnlineReader(fed["store"], "ctr_dmf_v1").read(view, [key], now=at)
+    return {name: values[0] for name, values in rows.values.items()}
+
+
+def offline_count(root, table, where):
+    files = list((root / table).glob("*.parquet"))
+    return duckdb.connect().execute(f"SELECT count(*) FROM read_parquet({[str(f) for f in files]}) WHERE {where}").fetchone()[0] if files else 0
+
+
+def test_bad_events_are_refused_by_ingests_rules_and_nothing_is_written(fed):
+    writer, root = fed["writer"], fed["root"]
+    before = online(fed, "user_sequence", 1)
+    bad = [Event(1, 14, AT, 1),  # fine on its own
+           Event(1, 14, dt.datetime(1900, 1, 1, tzinfo=UTC), 1), Event(1, 14, dt.datetime(2300, 1, 1, tzinfo=UTC), 1),
+           Event(1, 999, AT, 1), Event(-5, 14, AT, 1), Event(1, 14, AT + dt.timedelta(seconds=1), 2)]
+    with pytest.raises(InvalidEvents) as excinfo:
+        writer.record(bad)
+    problems = {(p["field"], p["rule"]) for p in excinfo.value.problems}
+    assert problems == {("events.1.event_timestamp", "event_timestamp_in_range"), ("events.2.event_timestamp", "event_timestamp_in_range"),
+                        ("events.3.item_id", "item_known"), ("events.4.user_id", "user_id_in_range"), ("events.5.label", "label_in_0_1")}
+    assert all(p["error"] for p in excinfo.value.problems)
+    assert not (root / "feedback_events").exists() and not (root / LOG).exists()
+    assert offline_count(root, "events", "user_id = 1 AND item_id = 14") == 1
+    assert online(fed, "user_sequence", 1) == before
+
+
+def test_duplicates_and_retries_are_no_ops_and_batch_jobs_accept_what_feedback_wrote(fed, spark):
+    writer, root = fed["writer"], fed["root"]
+    click = Event(2, 14, AT, 1)
+    done = writer.record([click, click, click])
+    assert (done["events"], done["duplicates"]) == (1, 2)
+    assert writer.record([click])["duplicates"] == 1  # the client's retry
+    assert FeedbackWriter(fed["store"], root).record([click])["duplicates"] == 1  # and after a restart
+    with pytest.raises(FeedbackError, match="recorded with label 1"):
+        writer.record([Event(2, 14, AT, 0)])
+    assert online(fed, "user_sequence", 2)["hist_item_ids"] == [11, 14]
+    assert online(fed, "item_stats", 14)["impressions"] == 2
+    for table in ("events", "feedback_events"):
+        assert offline_count(root, table, "user_id = 2 AND item_id = 14") == 1, table
+
+    # The batch jobs run after feedback: their contracts hold.
+    assert user_sequences.main(["--root", str(root)]) == 0
+    merged = ingest.with_feedback(spark, read_table(spark, f"{root}/events"), str(root))
+    assert merged.count() == merged.dropDuplicates(["user_id", "item_id", "event_timestamp"]).count() == offline_count(root, "events", "true")
+
+
+def test_a_failure_after_the_commit_is_finished_by_the_retry_and_counted_once(fed, monkeypatch):
+    writer, root, store = fed["writer"], fed["root"], fed["store"]
+    real = store.write_to_online_store
+    calls = []
+
+    def flaky(view, df, *args, **kwargs):
+        calls.append(view)
+        if len(calls) == 2:  # the sequence is online, the stats are not
+            raise OSError("disk full")
+        return real(view, df, *args, **kwargs)
+
+    monkeypatch.setattr(store, "write_to_online_store", flaky)
+    click = Event(3, 12, AT, 1)
+    with pytest.raises(OSError):
+        writer.record([click])
+    assert len(list((root / LOG).iterdir())) == 1  # committed, not yet applied
+    monkeypatch.setattr(store, "write_to_online_store", real)
+    retry = FeedbackWriter(store, root).record([click])  # after a restart: the log is finished first
+    assert (retry["events"], retry["duplicates"]) == (0, 1)
+    assert not list((root / LOG).iterdir())
+    assert online(fed, "user_sequence", 3)["hist_item_ids"] == [10, 12]
+    assert online(fed, "item_stats", 12)["impressions"] == 2 and online(fed, "user_stats", 3)["user_impressions"] == 3
+    for table in ("events", "feedback_events", "item_stats", "user_stats", "user_sequence_snapshots"):
+        assert offline_count(root, table, "event_timestamp >= '2020-08-01'::TIMESTAMPTZ") == 1, table
+
+
+def test_a_failure_before_the_commit_leaves_nothing(fed, monkeypatch):
+    writer, root = fed["writer"], fed["root"]
+    before = online(fed, "item_stats", 12)
+    real = os.replace
+
+    def broken(src, dst):
+        if str(dst).endswith(tuple("0123456789abcdef")) and LOG in str(dst):  # the commit's rename
+            raise OSError("crash before the commit")
+        return real(src, dst)
+
+    monkeypatch.setattr(feedback_module.os, "replace", broken)
+    click = Event(3, 12, AT, 1)
+    with pytest.raises(OSError, match="before the commit"):
+        writer.record([click])
+    assert online(fed, "item_stats", 12) == before and not (root / "feedback_events").exists()
+    monkeypatch.setattr(feedback_module.os, "replace", real)
+    assert writer.record([click])["events"] == 1  # the retry records it, once
+    assert not list((root / LOG).iterdir())
+    assert online(fed, "item_stats", 12)["impressions"] == before["impressions"] + 1
