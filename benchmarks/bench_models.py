@@ -232,7 +232,8 @@ def slices(sets: dict[str, Path], work: Path, dataset: str) -> list[dict]:
 
     from model.data import LoaderConfig, TrainingSetDataset
     from model.metrics import auc
-    from model.train import load_checkpoint, model_vectors, prepare
+    from model.checkpoint import load_checkpoint, model_vectors
+    from model.train import prepare
 
     out = []
     for label, config in MODELS.items():

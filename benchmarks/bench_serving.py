@@ -147,7 +147,7 @@ def bench_in_process(store, checkpoint: Path, user: int, items: list[int], at: d
 def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
     """Decoupled target attention vs early fusion at C = 1200 (random weights, speed only)."""
     from model.models import DMF
-    from model.train import load_checkpoint
+    from model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     spec, config = meta["data_spec"], model.config
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
         train_main(["--model", "dmf", "--training-set", str(root / "training_sets" / "ctr_dmf_v1"), "--out", str(checkpoint.parent), "--max_epochs=3"])
     results = {"at": args.at.isoformat(), "machine": machine_description()}
-    from model.train import load_checkpoint
+    from model.checkpoint import load_checkpoint
 
     _, meta = load_checkpoint(checkpoint)
     m = meta["config"]["model"]

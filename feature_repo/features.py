@@ -11,7 +11,7 @@ Request-time features: the target-aware similarities s_j = cos(m_t, m_j) need th
 every history item j, a lookup an OnDemandFeatureView cannot make (it sees one row's features). So
 they are not an ODFV: offline, the Spark job ``target_similarity`` writes them for training rows
 (``target_similarity_fv``); online, the scorer computes them from ``item_embeddings_fv`` with the
-same function (``pipelines.similarity.target_similarity``).
+same function (``pipelines.features.similarity.target_similarity``).
 """
 import os
 from datetime import timedelta

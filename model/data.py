@@ -7,7 +7,7 @@ DataLoader workers and distributed ranks, and shuffled per epoch with a seed.
 Embedding vectors that the training set holds by reference (``--embeddings reference``, the
 default) are looked up here point-in-time, for the target and every history item, in the
 encoder's versioned embedding table: the version with ``event_timestamp <= T`` and
-``created_timestamp <= T`` for the row's time T (``pipelines.item_index``, the same lookup the
+``created_timestamp <= T`` for the row's time T (``pipelines.features.item_index``, the same lookup the
 similarity job uses).
 
 A batch is a dict of tensors; B rows, L = max_len history positions (oldest first, right-padded):
@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipelines.item_index import MISSING, ItemEmbeddingIndex, to_micros
+from pipelines.features.item_index import MISSING, ItemEmbeddingIndex, to_micros
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ FuxiCTR's ``LongCTRDataLoader`` reads three parquet files per data set:
   the row of mmfs's id vocabulary (1 = unseen in train), and ``mm_emb``, the fused embedding.
   An item index is one *version* of one item's embedding (or "no embedding yet"), and each row
   and each history position points at the version valid at the row's time, the loader's own
-  point-in-time lookup (``pipelines.item_index``).
+  point-in-time lookup (``pipelines.features.item_index``).
 
 FuxiCTR's loader stacks the columns into one int64 array, so the dense item and user stats
 (``model.data.dense_block``) enter as bucketed categoricals: log1p(count) in quarter steps and
@@ -36,7 +36,7 @@ import torch
 
 from model.data import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, LoaderConfig, TrainingSetDataset, load_embedding_index, read_manifest
 from model.vocab import IdVocab
-from pipelines.item_index import MISSING
+from pipelines.features.item_index import MISSING
 
 SPLITS = ("train", "valid", "test")
 COUNT_BUCKETS = 64  # log1p(count) * 4, capped; 0 = unknown

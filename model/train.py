@@ -29,6 +29,7 @@ import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from model.checkpoint import model_vectors
 from model.data import LoaderConfig, TrainingSetDataset, read_manifest
 from model.layers import OOV, IdEmbedding
 from model.metrics import all_metrics, auc
@@ -107,14 +108,6 @@ def resolve_config(yaml_path: str | None, overrides: list[str], base: TrainConfi
 
 
 # -- data ------------------------------------------------------------------------------------------
-
-def model_vectors(name: str, manifest: dict) -> tuple[str, ...]:
-    if name == "din":
-        return ()
-    if name == "diffmsin":
-        return tuple(v for v in ("text_emb", "image_emb") if any(f.endswith(f":{v}") for f in manifest["features"]))
-    return ("mm_emb",)
-
 
 def prepare(batch: dict, vocab: IdVocab, device: torch.device) -> dict:
     batch = dict(batch)
@@ -364,22 +357,6 @@ def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: d
     torch.save(checkpoint, out / "checkpoint.pt")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curve(metrics["history"], out / "curve.png", config.model.name)
-
-
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, checkpoint metadata). Only tensors and strings: ``weights_only=True``."""
-    checkpoint = torch.load(Path(path), map_location=map_location, weights_only=True)
-    config = json.loads(checkpoint["config"])
-    model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()})
-    spec_raw = json.loads(checkpoint["data_spec"])
-    spec = DataSpec(spec_raw["n_items"], spec_raw["mm_dim"], tuple(tuple(x) for x in spec_raw["modal_dims"]))
-    model = build_model(spec, model_config)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-    meta = {"config": config, "feature_service": checkpoint["feature_service"],
-            "encoder_identity": json.loads(checkpoint["encoder_identity"]), "vocab": IdVocab(checkpoint["vocab"].numpy()),
-            "features": json.loads(checkpoint["features"]) if "features" in checkpoint else None, "data_spec": spec}
-    return model, meta
 
 
 def plot_curve(history: list[dict], path: Path, title: str) -> None:

@@ -18,13 +18,12 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from pipelines import reports
+from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT, smoothed_ctr
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import ITEM_STATS_SCHEMA, columns
 from pipelines.table_io import job_main, read_table, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output
 
-PRIOR_CTR = 0.5
-PRIOR_WEIGHT = 2.0
 
 
 def output_rules() -> TableRules:
@@ -50,7 +49,7 @@ def running_stats(events: DataFrame, key: str, prior_ctr: float = PRIOR_CTR, pri
     return (
         per_instant.withColumn("impressions", F.sum("_n").over(upto))
         .withColumn("clicks", F.sum("_clicks").over(upto))
-        .withColumn("ctr", ((F.col("clicks") + prior_ctr * prior_weight) / (F.col("impressions") + prior_weight)).cast("float"))
+        .withColumn("ctr", smoothed_ctr(F.col("clicks"), F.col("impressions"), prior_ctr, prior_weight).cast("float"))
         .withColumn("event_timestamp", F.col("event_timestamp") + F.expr("INTERVAL 1 MICROSECOND"))
         .select(key, "event_timestamp", "impressions", "clicks", "ctr")
     )

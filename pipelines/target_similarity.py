@@ -5,7 +5,7 @@
 Reads ``<root>/sequences`` and ``<root>/item_embeddings``; writes ``<root>/target_similarity``.
 Embeddings are taken point-in-time: for a row at time T, each item's newest version with
 event_timestamp <= T and created_timestamp <= T (what the online store held at T). The values
-come from ``pipelines.similarity.target_similarity``, the function the online scorer imports.
+come from ``pipelines.features.similarity.target_similarity``, the function the online scorer imports.
 """
 from __future__ import annotations
 
@@ -13,18 +13,16 @@ import argparse
 import sys
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import reports
-from pipelines.item_index import ItemEmbeddingIndex, to_micros
+from pipelines.features.item_index import ItemEmbeddingIndex
+from pipelines.features.similarity import similarity_batch
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import TARGET_SIMILARITY_SCHEMA, columns
-from pipelines.similarity import target_similarity
 from pipelines.table_io import job_main, read_meta, read_table, write_table
 from pipelines.validation import Rule, TableRules, assert_valid_output
 
@@ -46,43 +44,6 @@ def build_index(item_embeddings: DataFrame) -> ItemEmbeddingIndex:
     """Collect the (small) versioned mm_emb table once; workers get it as a broadcast."""
     table = item_embeddings.select("item_id", "event_timestamp", "created_timestamp", "mm_emb").toArrow()
     return ItemEmbeddingIndex.from_arrow(table, "mm_emb", "item_embeddings")
-
-
-CHUNK_ROWS = 2048  # bounds the padded (rows, L, D) float64 block the similarity function builds
-
-
-def similarity_batch(batch: pa.RecordBatch, index: ItemEmbeddingIndex) -> pa.RecordBatch:
-    """Point-in-time lookups plus the shared similarity function for one Arrow batch, vectorised."""
-    n = batch.num_rows
-    as_of = to_micros(batch.column("event_timestamp"))  # (B,)
-    hist = batch.column("hist_item_ids")
-    lengths = pc.fill_null(pc.list_value_length(hist), 0).to_numpy().astype(np.int64)  # (B,)
-    flat_ids = hist.flatten().to_numpy()  # (sum L,)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (B,)
-    row_of = np.repeat(np.arange(n), lengths)  # (sum L,)
-    pos = np.arange(len(flat_ids)) - starts[row_of]  # (sum L,)
-    width = int(lengths.max()) if n else 0
-    hist_ids = np.zeros((n, width), dtype=np.int64)  # (B, L) padded
-    hist_ids[row_of, pos] = flat_ids
-    padding_mask = np.arange(width)[None, :] < lengths[:, None]  # (B, L)
-
-    target_vec, target_found = index.vectors_at(batch.column("item_id").to_numpy(), as_of)  # (B, D), (B,)
-    sims = np.zeros((n, width), dtype=np.float32)  # (B, L)
-    hist_found = np.zeros((n, width), dtype=bool)  # (B, L)
-    for lo in range(0, n, CHUNK_ROWS):
-        hi = min(n, lo + CHUNK_ROWS)
-        vec, found = index.vectors_at(hist_ids[lo:hi].ravel(), np.repeat(as_of[lo:hi], width))
-        found = found.reshape(hi - lo, width) & padding_mask[lo:hi]  # (b, L)
-        sims[lo:hi] = target_similarity(target_vec[lo:hi], vec.reshape(hi - lo, width, index.dim), found)
-        hist_found[lo:hi] = found
-    # No embedding known at T (for item j, or for the target): null, never a made-up 0.
-    valid = hist_found[row_of, pos] & target_found[row_of]
-    values = pa.array(sims[row_of, pos], type=pa.float32(), mask=~valid)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), type=pa.int32())
-    return pa.RecordBatch.from_arrays(
-        batch.columns + [pa.ListArray.from_arrays(offsets, values), pa.array(target_found, type=pa.bool_())],
-        names=batch.schema.names + ["hist_sim", "target_has_emb"],
-    )
 
 
 def transform(sequences: DataFrame, item_embeddings: DataFrame, encoder_id: str) -> DataFrame:

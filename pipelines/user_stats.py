@@ -18,7 +18,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines import reports
-from pipelines.item_stats import PRIOR_CTR, PRIOR_WEIGHT, running_stats
+from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT
+from pipelines.item_stats import running_stats
 from pipelines.job_args import add_common_args, spark_from_args
 from pipelines.schemas import USER_STATS_SCHEMA, columns
 from pipelines.table_io import job_main, read_table, write_table

@@ -48,7 +48,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.event_rules import event_violations
-from pipelines.item_index import ItemEmbeddingIndex
+from pipelines.features.item_index import ItemEmbeddingIndex
+from pipelines.features.similarity import similarity_batch
+from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT, smoothed_ctr
 from serving.online import MISSING, OnlineReader
 
 ONE_US = dt.timedelta(microseconds=1)
@@ -99,8 +101,6 @@ def _from_us(us: int) -> dt.datetime:
 
 class FeedbackWriter:
     def __init__(self, store, table_root: str | Path, reader: OnlineReader | None = None):
-        from pipelines.item_stats import PRIOR_CTR, PRIOR_WEIGHT
-
         self.store = store
         self.root = Path(table_root)
         self.reader = reader or OnlineReader(store, _service_with(store, "user_sequence"))
@@ -206,8 +206,6 @@ class FeedbackWriter:
             schema=pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("event_timestamp", TS), ("label", pa.int32()),
                               ("hist_item_ids", pa.list_(pa.int64())), ("hist_len", pa.int32())]))
         if index is not None:  # same code and point-in-time lookup as the Spark job
-            from pipelines.target_similarity import similarity_batch
-
             sims = pa.Table.from_batches([similarity_batch(sim_input, index)])
             tables["target_similarity"] = sims.append_column("encoder_id", pa.array([encoder_id] * sims.num_rows, pa.string()))
 
@@ -356,7 +354,7 @@ class FeedbackWriter:
             impressions, clicks = counts[k]
             impressions, clicks = impressions + len(group), clicks + sum(e.label for e in group)
             counts[k] = (impressions, clicks)
-            ctr = (clicks + prior_ctr * prior_weight) / (impressions + prior_weight)
+            ctr = smoothed_ctr(clicks, impressions, prior_ctr, prior_weight)
             rows.append((k, ts + ONE_US, impressions, clicks, ctr))
         return rows
 

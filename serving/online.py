@@ -172,7 +172,7 @@ def online_similarities(reader: OnlineReader, user_id: int, item_ids: Sequence[i
     """
     import numpy as np
 
-    from pipelines.similarity import target_similarity
+    from pipelines.features.similarity import target_similarity
 
     seq = reader.read("user_sequence", [user_id], now)
     hist = seq.fresh("hist_item_ids")[0] or []

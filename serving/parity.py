@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from pipelines import training_set
 from pipelines.feast_store import REPO, materialize, open_store, parse_time
-from pipelines.target_similarity import similarity_batch
+from pipelines.features.similarity import similarity_batch
 from serving.online import PRESENT, STALE, OnlineReader, embedding_view, online_similarities
 
 TOLERANCE = 1e-6

@@ -14,7 +14,7 @@ embeddings from another encoder. Per request it reads:
   after ``item_cache_max_age_s`` (for registries that are not a local file). TTL is judged on each
   request from the value's own timestamp, cached or not.
 
-It computes s_j with the one shared function (``pipelines.similarity``), builds the same tensors
+It computes s_j with the one shared function (``pipelines.features.similarity``), builds the same tensors
 the training loader builds, and runs DMF's decoupled path: ``encode_user`` once, then
 ``score_candidates`` for all C candidates in one batch. Other models run ``forward`` on the
 user's history broadcast to C rows.
@@ -44,10 +44,10 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from model.data import USER_STATS_COLUMNS, dense_block
-from model.train import load_checkpoint, model_vectors
+from model.checkpoint import load_checkpoint, model_vectors
 from pipelines.feast_store import EMBEDDING_VIEW
 from pipelines.feast_store import embedding_view as embedding_view_of
-from pipelines.similarity import target_similarity
+from pipelines.features.similarity import target_similarity
 from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows, decode, row_or_missing
 
 SEQUENCE_VIEW = "user_sequence"

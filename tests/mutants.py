@@ -95,6 +95,11 @@ MUTANTS = (
            "    latest = _latest_allowed(now)\n    sql = {",
            "    latest = _latest_allowed(now + dt.timedelta(days=3650))\n    sql = {",
            ("tests/pipelines/test_event_rules.py",)),
+    Mutant("serving imports a Spark job again",
+           "serving/parity.py",
+           "from pipelines.features.similarity import similarity_batch",
+           "from pipelines.target_similarity import similarity_batch",
+           ("tests/test_imports.py",)),
 )
 
 

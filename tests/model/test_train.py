@@ -8,7 +8,8 @@ import torch
 from model.data import LoaderConfig, TrainingSetDataset
 from model.metrics import gauc
 from model.models import ModelConfig
-from model.train import TrainConfig, load_checkpoint, prepare, resolve_config, train
+from model.checkpoint import load_checkpoint
+from model.train import TrainConfig, prepare, resolve_config, train
 from pipelines import feast_store, training_set
 from pipelines.training_set import SplitPoints
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipelines.item_index import MISSING, ItemEmbeddingIndex
+from pipelines.features.item_index import MISSING, ItemEmbeddingIndex
 
 
 def make_index():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.similarity import target_similarity
+from pipelines.features.similarity import target_similarity
 
 
 def test_cosine_of_known_vectors():

@@ -11,7 +11,8 @@ from pyspark.sql import Row
 
 from model.data import LoaderConfig, TrainingSetDataset
 from model.models import ModelConfig
-from model.train import TrainConfig, load_checkpoint, prepare, train
+from model.checkpoint import load_checkpoint
+from model.train import TrainConfig, prepare, train
 from pipelines import feast_store, training_set
 from serving.scorer import BadRequest, Scorer, ScorerConfig, StoreMismatch, check_store
 from tests.feast_tables import DIMS, copy_repo, write_tables

@@ -1,0 +1,39 @@
+"""Checkpoints as the scorer and the benchmarks read them: no trainer, no Spark.
+
+``load_checkpoint`` rebuilds the model from what ``model.train.save`` wrote (tensors and strings
+only, so ``torch.load(..., weights_only=True)`` refuses anything else); ``model_vectors`` names
+the embedding vectors a model family reads from its feature service.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from model.models import DataSpec, ModelConfig, build_model
+from model.vocab import IdVocab
+
+
+def model_vectors(name: str, manifest: dict) -> tuple[str, ...]:
+    if name == "din":
+        return ()
+    if name == "diffmsin":
+        return tuple(v for v in ("text_emb", "image_emb") if any(f.endswith(f":{v}") for f in manifest["features"]))
+    return ("mm_emb",)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, checkpoint metadata). Only tensors and strings: ``weights_only=True``."""
+    checkpoint = torch.load(Path(path), map_location=map_location, weights_only=True)
+    config = json.loads(checkpoint["config"])
+    model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()})
+    spec_raw = json.loads(checkpoint["data_spec"])
+    spec = DataSpec(spec_raw["n_items"], spec_raw["mm_dim"], tuple(tuple(x) for x in spec_raw["modal_dims"]))
+    model = build_model(spec, model_config)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    meta = {"config": config, "feature_service": checkpoint["feature_service"],
+            "encoder_identity": json.loads(checkpoint["encoder_identity"]), "vocab": IdVocab(checkpoint["vocab"].numpy()),
+            "features": json.loads(checkpoint["features"]) if "features" in checkpoint else None, "data_spec": spec}
+    return model, meta
