@@ -114,7 +114,7 @@ def score_main(argv: list[str]) -> int:
     import numpy as np
 
     from pipelines import feast_store
-    from serving.scorer import Scorer
+    from serving.scorer import Scorer, tune_for_serving
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
@@ -130,6 +130,7 @@ def score_main(argv: list[str]) -> int:
     item_ids = np.array([r[0] for r in con.execute(f"select distinct item_id from read_parquet('{root}/item_embeddings/*.parquet')").fetchall()])
     store = feast_store.open_store("redis", args.repo, root)
     scorer = Scorer.from_checkpoint(root / "models" / "dmf" / "checkpoint.pt", store)
+    blas_limit = tune_for_serving()  # as mmfs serve does once loaded  # noqa: F841 - kept alive for the run
     at = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
     rng = np.random.default_rng(0)
     latencies, errors = [], 0

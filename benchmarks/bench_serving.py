@@ -111,10 +111,11 @@ def feast_request(store, scorer, user: int, items: list[int], at: dt.datetime):
 
 
 def bench_in_process(store, checkpoint: Path, user: int, items: list[int], at: dt.datetime, base: int, with_feast: bool) -> list[dict]:
-    from serving.scorer import Scorer, ScorerConfig
+    from serving.scorer import Scorer, ScorerConfig, tune_for_serving
 
     warm = Scorer.from_checkpoint(checkpoint, store)
     cold = Scorer.from_checkpoint(checkpoint, store, ScorerConfig(item_cache_size=0))
+    blas_limit = tune_for_serving()  # as mmfs serve does once loaded  # noqa: F841 - kept alive for the run
     rows = []
     for C in SIZES:
         cands = items[:C]

@@ -64,6 +64,7 @@ class ServeSettings:
     max_candidates: int = 2000
     item_cache_size: int = 500_000
     torch_threads: int = 0
+    tune_process: bool = True  # tune_for_serving once loaded (mmfs serve owns its process); False when embedded
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies are refused (413) before they are parsed
     max_queue: int = 32  # requests waiting for the scoring worker beyond this are shed (503, Retry-After)
     probe_interval_s: float = 2.0  # how often readiness re-checks the online store
@@ -182,13 +183,15 @@ class State:
     def load(self) -> None:
         from pipelines.feast_store import REPO, open_store
         from serving.feedback import FeedbackWriter
-        from serving.scorer import Scorer, ScorerConfig
+        from serving.scorer import ProcessTuning, Scorer, ScorerConfig, tune_for_serving
 
         try:
             s = self.settings
             store = open_store(s.config, s.repo or REPO, s.root)
-            scorer = Scorer.from_checkpoint(s.checkpoint, store, ScorerConfig(
-                max_candidates=s.max_candidates, item_cache_size=s.item_cache_size, torch_threads=s.torch_threads))
+            scorer = Scorer.from_checkpoint(s.checkpoint, store, ScorerConfig(max_candidates=s.max_candidates,
+                                                                              item_cache_size=s.item_cache_size))
+            if s.tune_process:
+                self.blas_limit = tune_for_serving(ProcessTuning(torch_threads=s.torch_threads))
             views = {p.name for p in store.get_feature_service(scorer.feature_service).feature_view_projections}
             self.feedback = FeedbackWriter(store, s.root, scorer.reader if "item_stats" in views else None)
             self.scorer = scorer

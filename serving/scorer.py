@@ -69,10 +69,34 @@ class ScorerConfig:
     max_candidates: int = 2000
     item_cache_size: int = 500_000  # (view, item) entries; 0 disables the cache
     item_cache_max_age_s: float = 300.0
-    torch_threads: int = 0  # 0: torch's default
-    blas_threads: int = 1  # numpy's BLAS pool, process-wide (see Scorer.__init__)
-    freeze_gc: bool = True  # gc.freeze() once loaded: long-lived objects leave the collector's scans
     future_slack: dt.timedelta | None = dt.timedelta(days=1)  # an `at` later than now + this is refused; None: no bound (replays)
+
+
+@dataclass(frozen=True)
+class ProcessTuning:
+    """What a serving process sets for itself, once, after loading (``tune_for_serving``). These are
+    process-wide, so a ``Scorer`` never sets them: an embedding application or a test keeps its own."""
+    torch_threads: int = 0  # 0: torch's default
+    blas_threads: int = 1  # numpy's BLAS pool
+    freeze_gc: bool = True  # gc.freeze(): the long-lived objects loaded so far leave the collector's scans
+
+
+def tune_for_serving(tuning: ProcessTuning = ProcessTuning()):
+    """Tune the whole process for low-latency scoring; returns the BLAS limit (keep it alive).
+
+    - numpy's BLAS threads (the similarity's matrix product) spin after each call and starve
+      torch's intra-op threads: on 2 cores that turned p99 at C=500 from 16 ms into 120 ms.
+      Requests are small; one BLAS thread is enough.
+    - Feast, torch and pyspark leave ~10^6 long-lived objects; a full collection walking them took
+      170 ms in the middle of a C=1200 request. Freezing them keeps them out of the collector's scans.
+    """
+    if tuning.torch_threads:
+        torch.set_num_threads(tuning.torch_threads)
+    limit = threadpool_limits(limits=tuning.blas_threads, user_api="blas")
+    if tuning.freeze_gc:
+        gc.collect()
+        gc.freeze()
+    return limit
 
 
 @dataclass
@@ -228,17 +252,6 @@ class Scorer:
         self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
         self._online_from: tuple[int, dt.datetime | None] | None = None  # (cache invalidations, first materialised time)
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
-        # numpy's BLAS threads (the similarity's matrix product) spin after each call and starve
-        # torch's intra-op threads: on 2 cores that turned p99 at C=500 from 16 ms into 120 ms.
-        # Requests are small; one BLAS thread is enough.
-        self._blas_limit = threadpool_limits(limits=config.blas_threads, user_api="blas")
-        if config.freeze_gc:
-            # Feast, torch and pyspark leave ~10^6 long-lived objects; a full collection walking them
-            # took 170 ms in the middle of a C=1200 request. Freeze them out of the collector's scans.
-            gc.collect()
-            gc.freeze()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, store, config: ScorerConfig = ScorerConfig()) -> "Scorer":

@@ -36,7 +36,8 @@ def own_store(served, tmp_path):  # noqa: F811
 
 
 def settings_for(served, repo, **kw):  # noqa: F811
-    return ServeSettings(checkpoint=str(served["checkpoint"]), root=str(served["root"]), repo=str(repo), probe_interval_s=0.2, **kw)
+    return ServeSettings(checkpoint=str(served["checkpoint"]), root=str(served["root"]), repo=str(repo), probe_interval_s=0.2,
+                         tune_process=False, **kw)
 
 
 def test_bad_requests_are_4xx_and_never_make_the_server_unready(served, own_store):  # noqa: F811

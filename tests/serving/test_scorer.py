@@ -159,6 +159,30 @@ def test_item_cache_is_cleared_by_materialisation(served):
     assert scorer.cache.invalidations == invalidations + 1
 
 
+def test_a_scorer_leaves_the_process_alone_and_the_server_tunes_it(served):
+    """Scorer() sets nothing process-wide (an embedding app keeps its GC and thread pools);
+    tune_for_serving, which mmfs serve calls once loaded, freezes the GC and bounds BLAS."""
+    import gc
+
+    from threadpoolctl import threadpool_info
+
+    from serving.scorer import ProcessTuning, tune_for_serving
+
+    def blas():
+        return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    gc.unfreeze()
+    threads, pools = torch.get_num_threads(), blas()
+    Scorer.from_checkpoint(served["checkpoint"], served["store"])
+    assert gc.get_freeze_count() == 0 and torch.get_num_threads() == threads and blas() == pools
+    limit = tune_for_serving(ProcessTuning(blas_threads=1))
+    try:
+        assert gc.get_freeze_count() > 0 and set(blas()) <= {1}
+    finally:
+        limit.restore_original_limits()
+        gc.unfreeze()
+
+
 def test_store_checks_refuse_another_service_or_encoder(served):
     _, meta = load_checkpoint(served["checkpoint"])
     check_store(served["store"], meta)
@@ -178,7 +202,8 @@ def test_http_app(served):
     at = (START + dt.timedelta(days=31)).isoformat()
     # The online store as this test needs it, whatever ran before (the test also runs alone).
     served["store"].materialize(start_date=START - dt.timedelta(days=60), end_date=START + dt.timedelta(days=31))
-    settings = ServeSettings(checkpoint=str(served["checkpoint"]), root=str(served["root"]), repo=str(served["repo"]), max_candidates=5)
+    settings = ServeSettings(checkpoint=str(served["checkpoint"]), root=str(served["root"]), repo=str(served["repo"]), max_candidates=5,
+                             tune_process=False)
     with TestClient(create_app(settings, load_in_background=False)) as client:
         assert client.get("/health").json() == {"status": "ok"}
         assert client.get("/ready").status_code == 200
