@@ -149,6 +149,7 @@ class State:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfs-score")
         self.waiting = 0  # requests queued for or running on the worker (touched on the loop only)
         self.metrics = Metrics()
+        self.injected = None  # a Scorer given to create_app
 
     @property
     def ready(self) -> bool:
@@ -187,9 +188,12 @@ class State:
 
         try:
             s = self.settings
-            store = open_store(s.config, s.repo or REPO, s.root)
-            scorer = Scorer.from_checkpoint(s.checkpoint, store, ScorerConfig(max_candidates=s.max_candidates,
-                                                                              item_cache_size=s.item_cache_size))
+            if self.injected is not None:  # the caller built them: nothing is opened here
+                scorer, store = self.injected, self.injected.reader.store
+            else:
+                store = open_store(s.config, s.repo or REPO, s.root)
+                scorer = Scorer.from_checkpoint(s.checkpoint, store, ScorerConfig(max_candidates=s.max_candidates,
+                                                                                  item_cache_size=s.item_cache_size))
             if s.tune_process:
                 self.blas_limit = tune_for_serving(ProcessTuning(torch_threads=s.torch_threads))
             views = {p.name for p in store.get_feature_service(scorer.feature_service).feature_view_projections}
@@ -244,8 +248,12 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: ServeSettings, load_in_background: bool = True) -> FastAPI:
+def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=None) -> FastAPI:
+    """The HTTP app over ``settings``. By default it opens the store and loads the checkpoint itself
+    (``mmfs serve``); given a ``serving.scorer.Scorer``, it serves that one and opens nothing
+    (``settings.checkpoint``, ``config`` and ``repo`` are then unused; ``root`` still takes feedback)."""
     state = State(settings)
+    state.injected = scorer
 
     async def probe_forever():
         while True:

@@ -161,3 +161,19 @@ def _status(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_an_injected_scorer_is_served_and_nothing_is_opened(served, monkeypatch):  # noqa: F811
+    """create_app(settings, scorer=...) serves the caller's Scorer: the app opens no store and
+    loads no checkpoint of its own (the settings name a checkpoint that does not exist)."""
+    from pipelines import feast_store as fs
+    from serving.scorer import Scorer
+
+    scorer = Scorer.from_checkpoint(served["checkpoint"], served["store"])
+    monkeypatch.setattr(fs, "open_store", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the app opened a store")))
+    settings = ServeSettings(checkpoint="/nonexistent.pt", root=str(served["root"]), tune_process=False)
+    with TestClient(create_app(settings, load_in_background=False, scorer=scorer)) as client:
+        assert client.get("/ready").status_code == 200, client.get("/ready").text
+        response = client.post("/score", json={"user_id": 1, "item_ids": [1, 2], "at": AT})
+        assert response.status_code == 200 and len(response.json()["items"]) == 2
+        assert client.app.state.mmfs.scorer is scorer
