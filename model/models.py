@@ -183,45 +183,52 @@ class DMF(nn.Module):
 
     def score_candidates(self, user: UserState, candidates: dict) -> torch.Tensor:
         """Logits (C,) for C candidates against U = 1 or U = C user states."""
-        C = candidates["item_idx"].shape[0]
         target = self.items(candidates["item_idx"])  # (C, D)
         target_mm = self.mm(candidates["mm_emb"])  # (C, D)
         sims = candidates["hist_sim"]  # (C, L)
         known = candidates["hist_sim_mask"] & user.mask  # (C, L)
-        mask = user.mask.expand(C, -1)  # (C, L)
         interests = []
         if self.config.enriched_branch:
-            bucket = torch.where(known, similarity_buckets(sims, self.config.buckets), self.config.buckets)  # (C, L)
-            if self.config.early_fusion:
-                fused = torch.cat([user.keys.expand(C, -1, -1), (sims * known).unsqueeze(-1)], dim=-1)  # (C, L, D+1)
-                keys, values = self.k(fused), self.v(fused)  # (C, L, D): L projections per candidate
-            else:
-                keys, values = user.keys, user.values  # (U, L, D), broadcast over C
-            # k_j = K_j + E_K[b_j], v_j = V_j + E_V[b_j], without materialising (C, L, D):
-            # q.k_j = q.K_j + (q E_K^T)[b_j];  sum_j w_j v_j = w V + (sum_j w_j onehot(b_j)) E_V.
-            q = self.q(target)  # (C, D)
-            shared = keys.shape[0] == 1 and C > 1  # one user's K, V for all C candidates
-            qk = q @ keys[0].T if shared else torch.einsum("cd,cld->cl", q, keys)  # (C, L)
-            qe = (q @ self.bucket_k.weight.T).gather(1, bucket)  # (C, L)
-            weights = masked_softmax((qk + qe) / math.sqrt(q.shape[-1]), mask)  # (C, L)
-            wv = weights @ values[0] if shared else torch.einsum("cl,cld->cd", weights, values)  # (C, D)
-            per_bucket = torch.zeros(C, self.config.buckets + 1, dtype=weights.dtype, device=weights.device)
-            we = per_bucket.scatter_add_(1, bucket, weights) @ self.bucket_v.weight  # (C, D)
-            interests.append(self.enriched_mlp(wv + we))  # (C, D)
+            interests.append(self.enriched_interest(user, target, sims, known))  # (C, D)
         if self.config.centric_branch:
-            parts = [similarity_tiers(sims, known, self.config.tiers)]  # (C, N)
-            if self.centric_attention is not None:
-                k, v = user.centric_kv  # (U, H, L, d): projected once per user
-                parts.append(self.centric_attention.attend(target_mm, k, v, user.hist_mm_found.expand(C, -1)))  # (C, D)
-            interests.append(self.centric_mlp(torch.cat(parts, dim=-1)))  # (C, D)
+            interests.append(self.centric_interest(user, target_mm, sims, known))  # (C, D)
         alpha = self.alpha.to(target.dtype)
-        if len(interests) == 2:
-            interest = alpha * interests[0] + (1 - alpha) * interests[1]
-        else:
-            interest = interests[0]
+        interest = alpha * interests[0] + (1 - alpha) * interests[1] if len(interests) == 2 else interests[0]  # (C, D)
         parts = [target, target_mm, interest] + ([target * interest] if self.config.target_interest_product else [])
         x = torch.cat(parts + [dense_features(candidates, self.config.user_stats)], dim=-1)  # (C, 4D + 10)
         return self.dnn(x).squeeze(-1)
+
+    def enriched_interest(self, user: UserState, target: torch.Tensor, sims: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """The modality-enriched branch (decoupled target attention): (C, D)."""
+        C = target.shape[0]
+        mask = user.mask.expand(C, -1)  # (C, L)
+        bucket = torch.where(known, similarity_buckets(sims, self.config.buckets), self.config.buckets)  # (C, L)
+        if self.config.early_fusion:
+            fused = torch.cat([user.keys.expand(C, -1, -1), (sims * known).unsqueeze(-1)], dim=-1)  # (C, L, D+1)
+            keys, values = self.k(fused), self.v(fused)  # (C, L, D): L projections per candidate
+        else:
+            keys, values = user.keys, user.values  # (U, L, D), broadcast over C
+        # k_j = K_j + E_K[b_j], v_j = V_j + E_V[b_j], without materialising (C, L, D):
+        # q.k_j = q.K_j + (q E_K^T)[b_j];  sum_j w_j v_j = w V + (sum_j w_j onehot(b_j)) E_V.
+        q = self.q(target)  # (C, D)
+        shared = keys.shape[0] == 1 and C > 1  # one user's K, V for all C candidates
+        qk = q @ keys[0].T if shared else torch.einsum("cd,cld->cl", q, keys)  # (C, L)
+        qe = (q @ self.bucket_k.weight.T).gather(1, bucket)  # (C, L)
+        weights = masked_softmax((qk + qe) / math.sqrt(q.shape[-1]), mask)  # (C, L)
+        wv = weights @ values[0] if shared else torch.einsum("cl,cld->cd", weights, values)  # (C, D)
+        per_bucket = torch.zeros(C, self.config.buckets + 1, dtype=weights.dtype, device=weights.device)
+        we = per_bucket.scatter_add_(1, bucket, weights) @ self.bucket_v.weight  # (C, D)
+        return self.enriched_mlp(wv + we)  # (C, D)
+
+    def centric_interest(self, user: UserState, target_mm: torch.Tensor, sims: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """The modality-centric branch: the similarity-tier histogram, plus optionally target
+        attention over the projected history content: (C, D)."""
+        C = target_mm.shape[0]
+        parts = [similarity_tiers(sims, known, self.config.tiers)]  # (C, N)
+        if self.centric_attention is not None:
+            k, v = user.centric_kv  # (U, H, L, d): projected once per user
+            parts.append(self.centric_attention.attend(target_mm, k, v, user.hist_mm_found.expand(C, -1)))  # (C, D)
+        return self.centric_mlp(torch.cat(parts, dim=-1))  # (C, D)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.score_candidates(self.encode_user(batch), batch)

@@ -32,8 +32,8 @@ class Mutant:
 MUTANTS = (
     Mutant("DMF serving path drops the bucket-key term (one user's K/V shared by C candidates)",
            "model/models.py",
-           "            weights = masked_softmax((qk + qe) / math.sqrt(q.shape[-1]), mask)  # (C, L)",
-           "            weights = masked_softmax(((qk + qe) if not shared else qk) / math.sqrt(q.shape[-1]), mask)  # (C, L)",
+           "        weights = masked_softmax((qk + qe) / math.sqrt(q.shape[-1]), mask)  # (C, L)",
+           "        weights = masked_softmax(((qk + qe) if not shared else qk) / math.sqrt(q.shape[-1]), mask)  # (C, L)",
            ("tests/model/test_models.py::test_dmf_decoupled_scoring_equals_forward",)),
     Mutant("scorer uses a stale sequence while flagging it stale",
            "serving/scorer.py",
