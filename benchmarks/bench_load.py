@@ -83,14 +83,6 @@ def client_main(argv: list[str]) -> int:
     return 0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pick_request(root: Path, at: dt.datetime, C: int) -> dict:
     """A user with a history at ``at`` and C items that have events (as bench_serving picks them)."""
     import duckdb
@@ -138,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     import psutil
 
-    from benchmarks.resources import machine_description
+    from benchmarks.resources import machine_description, serving_process
     from pipelines.feast_store import parse_time
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,23 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(checkpoint).is_file():
         raise SystemExit(f"no checkpoint {checkpoint}: run make demo first (or pass --checkpoint)")
     body = pick_request(root, args.at, args.candidates)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", checkpoint, "--root", str(root),
-                               "--port", str(port), "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
     rss: list[tuple[float, float]] = []
     stop = threading.Event()
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mmfs serve did not become ready: {server.stdout.read().decode()[-2000:]}")
-            time.sleep(0.5)
+    with serving_process(checkpoint, root) as (server, base):
         httpx.post(f"{base}/score", json=body, timeout=30).raise_for_status()  # warm
         proc = psutil.Process(server.pid)
         began = time.time()
@@ -183,24 +161,19 @@ def main(argv: list[str] | None = None) -> int:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        rows = []
-        for concurrency in args.concurrency:
-            print(f"load: concurrency {concurrency} for {args.duration:.0f} s ...", flush=True)
-            done = subprocess.run([sys.executable, "-m", "benchmarks.bench_load", "--client", "--base", base, "--body", json.dumps(body),
-                                   "--concurrency", str(concurrency), "--duration", str(args.duration)],
-                                  capture_output=True, text=True, cwd=ROOT, check=True)
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
-        stop.set()
-        sampler.join()
-        write_report(rows, rss, machine_description(), args, Path(args.report))
-    finally:
-        stop.set()
-        server.terminate()
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            rows = []
+            for concurrency in args.concurrency:
+                print(f"load: concurrency {concurrency} for {args.duration:.0f} s ...", flush=True)
+                done = subprocess.run([sys.executable, "-m", "benchmarks.bench_load", "--client", "--base", base, "--body",
+                                       json.dumps(body), "--concurrency", str(concurrency), "--duration", str(args.duration)],
+                                      capture_output=True, text=True, cwd=ROOT, check=True)
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            stop.set()
+            sampler.join()
+    write_report(rows, rss, machine_description(), args, Path(args.report))
     return 0
 
 

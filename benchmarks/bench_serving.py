@@ -218,32 +218,17 @@ def load_client(argv: list[str]) -> int:
 
 
 def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[int], at: dt.datetime, requests: int) -> list[dict]:
-    import httpx
     import psutil
 
-    from tests.redis_server import free_port
+    from benchmarks.resources import serving_process
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", str(checkpoint), "--root", str(root),
-                               "--repo", str(repo), "--port", str(port), "--log-level", "warning"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
     rows = []
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mmfs serve did not become ready: {server.stdout.read().decode()[-2000:]}")
-            time.sleep(0.5)
+    with serving_process(checkpoint, root, repo, ready_timeout_s=120) as (server, base):
         proc = psutil.Process(server.pid)
         for C, concurrency in ((100, 1), (100, 4), (1200, 4)):
             body = {"user_id": user, "item_ids": items[:C], "at": at.isoformat()}
             rss_before = proc.memory_info().rss
-            client = subprocess.run([sys.executable, "-m", "benchmarks.bench_serving", "--load-client", "--url", f"http://127.0.0.1:{port}/score",
+            client = subprocess.run([sys.executable, "-m", "benchmarks.bench_serving", "--load-client", "--url", f"{base}/score",
                                      "--body", json.dumps(body), "--concurrency", str(concurrency),
                                      "--requests", str(requests if C <= 100 else requests // 4), "--duration", "60"],
                                     capture_output=True, text=True, cwd=ROOT, check=True)
@@ -254,9 +239,6 @@ def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[
         server.terminate()
         rc = server.wait(timeout=30)
         rows[-1]["shutdown_rc"] = rc
-    finally:
-        if server.poll() is None:
-            server.kill()
     return rows
 
 
