@@ -290,12 +290,12 @@ class FeedbackWriter:
         """Make a committed batch visible: the online rows (absolute values, so a replay writes the
         same), then each table's file published by a rename. Safe to run again after any failure."""
         batch = self.root / LOG / batch_id
+        # Files still staged. Publishing starts only after every online write, so a table already
+        # published by an interrupted run had its online rows written before: nothing to replay.
         final = {p.stem: self.root / p.stem / f"{batch_id}.parquet" for p in batch.glob("*.parquet")}
 
         def read(table: str) -> pa.Table | None:
-            staged = batch / f"{table}.parquet"
-            path = staged if staged.exists() else final.get(table)
-            return pq.read_table(path) if path is not None and path.exists() else None
+            return pq.read_table(batch / f"{table}.parquet") if table in final else None
 
         snapshots = read("user_sequence_snapshots")
         if snapshots is not None and snapshots.num_rows:
@@ -313,10 +313,8 @@ class FeedbackWriter:
                 key: newest[key], "event_timestamp": newest["event_timestamp"], names[0]: newest[names[0]], names[1]: newest[names[1]],
                 names[2]: newest[names[2]].astype(np.float32)}))
         for table, target in final.items():
-            staged = batch / f"{table}.parquet"
-            if staged.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(batch / f"{table}.parquet", target)
         shutil.rmtree(batch)
         return {table: str(path) for table, path in final.items()}
 
