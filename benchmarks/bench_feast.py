@@ -27,8 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.resources import machine_description, measured, write_section
-from pipelines import encode_items, feast_store, ingest, item_stats, synth, target_similarity, training_set, user_sequences
-from pipelines.spark_session import build_spark
+from pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences
+from pipelines.store import feast_store, training_set
+from pipelines import synth
+from pipelines.spark.session import build_spark
 from serving.online import OnlineReader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +132,7 @@ def latency(fn, repeats: int) -> tuple[float, float]:
 
 
 def bench_online(work: Path, root: Path, repeats: int) -> tuple[list[dict], list[dict]]:
-    from tests.redis_server import redis_server
+    from tests.support.redis_server import redis_server
 
     end = dt.datetime.now(dt.timezone.utc)
     mat_rows, read_rows = [], []

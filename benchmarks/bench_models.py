@@ -72,7 +72,8 @@ def log(message: str) -> None:
 # -- data ------------------------------------------------------------------------------------------
 
 def ensure_synthetic(work: Path, name: str, users: int, items: int, events: int, images: int) -> Path:
-    from pipelines import run_pipeline, synth
+    from pipelines.jobs import run_pipeline
+    from pipelines import synth
 
     raw, root = work / f"{name}_raw", work / name
     if not (root / "target_similarity").exists() or not (root / "user_stats").exists():
@@ -82,7 +83,7 @@ def ensure_synthetic(work: Path, name: str, users: int, items: int, events: int,
 
 
 def ensure_tables(root: Path, source_args: list[str]) -> None:
-    from pipelines import run_pipeline
+    from pipelines.jobs import run_pipeline
 
     if not all((root / t).exists() for t in ("target_similarity", "item_stats", "user_stats")):
         run_pipeline.main(source_args + ["--out", str(root)])
@@ -90,7 +91,7 @@ def ensure_tables(root: Path, source_args: list[str]) -> None:
 
 def build_sets(work: Path, root: Path, name: str) -> dict[str, Path]:
     """Every service's training set over ``root``, through a copy of the feature repo."""
-    from pipelines import feast_store, training_set
+    from pipelines.store import feast_store, training_set
 
     repo = work / f"repo_{name}" / "feature_repo"
     shutil.rmtree(repo.parent, ignore_errors=True)

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from benchmarks.resources import machine_description, measured
-from pipelines import encode_items, ingest, synth, target_similarity, user_sequences
+from pipelines.jobs import encode_items, ingest, target_similarity, user_sequences
+from pipelines import synth
 from pipelines.encoders import EncoderConfig, decode_image, load_image_encoder, load_text_encoder
-from pipelines.spark_session import build_spark
+from pipelines.spark.session import build_spark
 
 ROOT = Path(__file__).resolve().parents[1]
 FEAST_SECTION = "## Feast: training sets, materialisation, online reads"

@@ -113,7 +113,7 @@ def score_main(argv: list[str]) -> int:
     """Score 100 candidates for 200 users through the Redis online store; write latency figures."""
     import numpy as np
 
-    from pipelines import feast_store
+    from pipelines.store import feast_store
     from serving.scorer import Scorer, tune_for_serving
 
     parser = argparse.ArgumentParser()
@@ -152,7 +152,7 @@ def score_main(argv: list[str]) -> int:
 def materialize_detail_main(argv: list[str]) -> int:
     """Feast's materialisation and ours on one table root, each into a fresh Redis, with the memory
     of the largest single Python process and of the JVM apart from the tree's total."""
-    from tests.redis_server import redis_server
+    from tests.support.redis_server import redis_server
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
@@ -185,7 +185,7 @@ def materialize_detail_main(argv: list[str]) -> int:
 
 
 def run_size(events: int, images: int, train_steps: int, results: Path, resume: bool) -> None:
-    from tests.redis_server import redis_server
+    from tests.support.redis_server import redis_server
 
     work = WORK / f"e{events}"
     done = set()

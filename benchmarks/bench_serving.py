@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from benchmarks.resources import machine_description, write_section
-from pipelines import feast_store
-from pipelines.feast_store import parse_time
+from pipelines.store import feast_store
+from pipelines.store.feast_store import parse_time
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Online scoring (serving/)"
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_http:
         results["http"] = bench_http(checkpoint, root, repo, user, items, args.at, args.http_requests)
     if not args.skip_redis:
-        from tests.redis_server import redis_server
+        from tests.support.redis_server import redis_server
 
         with redis_server(work) as port:
             redis_repo = prepare_store(work, root, "redis", port)

@@ -102,7 +102,7 @@ def serving_process(checkpoint, root, repo=None, ready_timeout_s: float = 180):
     URL) once ``/ready`` answers 200; terminated on the way out if it still runs."""
     import httpx
 
-    from tests.redis_server import free_port
+    from tests.support.redis_server import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", str(checkpoint), "--root", str(root),

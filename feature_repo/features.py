@@ -92,7 +92,7 @@ def item_embeddings_view(name: str, source, mm_dim: int, text_dim: int, image_di
         ],
         source=source,
         online=True,
-        tags={"team": "ranking", "producer": "pipelines/encode_items.py", "encoder_id": encoder_id},
+        tags={"team": "ranking", "producer": "pipelines/jobs/encode_items.py", "encoder_id": encoder_id},
     )
 
 
@@ -108,7 +108,7 @@ def target_similarity_view(name: str, source, encoder_id: str) -> FeatureView:
         ],
         source=source,
         online=False,  # online, the scorer computes these at request time with the same function
-        tags={"team": "ranking", "producer": "pipelines/target_similarity.py", "encoder_id": encoder_id},
+        tags={"team": "ranking", "producer": "pipelines/jobs/target_similarity.py", "encoder_id": encoder_id},
     )
 
 
@@ -127,7 +127,7 @@ item_stats_fv = FeatureView(
     ],
     source=item_stats_source,
     online=True,
-    tags={"team": "ranking", "producer": "pipelines/item_stats.py"},
+    tags={"team": "ranking", "producer": "pipelines/jobs/item_stats.py"},
 )
 
 user_stats_fv = FeatureView(
@@ -141,7 +141,7 @@ user_stats_fv = FeatureView(
     ],
     source=user_stats_source,
     online=True,
-    tags={"team": "ranking", "producer": "pipelines/user_stats.py"},
+    tags={"team": "ranking", "producer": "pipelines/jobs/user_stats.py"},
 )
 
 user_sequence_fv = FeatureView(
@@ -155,7 +155,7 @@ user_sequence_fv = FeatureView(
     ],
     source=user_sequence_source,
     online=True,
-    tags={"team": "ranking", "producer": "pipelines/user_sequences.py"},
+    tags={"team": "ranking", "producer": "pipelines/jobs/user_sequences.py"},
 )
 
 target_similarity_fv = target_similarity_view("target_similarity", target_similarity_source, ENCODER_ID)

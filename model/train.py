@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {config.model.name} trains on {read_manifest(config.training_set)['feature_service']} "
               f"(its own service is {SERVICES[config.model.name]})", file=sys.stderr)
     if args.distributed:
-        from pipelines.spark_session import build_spark
+        from pipelines.spark.session import build_spark
 
         build_spark("mmfs-train")  # TorchDistributor runs under the active SparkSession
         metrics = run_distributed(config, args.distributed)

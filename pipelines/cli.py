@@ -24,18 +24,18 @@ import importlib
 import sys
 
 JOBS = {
-    "ingest": "pipelines.ingest",
-    "encode-items": "pipelines.encode_items",
-    "user-sequences": "pipelines.user_sequences",
-    "item-stats": "pipelines.item_stats",
-    "user-stats": "pipelines.user_stats",
-    "target-similarity": "pipelines.target_similarity",
-    "pipeline": "pipelines.run_pipeline",
+    "ingest": "pipelines.jobs.ingest",
+    "encode-items": "pipelines.jobs.encode_items",
+    "user-sequences": "pipelines.jobs.user_sequences",
+    "item-stats": "pipelines.jobs.item_stats",
+    "user-stats": "pipelines.jobs.user_stats",
+    "target-similarity": "pipelines.jobs.target_similarity",
+    "pipeline": "pipelines.jobs.run_pipeline",
     "synth": "pipelines.synth",
-    "apply": "pipelines.feast_store:main_apply",
-    "materialize": "pipelines.feast_store:main_materialize",
-    "ui": "pipelines.feast_store:main_ui",
-    "training-set": "pipelines.training_set",
+    "apply": "pipelines.store.feast_store:main_apply",
+    "materialize": "pipelines.store.feast_store:main_materialize",
+    "ui": "pipelines.store.feast_store:main_ui",
+    "training-set": "pipelines.store.training_set",
     "parity": "serving.parity",
     "online-read": "serving.online",
     "serve": "serving.app:main",
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module, _, function = JOBS[argv[0]].partition(":")
     job = importlib.import_module(module)
-    from pipelines.feast_store import SchemaDriftError, StoreRootMismatch
-    from pipelines.table_io import TableReadError
+    from pipelines.store.feast_store import SchemaDriftError, StoreRootMismatch
+    from pipelines.spark.table_io import TableReadError
 
     try:
         return int(getattr(job, function or "main")(argv[1:]) or 0)

@@ -182,7 +182,7 @@ class State:
         self.store_error = None
 
     def load(self) -> None:
-        from pipelines.feast_store import REPO, open_store
+        from pipelines.store.feast_store import REPO, open_store
         from serving.feedback import FeedbackWriter
         from serving.scorer import ProcessTuning, Scorer, ScorerConfig, tune_for_serving
 

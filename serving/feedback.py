@@ -19,55 +19,43 @@ applying them here would rewrite history the online store no longer holds.
 
 The pipeline's contract holds for what feedback writes:
 
-- every event is checked with ingest's own rules (``pipelines.event_rules``): a bad one refuses the
+- every event is checked with ingest's own rules (``pipelines.features.event_rules``): a bad one refuses the
   whole request with ``InvalidEvents``, naming each event, field and rule (the app answers 422);
 - an event's key is (user_id, item_id, event_timestamp), as in ingest: a key already recorded, or
   repeated in the request, is a retry and a no-op (counted as ``duplicates``); the same key with
   the other label is a conflict (``FeedbackError``, 409);
-- durable before visible: every row a request produces is first written to
-  ``<root>/_feedback_log/<batch>/`` and committed by one directory rename; only then are the
-  online store written and the files published into the tables (each by a rename). A failure
-  before the commit leaves nothing anywhere; one after it is finished by the next request (or the
-  next start), before anything else, and the online writes it replays are absolute values, so a
-  retry never counts a click twice.
+- durable before visible (``serving.feedback_log``): every row a request produces is committed to
+  ``<root>/_feedback_log/<batch>/`` before the online store and the tables see it; a failure after
+  the commit is finished by the next request (or the next start), before anything else.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
-import shutil
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.event_rules import event_violations
+from pipelines.contracts import tables as C
+from pipelines.contracts.names import ITEM_STATS_VIEW, USER_SEQUENCE_VIEW, USER_STATS_VIEW
+from pipelines.features.event_rules import event_violations
 from pipelines.features.item_index import ItemEmbeddingIndex
 from pipelines.features.similarity import similarity_batch
-from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT, smoothed_ctr
+from pipelines.features.snapshot import next_history, stamp_after
+from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT, running_stats_rows
+from serving import feedback_log
+from serving.feedback_log import LOG  # noqa: F401 - where committed batches wait
 from serving.online import MISSING, OnlineReader
 
-ONE_US = dt.timedelta(microseconds=1)
-TS = pa.timestamp("us", tz="UTC")
-EVENTS = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("event_timestamp", TS), ("label", pa.int32())])
-SNAPSHOTS = pa.schema([("user_id", pa.int64()), ("event_timestamp", TS), ("hist_item_ids", pa.list_(pa.int64())),
-                       ("hist_timestamps", pa.list_(TS)), ("hist_ts_us", pa.list_(pa.int64())), ("hist_len", pa.int32())])
-STATS = pa.schema([("item_id", pa.int64()), ("event_timestamp", TS), ("impressions", pa.int64()), ("clicks", pa.int64()),
-                   ("ctr", pa.float32())])
-USER_STATS = pa.schema([("user_id", pa.int64()), ("event_timestamp", TS), ("user_impressions", pa.int64()),
-                        ("user_clicks", pa.int64()), ("user_ctr", pa.float32())])
-# (view, entity key, stats columns, offline schema): the running-stats rule applied per entity
-STATS_VIEWS = (("item_stats", "item_id", ("impressions", "clicks", "ctr"), STATS),
-               ("user_stats", "user_id", ("user_impressions", "user_clicks", "user_ctr"), USER_STATS))
-
-
-LOG = "_feedback_log"  # under the table root: committed batches not yet fully applied
+# (view, entity key, stats columns, offline table): the running-stats rule applied per entity
+STATS_VIEWS = ((ITEM_STATS_VIEW, "item_id", ("impressions", "clicks", "ctr"), C.ITEM_STATS),
+               (USER_STATS_VIEW, "user_id", ("user_impressions", "user_clicks", "user_ctr"), C.USER_STATS))
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class FeedbackError(ValueError):
@@ -92,18 +80,18 @@ class Event:
 
 
 def _us(ts: dt.datetime) -> int:
-    return int((ts - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) / ONE_US)
+    return int((ts - EPOCH) / dt.timedelta(microseconds=1))
 
 
 def _from_us(us: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(us))
+    return EPOCH + dt.timedelta(microseconds=int(us))
 
 
 class FeedbackWriter:
     def __init__(self, store, table_root: str | Path, reader: OnlineReader | None = None):
         self.store = store
         self.root = Path(table_root)
-        self.reader = reader or OnlineReader(store, _service_with(store, "user_sequence"))
+        self.reader = reader or OnlineReader(store, _service_with(store, USER_SEQUENCE_VIEW))
         meta = self.root / "user_sequence_snapshots" / "_mmfs_meta.json"
         self.max_len = int(json.loads(meta.read_text()).get("max_len", 50)) if meta.is_file() else 50
         self.priors = {}  # view -> (prior_ctr, prior_weight) its table was written with
@@ -115,6 +103,11 @@ class FeedbackWriter:
         self._items: tuple | None = None  # (table, stamp, known item ids)
         self.recover()
         self._keys = self._recorded_keys()  # (user, item, event µs) -> label, for every event feedback recorded
+
+    @property
+    def _stats_views(self) -> list[tuple[str, str, tuple[str, str, str]]]:
+        """The stats views this store serves: (view, key, columns)."""
+        return [(view, key, names) for view, key, names, _ in STATS_VIEWS if view in self.reader.views]
 
     def _embedding_index(self) -> tuple[ItemEmbeddingIndex | None, str]:
         """The offline embedding table's mm_emb versions, reloaded when the table is rewritten."""
@@ -145,78 +138,85 @@ class FeedbackWriter:
         users = sorted({e.user_id for e in events})
         items = sorted({e.item_id for e in events})
         now = events[-1].event_timestamp
-        seq = self.reader.read("user_sequence", users, now=now)
-        stats = {view: self.reader.read(view, users if key == "user_id" else items, now=now)
-                 for view, key, _, _ in STATS_VIEWS if view in self.reader.views}
-        checks = [(seq, users, "user")] + [(rows, users if rows.view == "user_stats" else items, "user" if rows.view == "user_stats" else "item")
-                                           for rows in stats.values()]
-        for rows, keys, what in checks:
+        seq = self.reader.read(USER_SEQUENCE_VIEW, users, now=now)
+        stats = {view: self.reader.read(view, users if key == "user_id" else items, now=now) for view, key, _ in self._stats_views}
+        self._refuse_late(events, [(seq, users, "user_id")] + [(stats[v], users if k == "user_id" else items, k)
+                                                             for v, k, _ in self._stats_views])
+        snapshots, sim_rows = self._sequence_rows(events, users, seq)
+        tables = {C.EVENTS.name: _table(C.EVENTS, [(e.user_id, e.item_id, e.event_timestamp, e.label) for e in events]),
+                  C.USER_SEQUENCE_SNAPSHOTS.name: _table(C.USER_SEQUENCE_SNAPSHOTS, [
+                      (u, t, [i for _, i in h], [_from_us(x) for x, _ in h], [x for x, _ in h], len(h)) for u, t, h in snapshots])}
+        for view, key, names, table in STATS_VIEWS:
+            if view in stats:
+                tables[view] = _table(table, self._stats_rows(events, stats[view], key, names))
+        similarities = self._similarities(sim_rows)
+        if similarities is not None:
+            tables[C.TARGET_SIMILARITY.name] = similarities
+        tables = {C.FEEDBACK_EVENTS.name: tables[C.EVENTS.name], **tables}
+        batch_id = f"feedback-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+        feedback_log.commit(self.root, batch_id, tables)
+        for e in events:
+            self._keys[_key(e)] = e.label
+        written = feedback_log.apply(self.root, batch_id, self.store, self._stats_views)
+        return {"events": len(events), "duplicates": duplicates, "users": len(users), "items": len(items),
+                "snapshots": len(snapshots), "files": written}
+
+    def recover(self) -> list[str]:
+        """Finish every committed batch a failure left behind (``feedback_log.recover``)."""
+        return feedback_log.recover(self.root, self.store, self._stats_views)
+
+    # -- the rows a batch writes ------------------------------------------------------------------
+
+    @staticmethod
+    def _refuse_late(events: list[Event], checks) -> None:
+        """Refuse events older than what is online for their user or item: applying them here would
+        rewrite history the online store no longer holds (late data goes through the batch pipeline)."""
+        for rows, keys, key in checks:
             first = {}
             for e in events:
-                first.setdefault(e.user_id if what == "user" else e.item_id, e.event_timestamp)
-            for key, status, stamp in zip(keys, rows.status, rows.event_timestamps):
-                if status != MISSING and stamp is not None and first[key] + ONE_US < stamp:
-                    raise FeedbackError(f"event for {what} {key} at {first[key].isoformat()} is older than its online "
+                first.setdefault(getattr(e, key), e.event_timestamp)
+            for k, status, stamp in zip(keys, rows.status, rows.event_timestamps):
+                if status != MISSING and stamp is not None and stamp_after(first[k]) < stamp:
+                    raise FeedbackError(f"event for {key.removesuffix('_id')} {k} at {first[k].isoformat()} is older than its online "
                                         f"{rows.view} (stamped {stamp.isoformat()}); late events go through the batch pipeline")
 
-        # Sequences: one snapshot per (user, positive time), from the online one.
-        history = {}
-        for n, user in enumerate(users):
-            ids = seq.values["hist_item_ids"][n] or []
-            ts = seq.values["hist_ts_us"][n] or []
-            history[user] = list(zip(ts, ids))
+    def _sequence_rows(self, events: list[Event], users: list[int], seq) -> tuple[list, list]:
+        """One snapshot per (user, positive time), from the online one (the snapshot rule), and each
+        event's history strictly before its time (the rows the similarity rule reads)."""
+        history = {user: list(zip(seq.values["hist_ts_us"][n] or [], seq.values["hist_item_ids"][n] or []))
+                   for n, user in enumerate(users)}
         snapshots, sim_rows = [], []
-        index, encoder_id = self._embedding_index()
         by_user_time = defaultdict(list)
         for e in events:
             by_user_time[(e.user_id, e.event_timestamp)].append(e)
         for (user, ts), group in sorted(by_user_time.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             before = history[user]
-            for e in group:  # each event's row sees the history strictly before its time
-                sim_rows.append((e, [i for _, i in before]))
+            sim_rows += [(e, [i for _, i in before]) for e in group]
             positives = [(_us(ts), e.item_id) for e in group if e.label == 1]
             if positives:
-                history[user] = sorted(before + positives)[-self.max_len:]
-                snapshots.append((user, ts + ONE_US, list(history[user])))
+                history[user] = next_history(before, positives, self.max_len)
+                snapshots.append((user, stamp_after(ts), list(history[user])))
+        return snapshots, sim_rows
 
-        # Item and user stats: cumulative per (key, time), from the online counts.
-        stat_rows = {view: self._running_stats(events, stats[view], key, names, *self.priors[view])
-                     for view, key, names, _ in STATS_VIEWS if view in stats}
+    def _stats_rows(self, events: list[Event], online, key: str, names: tuple[str, str, str]) -> list[tuple]:
+        """The running-stats rule, counting on from the online row of each key."""
+        keys = sorted({getattr(e, key) for e in events})  # the order the online rows were read in
+        counted = {k: (online.values[names[0]][n], online.values[names[1]][n]) if online.status[n] != MISSING else (0, 0)
+                   for n, k in enumerate(keys)}
+        return running_stats_rows([(getattr(e, key), e.event_timestamp, e.label) for e in events], counted,
+                                  *self.priors[ITEM_STATS_VIEW if key == "item_id" else USER_STATS_VIEW])
 
-        tables = {
-            "events": pa.table({"user_id": [e.user_id for e in events], "item_id": [e.item_id for e in events],
-                                "event_timestamp": [e.event_timestamp for e in events], "label": [e.label for e in events]}, schema=EVENTS),
-            "user_sequence_snapshots": pa.table({
-                "user_id": [u for u, _, _ in snapshots], "event_timestamp": [t for _, t, _ in snapshots],
-                "hist_item_ids": [[i for _, i in h] for _, _, h in snapshots],
-                "hist_timestamps": [[_from_us(t) for t, _ in h] for _, _, h in snapshots],
-                "hist_ts_us": [[t for t, _ in h] for _, _, h in snapshots],
-                "hist_len": [len(h) for _, _, h in snapshots]}, schema=SNAPSHOTS),
-        }
-        for view, key, names, schema in STATS_VIEWS:
-            if view in stat_rows:
-                rows_ = stat_rows[view]
-                tables[view] = pa.table({key: [r[0] for r in rows_], "event_timestamp": [r[1] for r in rows_],
-                                         names[0]: [r[2] for r in rows_], names[1]: [r[3] for r in rows_],
-                                         names[2]: [r[4] for r in rows_]}, schema=schema)
-        sim_input = pa.RecordBatch.from_pydict({
-            "user_id": [e.user_id for e, _ in sim_rows], "item_id": [e.item_id for e, _ in sim_rows],
-            "event_timestamp": [e.event_timestamp for e, _ in sim_rows], "label": [e.label for e, _ in sim_rows],
-            "hist_item_ids": [h for _, h in sim_rows], "hist_len": [len(h) for _, h in sim_rows]},
-            schema=pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("event_timestamp", TS), ("label", pa.int32()),
-                              ("hist_item_ids", pa.list_(pa.int64())), ("hist_len", pa.int32())]))
-        if index is not None:  # same code and point-in-time lookup as the Spark job
-            sims = pa.Table.from_batches([similarity_batch(sim_input, index)])
-            tables["target_similarity"] = sims.append_column("encoder_id", pa.array([encoder_id] * sims.num_rows, pa.string()))
-
-        tables = {"feedback_events": tables["events"], **tables}
-        batch_id = f"feedback-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
-        self._commit(batch_id, tables)
-        for e in events:
-            self._keys[_key(e)] = e.label
-        written = self._apply(batch_id)
-        return {"events": len(events), "duplicates": duplicates, "users": len(users), "items": len(items),
-                "snapshots": len(snapshots), "files": written}
+    def _similarities(self, sim_rows: list) -> pa.Table | None:
+        """The target_similarity rows: the Spark job's own ``similarity_batch`` over the offline
+        embedding table, point in time. None without an embedding table."""
+        index, encoder_id = self._embedding_index()
+        if index is None:
+            return None
+        batch = pa.RecordBatch.from_pylist(
+            [{"user_id": e.user_id, "item_id": e.item_id, "event_timestamp": e.event_timestamp, "label": e.label,
+              "hist_item_ids": h, "hist_len": len(h)} for e, h in sim_rows], schema=C.SIMILARITY_INPUT.arrow())
+        sims = pa.Table.from_batches([similarity_batch(batch, index)])
+        return sims.append_column("encoder_id", pa.array([encoder_id] * sims.num_rows, pa.string()))
 
     # -- validation and keys ---------------------------------------------------------------------
 
@@ -270,102 +270,13 @@ class FeedbackWriter:
         return {(u, i, t): label for u, i, t, label in zip(recorded.column("user_id").to_pylist(), recorded.column("item_id").to_pylist(),
                                                           ts, recorded.column("label").to_pylist())}
 
-    # -- the log: commit, apply, recover -----------------------------------------------------------
+def _table(table: C.Table, rows: list[tuple]) -> pa.Table:
+    """Rows (tuples in the table's column order) as an Arrow table with the table's own schema."""
+    return pa.table({name: [r[i] for r in rows] for i, name in enumerate(table.names)}, schema=table.arrow())
 
-    def _commit(self, batch_id: str, tables: dict[str, pa.Table]) -> None:
-        """Write every table's rows of the batch under the log, then commit them with one rename."""
-        log_dir = self.root / LOG
-        pending = log_dir / f".{batch_id}.tmp"
-        pending.mkdir(parents=True)
-        for table, data in tables.items():
-            if data.num_rows:
-                path = pending / f"{table}.parquet"
-                pq.write_table(data, path)
-                _fsync(path)
-        _fsync(pending)
-        os.replace(pending, log_dir / batch_id)
-        _fsync(log_dir)
-
-    def _apply(self, batch_id: str) -> dict:
-        """Make a committed batch visible: the online rows (absolute values, so a replay writes the
-        same), then each table's file published by a rename. Safe to run again after any failure."""
-        batch = self.root / LOG / batch_id
-        # Files still staged. Publishing starts only after every online write, so a table already
-        # published by an interrupted run had its online rows written before: nothing to replay.
-        final = {p.stem: self.root / p.stem / f"{batch_id}.parquet" for p in batch.glob("*.parquet")}
-
-        def read(table: str) -> pa.Table | None:
-            return pq.read_table(batch / f"{table}.parquet") if table in final else None
-
-        snapshots = read("user_sequence_snapshots")
-        if snapshots is not None and snapshots.num_rows:
-            newest = snapshots.to_pandas().sort_values("event_timestamp").groupby("user_id", as_index=False).last()
-            self.store.write_to_online_store("user_sequence", pd.DataFrame({
-                "user_id": newest["user_id"], "event_timestamp": newest["event_timestamp"],
-                "hist_item_ids": [h.tolist() for h in newest["hist_item_ids"]], "hist_ts_us": [h.tolist() for h in newest["hist_ts_us"]],
-                "hist_len": newest["hist_len"]}))
-        for view, key, names, _ in STATS_VIEWS:
-            rows = read(view) if view in self.reader.views else None
-            if rows is None or not rows.num_rows:
-                continue
-            newest = rows.to_pandas().sort_values("event_timestamp").groupby(key, as_index=False).last()
-            self.store.write_to_online_store(view, pd.DataFrame({
-                key: newest[key], "event_timestamp": newest["event_timestamp"], names[0]: newest[names[0]], names[1]: newest[names[1]],
-                names[2]: newest[names[2]].astype(np.float32)}))
-        for table, target in final.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(batch / f"{table}.parquet", target)
-        shutil.rmtree(batch)
-        return {table: str(path) for table, path in final.items()}
-
-    def recover(self) -> list[str]:
-        """Finish every committed batch a failure left behind (oldest first) and drop uncommitted
-        ones (their request failed before anything was visible). Returns the batches finished."""
-        log_dir = self.root / LOG
-        if not log_dir.is_dir():
-            return []
-        finished = []
-        for entry in sorted(log_dir.iterdir()):
-            if entry.name.startswith("."):
-                shutil.rmtree(entry, ignore_errors=True)
-            elif entry.is_dir():
-                self._apply(entry.name)
-                finished.append(entry.name)
-        return finished
-
-    def _running_stats(self, events: list[Event], online, key: str, names: tuple[str, str, str],
-                       prior_ctr: float, prior_weight: float) -> list[tuple]:
-        """(key, t + 1us, impressions, clicks, ctr) per (key, distinct time t), counting on from the
-        online row: the Spark job's ``running_stats`` rule, event by event."""
-        keys = list(dict.fromkeys(getattr(e, key) for e in events))
-        order = {k: n for n, k in enumerate(sorted(keys))}
-        counts = {}
-        for k in keys:
-            n = order[k]
-            present = online.status[n] != MISSING
-            counts[k] = (online.values[names[0]][n] if present else 0, online.values[names[1]][n] if present else 0)
-        rows = []
-        by_time = defaultdict(list)
-        for e in events:
-            by_time[(getattr(e, key), e.event_timestamp)].append(e)
-        for (k, ts), group in sorted(by_time.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            impressions, clicks = counts[k]
-            impressions, clicks = impressions + len(group), clicks + sum(e.label for e in group)
-            counts[k] = (impressions, clicks)
-            ctr = smoothed_ctr(clicks, impressions, prior_ctr, prior_weight)
-            rows.append((k, ts + ONE_US, impressions, clicks, ctr))
-        return rows
 
 def _key(e: Event) -> tuple[int, int, int]:
     return (e.user_id, e.item_id, _us(e.event_timestamp))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _service_with(store, view: str) -> str:

@@ -158,7 +158,7 @@ def decode(proto: ValueProto, arrays: bool = False):
 
 def embedding_view(reader) -> str:
     """The service's item embedding view: item_embeddings, or a backfill's item_embeddings_v2."""
-    from pipelines.feast_store import EMBEDDING_VIEW, embedding_view as embedding_view_of
+    from pipelines.store.feast_store import EMBEDDING_VIEW, embedding_view as embedding_view_of
 
     return embedding_view_of(reader.views) or EMBEDDING_VIEW
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.feast_store import REPO, open_store, parse_time
+    from pipelines.store.feast_store import REPO, open_store, parse_time
 
     parser = argparse.ArgumentParser(prog="mmfs online-read", description=main.__doc__)
     parser.add_argument("--root", required=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipelines import training_set
-from pipelines.feast_store import REPO, materialize, open_store, parse_time
+from pipelines.store import training_set
+from pipelines.store.feast_store import REPO, materialize, open_store, parse_time
 from pipelines.features.similarity import similarity_batch
 from serving.online import PRESENT, STALE, OnlineReader, embedding_view, online_similarities
 

@@ -45,8 +45,8 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from model.data import USER_STATS_COLUMNS, dense_block
 from model.checkpoint import load_checkpoint, model_vectors
-from pipelines.feast_store import EMBEDDING_VIEW
-from pipelines.feast_store import embedding_view as embedding_view_of
+from pipelines.store.feast_store import EMBEDDING_VIEW
+from pipelines.store.feast_store import embedding_view as embedding_view_of
 from pipelines.features.similarity import target_similarity
 from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows, decode, row_or_missing
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.feast_store import parse_time
+from pipelines.store.feast_store import parse_time
 
 
 def candidates(root: Path, user: int, at, n: int) -> tuple[list[int], dict[int, str]]:

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def spark():
-    from pipelines.spark_session import build_spark
+    from pipelines.spark.session import build_spark
 
     session = build_spark(
         "mmfs-tests",
@@ -31,4 +31,4 @@ def ts(text: str) -> dt.datetime:
 
 
 # Feast fixtures (a tiny adversarial table root and a repo applied over it), shared across packages.
-from tests.feast_tables import applied_repo, tiny_root  # noqa: E402,F401
+from tests.support.feast_tables import applied_repo, tiny_root  # noqa: E402,F401

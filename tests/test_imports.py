@@ -36,7 +36,7 @@ def _source(module: str) -> Path | None:
 
 
 # Lazy imports that load Spark on purpose, on a path the server never takes: ``materialize(engine="spark")``.
-SPARK_ON_PURPOSE = {("pipelines/feast_store.py", "pipelines.materialize_spark")}
+SPARK_ON_PURPOSE = {("pipelines/store/feast_store.py", "pipelines.store.materialize_spark")}
 
 
 def test_serving_never_reaches_pyspark():

@@ -6,8 +6,8 @@ join (feature_ts <= entity_ts) reproduces exactly the history strictly before ea
 import pandas as pd
 import pytest  # noqa: F401
 
-from pipelines import feast_store
-from tests.feast_tables import EVENTS
+from pipelines.store import feast_store
+from tests.support.feast_tables import EVENTS
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from pipelines import feast_store, training_set
+from pipelines.store import feast_store, training_set
 from serving.online import PRESENT, OnlineReader
-from tests.feast_tables import DIMS, copy_repo
+from tests.support.feast_tables import DIMS, copy_repo
 
 
 @pytest.mark.integration

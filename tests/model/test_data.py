@@ -9,9 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.data import LoaderConfig, TrainingSetDataset, pad_lists
-from pipelines import feast_store, training_set
-from pipelines.training_set import SplitPoints
-from tests.feast_tables import EVENTS
+from pipelines.store import feast_store, training_set
+from pipelines.store.training_set import SplitPoints
+from tests.support.feast_tables import EVENTS
 
 
 def at(text):

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.export_fuxictr import ExportMismatch, check_export, export
-from pipelines import feast_store, training_set
-from pipelines.training_set import SplitPoints
+from pipelines.store import feast_store, training_set
+from pipelines.store.training_set import SplitPoints
 
 
 def at(text):
@@ -35,12 +35,18 @@ def test_export_equals_the_training_set_row_for_row(exported):
 
 
 def test_each_row_points_at_the_embedding_version_of_its_time(exported):
-    _, e = exported
+    ts, e = exported
     info = pd.read_parquet(e.root / "item_info.parquet")
     test = pd.read_parquet(e.root / "test.parquet")
+    # the export keeps the training set's file order (which is not time order), so its rows are
+    # paired with the training set's own event timestamps
+    times = pd.concat([pd.read_parquet(f) for f in sorted((ts / "split=test").glob("*.parquet"))])["event_timestamp"]
+    assert len(times) == len(test)
+    mine = test.user_id.to_numpy() == 3
+    rows = sorted(zip(times.to_numpy()[mine], test.item_index.to_numpy()[mine]))
     # user 3 rates item 10 on Mar 1 (sees the 90 deg version: the 180 deg back-fill was written in
     # June) and on Jul 1 (sees the back-fill)
-    angles = [round(float(np.degrees(np.arctan2(v[1], v[0])))) for v in info.loc[test[test.user_id == 3].item_index, "mm_emb"]]
+    angles = [round(float(np.degrees(np.arctan2(v[1], v[0])))) for v in info.loc[[i for _, i in rows], "mm_emb"]]
     assert angles == [90, 180]
 
 

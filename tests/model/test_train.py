@@ -10,8 +10,8 @@ from model.metrics import gauc
 from model.models import ModelConfig
 from model.checkpoint import load_checkpoint
 from model.train import TrainConfig, prepare, resolve_config, train
-from pipelines import feast_store, training_set
-from pipelines.training_set import SplitPoints
+from pipelines.store import feast_store, training_set
+from pipelines.store.training_set import SplitPoints
 
 
 def at(text):

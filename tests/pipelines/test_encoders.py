@@ -8,7 +8,7 @@ from pipelines.encoders import (
     load_image_encoder,
     load_text_encoder,
 )
-from tests.pipelines.images import image_roots, make_image_files
+from tests.support.images import image_roots, make_image_files
 
 
 @pytest.fixture(scope="module")

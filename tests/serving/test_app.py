@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines import feast_store
+from pipelines.store import feast_store
 from serving.app import ServeSettings, create_app
-from tests.feast_tables import copy_repo
+from tests.support.feast_tables import copy_repo
 from tests.serving.test_scorer import START, served, wait_until  # noqa: F401 - the module's fixture
 
 AT = (START + dt.timedelta(days=31)).isoformat()
@@ -114,7 +114,7 @@ def test_the_event_loop_never_waits_on_scoring_and_overload_is_shed(served, own_
     while the worker is busy, and requests past the queue bound get 503 with Retry-After."""
     import uvicorn
 
-    from tests.redis_server import free_port
+    from tests.support.redis_server import free_port
 
     repo, _ = own_store
     app = create_app(settings_for(served, repo, max_queue=2), load_in_background=False)
@@ -166,7 +166,7 @@ def _status(url: str) -> int:
 def test_an_injected_scorer_is_served_and_nothing_is_opened(served, monkeypatch):  # noqa: F811
     """create_app(settings, scorer=...) serves the caller's Scorer: the app opens no store and
     loads no checkpoint of its own (the settings name a checkpoint that does not exist)."""
-    from pipelines import feast_store as fs
+    from pipelines.store import feast_store as fs
     from serving.scorer import Scorer
 
     scorer = Scorer.from_checkpoint(served["checkpoint"], served["store"])

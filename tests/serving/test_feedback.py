@@ -6,12 +6,14 @@ import os
 import duckdb
 import pytest
 
-from pipelines import feast_store, ingest, user_sequences
-from pipelines.table_io import read_table
+from pipelines.store import feast_store
+
+from pipelines.jobs import ingest, user_sequences
+from pipelines.spark.table_io import read_table
 from serving import feedback as feedback_module
 from serving.feedback import LOG, Event, FeedbackError, FeedbackWriter, InvalidEvents
 from serving.online import OnlineReader
-from tests.feast_tables import DIMS, copy_repo, write_tables
+from tests.support.feast_tables import DIMS, copy_repo, write_tables
 
 UTC = dt.timezone.utc
 AT = dt.datetime(2020, 8, 1, tzinfo=UTC)  # after everything online

@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from pipelines import feast_store
+from pipelines.store import feast_store
 from serving.online import MISSING, PRESENT, STALE, OnlineReader
 from serving.parity import run_parity
-from tests.feast_tables import DIMS, copy_repo
-from tests.redis_server import redis_server
+from tests.support.feast_tables import DIMS, copy_repo
+from tests.support.redis_server import redis_server
 
 AFTER_ALL = dt.datetime(2020, 8, 1, tzinfo=dt.timezone.utc)
 

@@ -13,9 +13,9 @@ from model.data import LoaderConfig, TrainingSetDataset
 from model.models import ModelConfig
 from model.checkpoint import load_checkpoint
 from model.train import TrainConfig, prepare, train
-from pipelines import feast_store, training_set
+from pipelines.store import feast_store, training_set
 from serving.scorer import BadRequest, Scorer, ScorerConfig, StoreMismatch, check_store
-from tests.feast_tables import DIMS, copy_repo, write_tables
+from tests.support.feast_tables import DIMS, copy_repo, write_tables
 
 UTC = dt.timezone.utc
 START = dt.datetime(2021, 1, 1, tzinfo=UTC)
@@ -297,7 +297,7 @@ def test_ready_is_false_while_redis_is_down_and_recovers(served, tmp_path):
     from fastapi.testclient import TestClient
 
     from serving.app import ServeSettings, create_app
-    from tests.redis_server import free_port, redis_server
+    from tests.support.redis_server import free_port, redis_server
 
     port = free_port()
     (tmp_path / "r1").mkdir()
@@ -340,8 +340,8 @@ def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_pat
     import json
     import shutil
 
-    from pipelines import target_similarity
-    from pipelines.table_io import write_table
+    from pipelines.jobs import target_similarity
+    from pipelines.spark.table_io import write_table
 
     root = tmp_path / "root"
     shutil.copytree(served["root"], root, ignore=shutil.ignore_patterns("training_sets"))
@@ -352,7 +352,7 @@ def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_pat
     v1_before = {t: fingerprint(t) for t in ("item_embeddings", "target_similarity")}
     # The backfill: a 3-d encoder, written beside v1 (as encode-items --table item_embeddings_v2 writes it).
     v2_rows = [Row(**{**r.asDict(), "mm_emb": [r.mm_emb[0] * 0.6, r.mm_emb[1] * 0.6, 0.8], "encoder_id": "enc-v2"}) for r in embedding_rows()]
-    from pipelines.schemas import ITEM_EMBEDDINGS_SCHEMA
+    from pipelines.spark.schemas import ITEM_EMBEDDINGS_SCHEMA
 
     write_table(spark.createDataFrame(v2_rows, ITEM_EMBEDDINGS_SCHEMA), str(root / "item_embeddings_v2"),
                 meta={"encoder_identity": {"encoder_id": "enc-v2", "mm_dim": 3, "text": {"dim": 1}}})

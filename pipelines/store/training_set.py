@@ -1,0 +1,423 @@
+"""training_set: point-in-time training sets for a Feast feature service.
+
+    mmfs training-set --root out/movielens --service ctr_dmf_v1 --out out/movielens/training_sets/ctr_dmf_v1
+
+The entity frame is the events table (user_id, item_id, event_timestamp, label): one training row
+per event. Features come from the service's feature views as registered in Feast (sources, join
+keys, TTL), joined point-in-time per DESIGN.md section 1:
+
+- a value is used only if its ``event_timestamp <= T`` and, where the view has one, its
+  ``created_timestamp <= T``: a back-filled value never leaks into rows before it was written;
+- among those, the newest by (event_timestamp, created_timestamp) wins, as in Feast;
+- values older than the view's TTL are null, as in Feast.
+
+Two engines give the same rows where Feast is right:
+- ``duckdb`` (default): DuckDB ASOF joins over the parquet tables, streamed straight to parquet.
+  Created timestamps are honoured exactly (Feast's own join only uses them to break ties).
+- ``feast``: ``FeatureStore.get_historical_features`` with the feature service, the reference,
+  with ``filter_by_created_timestamp`` (Feast 0.67), so it honours created timestamps too and
+  gives the same rows (tested). DuckDB's ASOF join stays the default for speed.
+
+Embedding vectors (``Array(Float32)`` fields with a ``dim`` tag) are by default left out of the
+rows (``--embeddings reference``): a model needs the history items' vectors as of T anyway, which
+no row-wise join can give, so the loader (``model.data``) looks every item up point-in-time in
+the embedding table. ``--embeddings inline`` writes the target's vectors into each row.
+
+Output: ``<out>/split=train|valid|test/*.parquet`` (split by event time), ``<out>/manifest.json``,
+and a Feast saved dataset named after the output directory. A failed build leaves the previous
+output in place.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipelines.store.feast_store import EMBEDDING_VIEW, REPO, assert_no_drift, embedding_view, open_store, parse_time, source_glob
+
+ENTITY_COLUMNS = ("user_id", "item_id", "event_timestamp", "label")
+SPLITS = ("train", "valid", "test")
+ROW_GROUP_SIZE = 65_536
+
+
+class EntityFrameError(ValueError):
+    """The entity frame cannot be joined without losing or inventing rows."""
+
+
+@dataclass(frozen=True)
+class ViewJoin:
+    """What the point-in-time join needs to know about one feature view of a service."""
+
+    name: str
+    glob: str
+    join_keys: tuple[str, ...]
+    timestamp: str
+    created: str | None
+    ttl_us: int | None
+    fields: tuple[str, ...]
+    vector_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SplitPoints:
+    valid_from: dt.datetime
+    test_from: dt.datetime
+
+
+@dataclass
+class BuildResult:
+    out: str
+    manifest: dict = field(default_factory=dict)
+
+
+def service_views(store, service_name: str) -> list[ViewJoin]:
+    service = store.get_feature_service(service_name)
+    views = []
+    for projection in service.feature_view_projections:
+        fv = store.get_feature_view(projection.name)
+        fields = tuple(f.name for f in projection.features)
+        vectors = tuple(f.name for f in projection.features if (f.tags or {}).get("dim"))
+        ttl = fv.ttl
+        views.append(ViewJoin(
+            name=fv.name, glob=source_glob(fv.batch_source), join_keys=tuple(fv.join_keys),
+            timestamp=fv.batch_source.timestamp_field, created=fv.batch_source.created_timestamp_column or None,
+            ttl_us=int(ttl.total_seconds() * 1_000_000) if ttl and ttl.total_seconds() > 0 else None,
+            fields=fields, vector_fields=vectors,
+        ))
+    return views
+
+
+# -- entity frame -------------------------------------------------------------------------------
+
+def read_entity_frame(source) -> pa.Table:
+    """Events (a table directory, a parquet file, a pandas DataFrame or an Arrow table) -> checked Arrow.
+
+    Rejected with an error naming the rows: missing columns, null keys/timestamps/labels, naive
+    timestamps. Kept and counted: duplicate rows (each is an impression), unknown ids (their
+    features come back null / empty history).
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+        if not files:
+            raise EntityFrameError(f"no parquet files under {path}")
+        table = pads.dataset([str(f) for f in files], format="parquet").to_table()
+    elif isinstance(source, pa.Table):
+        table = source
+    else:
+        table = pa.Table.from_pandas(source, preserve_index=False)
+    missing = [c for c in ENTITY_COLUMNS if c not in table.column_names]
+    if missing:
+        raise EntityFrameError(f"entity frame lacks column(s) {missing}; it needs {list(ENTITY_COLUMNS)}")
+    table = table.select(list(ENTITY_COLUMNS))
+    ts_type = table.schema.field("event_timestamp").type
+    if not pa.types.is_timestamp(ts_type):
+        raise EntityFrameError(f"event_timestamp must be a timestamp, got {ts_type}")
+    if ts_type.tz is None:
+        raise EntityFrameError(
+            "event_timestamp is naive (no time zone): it is ambiguous, so it is refused. "
+            "Make it UTC-aware, e.g. df.event_timestamp.dt.tz_localize('UTC')")
+    for column in ENTITY_COLUMNS:
+        nulls = table.column(column).null_count
+        if nulls:
+            rows = pc.indices_nonzero(pc.is_null(table.column(column))).to_pylist()[:5]
+            raise EntityFrameError(f"{nulls} row(s) with null {column}, e.g. rows {rows}; fix or drop them upstream")
+    bad_labels = pc.sum(pc.invert(pc.is_in(table.column("label"), pa.array([0, 1], table.column("label").type)))).as_py()
+    if bad_labels:
+        rows = pc.indices_nonzero(pc.invert(pc.is_in(table.column("label"), pa.array([0, 1], table.column("label").type)))).to_pylist()[:5]
+        raise EntityFrameError(f"{bad_labels} row(s) with label not in {{0, 1}}, e.g. rows {rows}")
+    return table.cast(pa.schema([
+        pa.field("user_id", pa.int64()), pa.field("item_id", pa.int64()),
+        pa.field("event_timestamp", pa.timestamp("us", tz="UTC")), pa.field("label", pa.int32()),
+    ]))
+
+
+def split_points(entity: pa.Table, fractions: tuple[float, float] = (0.8, 0.9)) -> SplitPoints:
+    """Cut points at the given quantiles of event time (rows at a cut go to the later split)."""
+    con = duckdb.connect()
+    con.register("entity", entity)
+    valid_from, test_from = con.execute(
+        f"SELECT quantile_disc(event_timestamp, {fractions[0]}), quantile_disc(event_timestamp, {fractions[1]}) FROM entity"
+    ).fetchone()
+    return SplitPoints(valid_from.astimezone(dt.timezone.utc), test_from.astimezone(dt.timezone.utc))
+
+
+# -- the point-in-time join ---------------------------------------------------------------------
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def split_sql(column: str, split: SplitPoints) -> str:
+    """The split a row falls in by its event time; rows at a cut go to the later split."""
+    return (f"CASE WHEN {column} < {_lit(split.valid_from.isoformat())}::TIMESTAMPTZ THEN 'train' "
+            f"WHEN {column} < {_lit(split.test_from.isoformat())}::TIMESTAMPTZ THEN 'valid' ELSE 'test' END AS split")
+
+
+def pit_query(views: list[ViewJoin], embeddings: str = "reference", split: SplitPoints | None = None) -> str:
+    """SQL over the registered ``entity`` relation: entity columns + every feature, point-in-time."""
+    ctes, joins = [], []
+    selects = [f"e.{c}" for c in ENTITY_COLUMNS]
+    for i, view in enumerate(views):
+        keys = ", ".join(_q(k) for k in view.join_keys)
+        cols = [f for f in view.fields if not (embeddings == "reference" and f in view.vector_fields)]
+        col_sql = "".join(f", {_q(c)}" for c in cols)
+        source = f"read_parquet({_lit(view.glob)})"
+        on_keys = " AND ".join(f"e.{_q(k)} = t{i}.{_q(k)}" for k in view.join_keys)
+        if view.created:
+            # Each version becomes visible at max(event, created); at any time the visible version
+            # with the largest (event, created) wins. t{i} is that winner's timeline.
+            ctes.append(
+                f"v{i} AS (SELECT row_number() OVER () AS _vid, {keys}, CAST({_q(view.timestamp)} AS TIMESTAMPTZ) AS _ev, "
+                f"CAST({_q(view.created)} AS TIMESTAMPTZ) AS _cr{col_sql} FROM {source})")
+            ctes.append(
+                f"t{i} AS (SELECT DISTINCT {keys}, greatest(_ev, _cr) AS _vis, "
+                f"max({{'ev': _ev, 'cr': _cr, 'vid': _vid}}) OVER (PARTITION BY {keys} ORDER BY greatest(_ev, _cr) "
+                f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS _best FROM v{i})")
+            joins.append(f"ASOF LEFT JOIN t{i} ON {on_keys} AND e.event_timestamp >= t{i}._vis")
+            joins.append(f"LEFT JOIN v{i} ON v{i}._vid = t{i}._best.vid")
+            feature_ts = f"t{i}._best.ev"
+        else:
+            ctes.append(f"t{i} AS (SELECT {keys}, CAST({_q(view.timestamp)} AS TIMESTAMPTZ) AS _ev{col_sql} FROM {source})")
+            joins.append(f"ASOF LEFT JOIN t{i} ON {on_keys} AND e.event_timestamp >= t{i}._ev")
+            feature_ts = f"t{i}._ev"
+        fresh = f"{feature_ts} IS NOT NULL"
+        if view.ttl_us:
+            fresh += f" AND {feature_ts} >= e.event_timestamp - to_microseconds({view.ttl_us})"
+        value_alias = f"v{i}" if view.created else f"t{i}"
+        selects += [f"CASE WHEN {fresh} THEN {value_alias}.{_q(c)} END AS {_q(c)}" for c in cols]
+    if split is not None:
+        selects.append(split_sql("e.event_timestamp", split))
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(selects)} FROM entity e {' '.join(joins)}"
+
+
+def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET threads = {threads or os.cpu_count() or 1}")
+    con.execute("SET preserve_insertion_order = false")
+    if os.environ.get("MMFS_DUCKDB_MEMORY_LIMIT"):  # e.g. 2GB: joins and sorts spill to temp_directory beyond it
+        con.execute(f"SET memory_limit = {_lit(os.environ['MMFS_DUCKDB_MEMORY_LIMIT'])}")
+    con.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / 'mmfs-duckdb'}'")  # not ./.tmp  # row order is not part of the contract; COPY streams in parallel
+    return con
+
+
+def duckdb_join(views: list[ViewJoin], entity: pa.Table, embeddings: str = "reference") -> pa.Table:
+    """The point-in-time rows as one Arrow table, in entity order (for tests, parity and small sets)."""
+    con = connect()
+    con.register("entity_raw", entity)
+    con.execute("CREATE TEMP VIEW entity AS SELECT row_number() OVER () AS _row, * FROM entity_raw")
+    sql = pit_query(views, embeddings).replace("SELECT e.user_id", "SELECT e._row, e.user_id", 1)
+    return con.sql(f"SELECT * EXCLUDE (_row) FROM ({sql}) ORDER BY _row").to_arrow_table()
+
+
+def feast_join(store, service_name: str, entity: pa.Table, views: list[ViewJoin], embeddings: str = "reference") -> pa.Table:
+    """The same rows through Feast's get_historical_features, created timestamps honoured."""
+    service = store.get_feature_service(service_name)
+    frame = entity.to_pandas()
+    job = store.get_historical_features(entity_df=frame, features=service, full_feature_names=False, filter_by_created_timestamp=True)
+    table = job.to_arrow()
+    if table.num_rows != entity.num_rows:
+        raise EntityFrameError(f"Feast returned {table.num_rows} rows for {entity.num_rows} entity rows")
+    drop = [f for v in views for f in v.vector_fields if embeddings == "reference" and f in table.column_names]
+    return table.drop_columns(drop)
+
+
+# -- build -------------------------------------------------------------------------------------
+
+def _split_stats(out: Path, split: str, views: list[ViewJoin], embeddings: str) -> dict:
+    """Counts read back from the written files (only scalar columns, so it stays cheap)."""
+    files = sorted((out / f"split={split}").glob("*.parquet"))
+    if not files:
+        return {"rows": 0, "positives": 0, "positive_rate": None, "min_event_timestamp": None, "max_event_timestamp": None, "files": []}
+    probes = {}
+    schema = pq.read_schema(files[0])
+    for view in views:  # a scalar field of each view: null exactly where the view had no value
+        scalar = next((f for f in view.fields if f in schema.names and not pa.types.is_list(schema.field(f).type)), None)
+        if scalar:
+            probes[view.name] = scalar
+    # One streaming aggregate in DuckDB: the split is never loaded whole (it can hold 10^7 rows).
+    names = sorted(probes)
+    nulls = "".join(f', count(*) - count("{probes[v]}")' for v in names)
+    file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    con = connect()
+    try:
+        rows, positives, lo, hi, *missing = con.execute(
+            f"SELECT count(*), sum(label), min(event_timestamp), max(event_timestamp){nulls} "
+            f"FROM read_parquet({file_list})").fetchone()
+    finally:
+        con.close()
+    positives = positives or 0
+    return {"rows": rows, "positives": int(positives), "positive_rate": positives / rows if rows else None,
+            "min_event_timestamp": lo.isoformat() if lo else None, "max_event_timestamp": hi.isoformat() if hi else None,
+            "rows_without_view": {v: int(n) for v, n in zip(names, missing)},
+            "files": [str(f.relative_to(out)) for f in files]}
+
+
+def embedding_view_name(store, service_name: str) -> str | None:
+    """The service's item embedding view: item_embeddings, or a backfill's item_embeddings_v2."""
+    return embedding_view(p.name for p in store.get_feature_service(service_name).feature_view_projections)
+
+
+def _encoder_identity(store, service_name: str = "ctr_dmf_v1") -> dict:
+    try:
+        view = embedding_view_name(store, service_name) or EMBEDDING_VIEW
+        glob = source_glob(store.get_feature_view(view).batch_source)
+    except Exception:  # noqa: BLE001 - a repo without embeddings has no encoder identity
+        return {}
+    meta_file = Path(glob).parent / "_mmfs_meta.json"
+    if not meta_file.is_file():
+        return {}
+    identity = json.loads(meta_file.read_text()).get("encoder_identity") or {}
+    return identity
+
+
+def build(store, service_name: str, entity_source, out: str | Path, engine: str = "duckdb",
+          embeddings: str = "reference", split: SplitPoints | None = None,
+          fractions: tuple[float, float] = (0.8, 0.9), saved_dataset: bool = True) -> BuildResult:
+    out = Path(out).resolve()
+    began = time.perf_counter()
+    views = service_views(store, service_name)
+    assert_no_drift([store.get_feature_view(v.name) for v in views])
+    entity = read_entity_frame(entity_source)
+    split = split or split_points(entity, fractions)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    con = connect()
+    try:
+        join_began = time.perf_counter()
+        if engine == "duckdb":
+            con.register("entity", entity)
+            query = pit_query(views, embeddings, split)
+        elif engine == "feast":
+            con.register("feast_rows", feast_join(store, service_name, entity, views, embeddings))
+            con.register("entity", entity)
+            query = f"SELECT *, {split_sql('event_timestamp', split)} FROM feast_rows"
+        else:
+            raise ValueError(f"engine must be duckdb or feast, got {engine!r}")
+        con.execute(f"COPY ({query}) TO {_lit(str(tmp))} (FORMAT parquet, PARTITION_BY (split), "
+                    f"ROW_GROUP_SIZE {ROW_GROUP_SIZE}, OVERWRITE_OR_IGNORE)")
+        join_seconds = time.perf_counter() - join_began
+        splits = {name: _split_stats(tmp, name, views, embeddings) for name in SPLITS}
+        written = sum(s["rows"] for s in splits.values())
+        if written != entity.num_rows:
+            raise EntityFrameError(f"wrote {written} rows for {entity.num_rows} entity rows")
+        features = [f"{v.name}:{f}" for v in views for f in v.fields]
+        manifest = {
+            "name": out.name,
+            "feature_service": service_name,
+            "engine": engine,
+            "embeddings": embeddings,
+            "features": features,
+            "vector_fields_by_reference": [f"{v.name}:{f}" for v in views for f in v.vector_fields] if embeddings == "reference" else [],
+            "embedding_table": next((str(Path(v.glob).parent) for v in views if v.vector_fields), None),
+            "encoder_identity": _encoder_identity(store, service_name),
+            "views": [asdict(v) for v in views],
+            "split_points": {"valid_from": split.valid_from.isoformat(), "test_from": split.test_from.isoformat()},
+            "entity_rows": entity.num_rows,
+            "duplicate_entity_rows": _duplicates(entity),
+            "splits": splits,
+            "join_seconds": round(join_seconds, 3),
+            "rows_per_second": round(entity.num_rows / join_seconds, 1) if join_seconds else None,
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if saved_dataset:
+        register_saved_dataset(store, manifest, out, entity)
+    manifest["seconds"] = round(time.perf_counter() - began, 3)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return BuildResult(str(out), manifest)
+
+
+def _duplicates(entity: pa.Table) -> int:
+    con = duckdb.connect()
+    con.register("entity", entity)
+    return int(con.execute("SELECT count(*) - count(DISTINCT (user_id, item_id, event_timestamp, label)) FROM entity").fetchone()[0])
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def register_saved_dataset(store, manifest: dict, out: Path, entity: pa.Table) -> None:
+    from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+    from feast.saved_dataset import SavedDataset
+
+    dataset = SavedDataset(
+        name=manifest["name"], join_keys=["user_id", "item_id"],
+        features=[f for f in manifest["features"] if f not in manifest["vector_fields_by_reference"]],
+        storage=SavedDatasetFileStorage(path=str(out / "split=*" / "*.parquet")),
+        feature_service_name=manifest["feature_service"],
+        tags={"engine": manifest["engine"], "embeddings": manifest["embeddings"], "manifest": str(out / "manifest.json")},
+    )
+    times = entity.column("event_timestamp")
+    dataset.min_event_timestamp = pc.min(times).as_py()
+    dataset.max_event_timestamp = pc.max(times).as_py()
+    store.registry.apply_saved_dataset(dataset, store.project, commit=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmfs training-set", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="table root the Spark jobs wrote (events are the entity frame)")
+    parser.add_argument("--service", default="ctr_dmf_v1", help="Feast feature service (default %(default)s)")
+    parser.add_argument("--out", default=None, help="output directory (default <root>/training_sets/<service>)")
+    parser.add_argument("--config", default="duckdb", help="Feast config: duckdb, spark or redis (registry to read)")
+    parser.add_argument("--repo", default=str(REPO))
+    parser.add_argument("--engine", choices=("duckdb", "feast"), default="duckdb")
+    parser.add_argument("--embeddings", choices=("reference", "inline"), default="reference")
+    parser.add_argument("--valid-from", type=parse_time, default=None, help="first valid-split time (UTC ISO)")
+    parser.add_argument("--test-from", type=parse_time, default=None, help="first test-split time (UTC ISO)")
+    parser.add_argument("--fractions", default="0.8,0.9", help="time quantiles of the cuts when not given (default %(default)s)")
+    args = parser.parse_args(argv)
+    store = open_store(args.config, args.repo, args.root)
+    fractions = tuple(float(x) for x in args.fractions.split(","))
+    split = None
+    if args.valid_from or args.test_from:
+        if not (args.valid_from and args.test_from) or args.valid_from > args.test_from:
+            parser.error("give both --valid-from and --test-from, valid before test")
+        split = SplitPoints(args.valid_from, args.test_from)
+    out = args.out or f"{args.root}/training_sets/{args.service}"
+    result = build(store, args.service, f"{args.root}/events", out, args.engine, args.embeddings, split, fractions)
+    m = result.manifest
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"training set {m['name']} ({m['feature_service']}, {m['engine']})")
+    for column in ("split", "rows", "positive rate", "from", "to"):
+        table.add_column(column)
+    for name, s in m["splits"].items():
+        table.add_row(name, f"{s['rows']:,}", f"{s['positive_rate']:.3f}" if s["positive_rate"] is not None else "-",
+                      str(s["min_event_timestamp"]), str(s["max_event_timestamp"]))
+    Console().print(table)
+    print(f"{m['entity_rows']:,} rows in {m['join_seconds']:.2f} s ({m['rows_per_second']:,.0f} rows/s) -> {result.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
