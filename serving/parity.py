@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from pipelines.store import training_set
 from pipelines.store.feast_store import REPO, materialize, open_store, parse_time
+from pipelines.contracts.tables import SIMILARITY_INPUT
 from pipelines.features.similarity import similarity_batch
 from serving.online import PRESENT, STALE, OnlineReader, embedding_view, online_similarities
 
@@ -142,8 +143,7 @@ def run_parity(store, service_name: str, at: dt.datetime, sample: int = 200, see
         batch = pa.RecordBatch.from_pylist(
             [{"user_id": r["user_id"], "item_id": r["item_id"], "event_timestamp": r["event_timestamp"], "label": 0,
               "hist_item_ids": r["hist_item_ids"] or [], "hist_len": r["hist_len"] or 0} for r in offline],
-            schema=pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
-                              ("label", pa.int32()), ("hist_item_ids", pa.list_(pa.int64())), ("hist_len", pa.int32())]))
+            schema=SIMILARITY_INPUT.arrow())
         offline_sims = similarity_batch(batch, index).column("hist_sim").to_pylist()
         result = results.setdefault("request_time:hist_sim", FeatureParity("request_time:hist_sim"))
         for row, off in zip(offline, offline_sims):

@@ -47,9 +47,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from pipelines.contracts.tables import ENTITY
 from pipelines.store.feast_store import EMBEDDING_VIEW, REPO, assert_no_drift, embedding_view, open_store, parse_time, source_glob
 
-ENTITY_COLUMNS = ("user_id", "item_id", "event_timestamp", "label")
+ENTITY_COLUMNS = tuple(ENTITY.names)
 SPLITS = ("train", "valid", "test")
 ROW_GROUP_SIZE = 65_536
 
@@ -140,10 +141,7 @@ def read_entity_frame(source) -> pa.Table:
     if bad_labels:
         rows = pc.indices_nonzero(pc.invert(pc.is_in(table.column("label"), pa.array([0, 1], table.column("label").type)))).to_pylist()[:5]
         raise EntityFrameError(f"{bad_labels} row(s) with label not in {{0, 1}}, e.g. rows {rows}")
-    return table.cast(pa.schema([
-        pa.field("user_id", pa.int64()), pa.field("item_id", pa.int64()),
-        pa.field("event_timestamp", pa.timestamp("us", tz="UTC")), pa.field("label", pa.int32()),
-    ]))
+    return table.cast(pa.schema([f.with_nullable(True) for f in ENTITY.arrow()]))
 
 
 def split_points(entity: pa.Table, fractions: tuple[float, float] = (0.8, 0.9)) -> SplitPoints:
