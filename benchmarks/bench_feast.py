@@ -227,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.reuse:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    os.environ.update({"MMFS_MM_DIM": "64"})
     build_spark("mmfs-bench-feast")
     base = work / "items"
     embeddings_root = work / "embeddings"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import sys
 import time
@@ -96,10 +95,6 @@ def build_sets(work: Path, root: Path, name: str) -> dict[str, Path]:
     repo = work / f"repo_{name}" / "feature_repo"
     shutil.rmtree(repo.parent, ignore_errors=True)
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    identity = json.loads((root / "item_embeddings" / "_mmfs_meta.json").read_text())["encoder_identity"]
-    os.environ["MMFS_MM_DIM"] = str(identity["mm_dim"])
-    os.environ["MMFS_TEXT_DIM"] = str(identity["text"]["dim"])
-    os.environ["MMFS_IMAGE_DIM"] = str((identity.get("image") or {}).get("dim") or 1280)
     feast_store.apply("duckdb", repo, root)
     store = feast_store.open_store("duckdb", repo, root)
     sets = {}

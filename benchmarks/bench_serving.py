@@ -24,7 +24,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import sys

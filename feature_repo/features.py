@@ -1,11 +1,16 @@
 """mmfs feature definitions: entities, sources, feature views, feature services.
 
-Tables come from the Spark jobs under ``MMFS_TABLE_ROOT`` (default ``<repo>/out/movielens``).
+Static declarations, as in Feast's templates. Two inputs, both files or paths the user owns:
 
-One switch picks the source type: the offline store of the feature_store yaml in use. Under
-``feast -f feature_store.spark.yaml ...`` the tables are declared as SparkSources for Feast's Spark
-offline store; otherwise as parquet FileSources read by the DuckDB offline store.
-``MMFS_OFFLINE_STORE=spark|duckdb`` overrides it (for Python callers of ``FeatureStore``).
+- the table root the Spark jobs wrote: ``MMFS_TABLE_ROOT`` (default ``<repo>/../out/movielens``);
+- ``encoders.yaml``, written by ``mmfs apply`` from the embedding tables' metadata (beside this
+  file in a user's own copy of the repo, else ``<table root>/encoders.yaml``): one embedding view
+  per entry, ``v1`` as ``item_embeddings`` and a backfill's ``v2`` as ``item_embeddings_v2`` with
+  its own similarity view and ``ctr_dmf_v2`` service, beside v1's.
+
+The source type follows the offline store of the yaml in use (``feast -f feature_store.spark.yaml``
+declares SparkSources for Feast's Spark offline store; otherwise parquet FileSources read by the
+DuckDB offline store): Feast's CLI passes its ``-f`` file in its click context.
 
 Request-time features: the target-aware similarities s_j = cos(m_t, m_j) need the embeddings of
 every history item j, a lookup an OnDemandFeatureView cannot make (it sees one row's features). So
@@ -22,32 +27,36 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.types import Array, Bool, Float32, Int32, Int64
 
 TABLE_ROOT = os.environ.get("MMFS_TABLE_ROOT", str(Path(__file__).resolve().parents[1] / "out" / "movielens"))
-MM_DIM = int(os.environ.get("MMFS_MM_DIM", "64"))
-TEXT_DIM = int(os.environ.get("MMFS_TEXT_DIM", "384"))
-IMAGE_DIM = int(os.environ.get("MMFS_IMAGE_DIM", "1280"))
-ENCODER_ID = os.environ.get("MMFS_ENCODER_ID", "")  # the embedding table's encoder identity (set by mmfs apply)
-TTL = timedelta(days=int(os.environ.get("MMFS_TTL_DAYS", "3650")))
+TTL = timedelta(days=3650)  # sequences and similarities age out after ten years; stats and embeddings never
+DEFAULT_ENCODER = {"version": "v1", "table": "item_embeddings", "encoder_id": "", "mm_dim": 64, "text_dim": 384, "image_dim": 1280}
+
+
+def _encoders() -> list[dict]:
+    """The entries of encoders.yaml (beside this file, else under the table root); v1 with the
+    default lengths before ``mmfs apply`` has written one."""
+    for path in (Path(__file__).resolve().parent / "encoders.yaml", Path(TABLE_ROOT) / "encoders.yaml"):
+        if path.is_file():
+            return yaml.safe_load(path.read_text())["encoders"]
+    return [DEFAULT_ENCODER]
 
 
 def _offline_store_type() -> str:
-    """The offline store of the yaml in use: MMFS_OFFLINE_STORE, else the feast CLI's -f file."""
-    if os.environ.get("MMFS_OFFLINE_STORE"):
-        return os.environ["MMFS_OFFLINE_STORE"]
-    yaml_path = os.environ.get("FEAST_FS_YAML_FILE_PATH")
+    """The offline store of the yaml in use: the feast CLI's -f file (default: duckdb)."""
     try:
         import click
 
         ctx = click.get_current_context(silent=True)
-        if ctx is not None and ctx.find_root().obj and ctx.find_root().obj.get("FS_YAML_FILE"):
-            yaml_path = str(ctx.find_root().obj["FS_YAML_FILE"])
+        obj = ctx.find_root().obj if ctx is not None else None
+        yaml_path = str(obj["FS_YAML_FILE"]) if obj and obj.get("FS_YAML_FILE") else None
     except ImportError:
-        pass
+        yaml_path = None
     if yaml_path and Path(yaml_path).is_file():
         return (yaml.safe_load(Path(yaml_path).read_text()).get("offline_store") or {}).get("type", "duckdb")
     return "duckdb"
 
 
 OFFLINE_STORE = _offline_store_type()
+ENCODERS = _encoders()
 
 
 def table_source(name: str, table: str, created_timestamp_column: str = ""):
@@ -66,11 +75,9 @@ user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64, de
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="A rankable item")
 
 # -- sources: one per pipeline output table ------------------------------------------------------
-item_embeddings_source = table_source("item_embeddings_source", "item_embeddings", "created_timestamp")
 item_stats_source = table_source("item_stats_source", "item_stats")
 user_stats_source = table_source("user_stats_source", "user_stats")
 user_sequence_source = table_source("user_sequence_source", "user_sequence_snapshots")
-target_similarity_source = table_source("target_similarity_source", "target_similarity")
 
 # -- feature views -----------------------------------------------------------------------------
 def item_embeddings_view(name: str, source, mm_dim: int, text_dim: int, image_dim: int, encoder_id: str) -> FeatureView:
@@ -112,7 +119,6 @@ def target_similarity_view(name: str, source, encoder_id: str) -> FeatureView:
     )
 
 
-item_embeddings_fv = item_embeddings_view("item_embeddings", item_embeddings_source, MM_DIM, TEXT_DIM, IMAGE_DIM, ENCODER_ID)
 
 # Running counters: the newest row holds the whole past, however old it is, so the stats views
 # never expire (a TTL nulled the counts of items with no event for ten years: docs/models.md).
@@ -158,20 +164,23 @@ user_sequence_fv = FeatureView(
     tags={"team": "ranking", "producer": "pipelines/jobs/user_sequences.py"},
 )
 
-target_similarity_fv = target_similarity_view("target_similarity", target_similarity_source, ENCODER_ID)
-
-# A backfill with a new encoder (``mmfs encode-items --table item_embeddings_v2`` then
-# ``mmfs target-similarity --version v2``) adds its tables beside v1's; ``mmfs apply`` then sets
-# MMFS_ENCODER_ID_V2 (and the V2 dims) and these views join the v1 ones, which stay as deployed.
-BACKFILL_V2 = bool(os.environ.get("MMFS_ENCODER_ID_V2"))
-if BACKFILL_V2:
-    item_embeddings_v2_source = table_source("item_embeddings_v2_source", "item_embeddings_v2", "created_timestamp")
-    target_similarity_v2_source = table_source("target_similarity_v2_source", "target_similarity_v2")
-    item_embeddings_v2_fv = item_embeddings_view(
-        "item_embeddings_v2", item_embeddings_v2_source, int(os.environ.get("MMFS_MM_DIM_V2", MM_DIM)),
-        int(os.environ.get("MMFS_TEXT_DIM_V2", TEXT_DIM)), int(os.environ.get("MMFS_IMAGE_DIM_V2", IMAGE_DIM)),
-        os.environ["MMFS_ENCODER_ID_V2"])
-    target_similarity_v2_fv = target_similarity_view("target_similarity_v2", target_similarity_v2_source, os.environ["MMFS_ENCODER_ID_V2"])
+# One embedding view and one similarity view per encoders.yaml entry: v1 as item_embeddings and
+# target_similarity, a backfill's (``mmfs encode-items --table item_embeddings_v2`` then
+# ``mmfs target-similarity --version v2``) beside them, while v1's stay as deployed.
+embedding_views: dict[str, FeatureView] = {}
+similarity_views: dict[str, FeatureView] = {}
+for _e in ENCODERS:
+    _suffix = "" if _e["version"] == "v1" else f"_{_e['version']}"
+    embedding_views[_e["version"]] = item_embeddings_view(
+        f"item_embeddings{_suffix}", table_source(f"item_embeddings{_suffix}_source", _e["table"], "created_timestamp"),
+        int(_e["mm_dim"]), int(_e["text_dim"]), int(_e["image_dim"]), str(_e["encoder_id"]))
+    similarity_views[_e["version"]] = target_similarity_view(
+        f"target_similarity{_suffix}", table_source(f"target_similarity{_suffix}_source", f"target_similarity{_suffix}"),
+        str(_e["encoder_id"]))
+    globals()[f"item_embeddings{_suffix}_fv"] = embedding_views[_e["version"]]  # Feast collects module-level objects
+    globals()[f"target_similarity{_suffix}_fv"] = similarity_views[_e["version"]]
+item_embeddings_fv = embedding_views["v1"]
+target_similarity_fv = similarity_views["v1"]
 
 # -- feature services: the train/serve contract, one versioned service per model family --------
 ctr_dmf_v1 = FeatureService(
@@ -192,9 +201,10 @@ ctr_diffmsin_v1 = FeatureService(
     features=[user_sequence_fv, user_stats_fv, item_stats_fv, item_embeddings_fv],
     description="Diff-MSIN: per-modality text and image embeddings",
 )
-if BACKFILL_V2:
-    ctr_dmf_v2 = FeatureService(
-        name="ctr_dmf_v2",
-        features=[user_sequence_fv, user_stats_fv, item_stats_fv, target_similarity_v2_fv, item_embeddings_v2_fv[["mm_emb", "has_image"]]],
-        description="DMF on the backfilled encoder (item_embeddings_v2, target_similarity_v2), beside ctr_dmf_v1",
+for _version in [v for v in embedding_views if v != "v1"]:
+    globals()[f"ctr_dmf_{_version}"] = FeatureService(
+        name=f"ctr_dmf_{_version}",
+        features=[user_sequence_fv, user_stats_fv, item_stats_fv, similarity_views[_version],
+                  embedding_views[_version][["mm_emb", "has_image"]]],
+        description=f"DMF on the backfilled encoder (item_embeddings_{_version}, target_similarity_{_version}), beside ctr_dmf_v1",
     )

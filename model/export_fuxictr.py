@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from model.data import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, LoaderConfig, TrainingSetDataset, load_embedding_index, read_manifest
+from model.data import LoaderConfig, TrainingSetDataset, load_embedding_index, read_manifest
 from model.vocab import IdVocab
 from pipelines.features.item_index import MISSING
 

@@ -9,7 +9,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 PAD = 0  # index 0 of every id vocabulary is padding
 OOV = 1  # index 1: an id not seen in training

@@ -18,27 +18,22 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import yaml
+
+from pipelines.contracts.names import FEAST_STATE_SUBDIR, ITEM_EMBEDDINGS_VIEW
+from pipelines.store import encoders_file
+from pipelines.store.drift import SchemaDriftError, assert_no_drift, check_views, source_glob  # noqa: F401 - the store's checks
 
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 CONFIGS = {"duckdb": "feature_store.yaml", "spark": "feature_store.spark.yaml", "redis": "feature_store.redis.yaml"}
-EMBEDDING_VIEW = "item_embeddings"  # a backfill's views are named item_embeddings_<version>
+EMBEDDING_VIEW = ITEM_EMBEDDINGS_VIEW  # a backfill's views are named item_embeddings_<version>
 
 
 def embedding_view(view_names) -> str | None:
     """The item embedding view among a service's views: item_embeddings, or a backfill's item_embeddings_v2."""
     return next((name for name in view_names if name.startswith(EMBEDDING_VIEW)), None)
-
-
-class SchemaDriftError(ValueError):
-    """A table no longer matches the feature view that declares it."""
 
 
 def yaml_path(config: str = "duckdb", repo: Path | str = REPO) -> Path:
@@ -54,7 +49,7 @@ def offline_store_type(fs_yaml: Path) -> str:
 
 
 STATE_DIR_ENV = "MMFS_STATE_DIR"  # the user's choice of where the registry and the SQLite online store live
-STATE_SUBDIR = "_feast"  # by default: <table root>/_feast, with the tables
+STATE_SUBDIR = FEAST_STATE_SUBDIR  # by default: <table root>/_feast, with the tables
 
 
 class NoStateDir(ValueError):
@@ -77,33 +72,14 @@ def state_dir(repo: Path | str, table_root: str | Path | None) -> Path:
 
 
 def repo_env(table_root: str | Path | None, fs_yaml: Path) -> dict[str, str]:
-    """Environment under which features.py declares the tables at ``table_root`` and the yaml
-    files find their registry and online store (``MMFS_FEAST_STATE``, see ``state_dir``)."""
-    env = {"MMFS_OFFLINE_STORE": offline_store_type(fs_yaml)}
+    """The environment of a Feast command over ``fs_yaml``'s repo: the table root features.py
+    declares (``MMFS_TABLE_ROOT``) and where the yaml files keep their registry and online store
+    (``MMFS_FEAST_STATE``, see ``state_dir``)."""
     state = state_dir(fs_yaml.parent, table_root)
     state.mkdir(parents=True, exist_ok=True)
-    env["MMFS_FEAST_STATE"] = str(state)
+    env = {"MMFS_FEAST_STATE": str(state)}
     if table_root is not None:
         env["MMFS_TABLE_ROOT"] = str(Path(table_root).resolve())
-        env.update(encoder_env(Path(table_root) / "item_embeddings" / "_mmfs_meta.json"))
-        env.update(encoder_env(Path(table_root) / "item_embeddings_v2" / "_mmfs_meta.json", suffix="_V2"))
-    return env
-
-
-def encoder_env(meta_file: Path, suffix: str = "") -> dict[str, str]:
-    """Vector dims and encoder id of an embedding table, for features.py's declarations (tags).
-
-    ``suffix="_V2"`` describes a backfilled table; without one, its views are not declared."""
-    if not meta_file.is_file():
-        return {f"MMFS_ENCODER_ID{suffix}": ""} if suffix else {}
-    identity = json.loads(meta_file.read_text()).get("encoder_identity") or {}
-    env = {f"MMFS_ENCODER_ID{suffix}": str(identity.get("encoder_id") or "")}
-    if identity.get("mm_dim"):
-        env[f"MMFS_MM_DIM{suffix}"] = str(identity["mm_dim"])
-    if (identity.get("text") or {}).get("dim"):
-        env[f"MMFS_TEXT_DIM{suffix}"] = str(identity["text"]["dim"])
-    if (identity.get("image") or {}).get("dim"):
-        env[f"MMFS_IMAGE_DIM{suffix}"] = str(identity["image"]["dim"])
     return env
 
 
@@ -166,96 +142,10 @@ def feast_cli(args: list[str], config: str = "duckdb", repo: Path | str = REPO, 
     return done
 
 
-# -- schema drift --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FieldCheck:
-    view: str
-    table: str
-    column: str
-    problem: str
-
-
-def _expected_arrow(dtype) -> tuple[pa.DataType, ...]:
-    from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
-
-    scalar = {Int64: (pa.int64(),), Int32: (pa.int32(),), Float32: (pa.float32(),), Float64: (pa.float64(),),
-              Bool: (pa.bool_(),), String: (pa.string(), pa.large_string())}
-    if isinstance(dtype, Array):
-        inner = dtype.base_type
-        if inner == UnixTimestamp:
-            return tuple(pa.list_(pa.timestamp(u, tz)) for u in ("us", "ns") for tz in ("UTC", None))
-        return tuple(pa.list_(pa.field("element", t, nullable)) for t in scalar[inner] for nullable in (True, False))
-    return scalar.get(dtype, ())
-
-
-def _types_match(actual: pa.DataType, expected: tuple[pa.DataType, ...]) -> bool:
-    if pa.types.is_list(actual) or pa.types.is_large_list(actual):
-        return any(pa.types.is_list(e) and actual.value_type == e.value_type for e in expected)
-    return any(actual == e for e in expected)
-
-
-def source_glob(source) -> str:
-    """The parquet files behind a FileSource or SparkSource."""
-    path = getattr(source, "path", None) or getattr(source, "file_options").uri
-    return path if path.endswith(".parquet") else f"{path.rstrip('/')}/*.parquet"
-
-
-def _unreadable(files: list[Path]) -> list[tuple[Path, str]]:
-    """Files whose parquet footer cannot be read (truncated, corrupt, not parquet): each one named."""
-    bad = []
-    for f in files:
-        try:
-            pq.ParquetFile(f).metadata
-        except (pa.ArrowException, OSError) as exc:
-            bad.append((f, str(exc).split(". Either")[0]))
-    return bad
-
-
-def check_views(views) -> list[FieldCheck]:
-    """Every field of every view against its table: present, right type, declared vector length."""
-    problems: list[FieldCheck] = []
-    for fv in views:
-        glob = source_glob(fv.batch_source)
-        table = glob.rsplit("/", 2)[0] if glob.endswith("/*.parquet") else glob
-        files = sorted(Path(glob).parent.glob(Path(glob).name)) if "*" in glob else [Path(glob)]
-        if not files:
-            problems.append(FieldCheck(fv.name, table, "*", "no parquet files: run the Spark jobs first"))
-            continue
-        unreadable = _unreadable(files)
-        if unreadable:
-            problems += [FieldCheck(fv.name, table, "*", f"cannot read {f}: {reason}") for f, reason in unreadable]
-            continue
-        schema = ds.dataset([str(f) for f in files], format="parquet").schema
-        wanted = [fv.batch_source.timestamp_field] + list(fv.join_keys) + (
-            [fv.batch_source.created_timestamp_column] if fv.batch_source.created_timestamp_column else [])
-        for column in wanted:
-            if column not in schema.names:
-                problems.append(FieldCheck(fv.name, table, column, "key/timestamp column missing"))
-        head = pq.ParquetFile(files[0])
-        first = head.read_row_group(0) if head.num_row_groups else None
-        for field in fv.features:
-            if field.name not in schema.names:
-                problems.append(FieldCheck(fv.name, table, field.name, f"column missing (declared {field.dtype})"))
-                continue
-            actual = schema.field(field.name).type
-            if not _types_match(actual, _expected_arrow(field.dtype)):
-                problems.append(FieldCheck(fv.name, table, field.name, f"type {actual} does not match declared {field.dtype}"))
-                continue
-            dim = (field.tags or {}).get("dim")
-            if dim and first is not None and first.num_rows:
-                lengths = pc.list_value_length(first.column(field.name)).drop_null()
-                lengths_seen = set(pc.unique(lengths).to_pylist())
-                if (field.tags or {}).get("empty_allowed") == "true":
-                    lengths_seen.discard(0)
-                if lengths_seen and lengths_seen != {int(dim)}:
-                    problems.append(FieldCheck(fv.name, table, field.name,
-                                               f"vector length {sorted(lengths_seen)} in the table, feature view declares {dim}"))
-    return problems
-
-
 def declared_views(repo: Path | str, table_root: str | Path | None, fs_yaml: Path):
-    """The feature views features.py declares under this config (parsed, not yet applied)."""
+    """The feature views features.py declares under this config (parsed, not yet applied), as
+    the feast CLI would parse them with ``-f fs_yaml``."""
+    import click
     from feast.repo_operations import parse_repo
 
     os.environ.update(repo_env(table_root, fs_yaml))
@@ -263,22 +153,18 @@ def declared_views(repo: Path | str, table_root: str | Path | None, fs_yaml: Pat
         sys.modules.pop(name, None)
     repo = str(Path(repo).resolve())
     sys.path.insert(0, repo)
-    try:
-        with contextlib.chdir(repo):  # parse_repo names modules relative to the working directory
+    try:  # parse_repo names modules relative to the working directory; -f reaches features.py in the click context
+        with contextlib.chdir(repo), click.Context(click.Command("feast"), obj={"FS_YAML_FILE": fs_yaml}):
             return parse_repo(Path(repo)).feature_views
     finally:
         sys.path.remove(repo)
 
 
-def assert_no_drift(views) -> None:
-    problems = check_views(views)
-    if problems:
-        lines = "\n".join(f"  - view {p.view}, table {p.table}, column {p.column}: {p.problem}" for p in problems)
-        raise SchemaDriftError(f"{len(problems)} table/feature-view mismatch(es):\n{lines}")
-
-
 def apply(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None) -> str:
+    """Write encoders.yaml from the tables, check every table against the views, then ``feast apply``."""
     fs_yaml = yaml_path(config, repo)
+    if table_root is not None:
+        encoders_file.write(encoders_file.encoders_path(repo, table_root, REPO), table_root)
     assert_no_drift(declared_views(repo, table_root, fs_yaml))
     return feast_cli(["apply"], config, repo, table_root).stdout
 

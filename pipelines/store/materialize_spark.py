@@ -85,7 +85,7 @@ def materialize_view(spark: SparkSession, store, view, table_dir: str, start: dt
 
 def materialize(store, views: list, start_of, end: dt.datetime, spark: SparkSession | None = None) -> list[dict]:
     """Materialise ``views`` up to ``end``; ``start_of(view)`` gives each view's start."""
-    from pipelines.store.feast_store import source_glob
+    from pipelines.store.drift import source_glob
     from pipelines.spark.session import build_spark
 
     spark = spark or build_spark("mmfs-materialize")

@@ -1,18 +1,16 @@
 """The Spark offline store path end to end on tiny data: apply, historical join, materialise, read."""
 import datetime as dt
-import os
 
 import pytest
 
 from pipelines.store import feast_store, training_set
 from serving.online import PRESENT, OnlineReader
-from tests.support.feast_tables import DIMS, copy_repo
+from tests.support.feast_tables import copy_repo
 
 
 @pytest.mark.integration
 def test_spark_offline_store_matches_the_duckdb_join(tiny_root, tmp_path, spark):
     root, _ = tiny_root
-    os.environ.update(DIMS)
     repo = copy_repo(tmp_path)
     feast_store.apply("spark", repo, root)  # features.py declares SparkSources under this config
     store = feast_store.open_store("spark", repo, root)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model.models import DMF, DataSpec, ModelConfig, build_model
+from model.models import DataSpec, ModelConfig, build_model
 from model.train import forward, loss_fn
 
 B, L, M, N_ITEMS = 6, 5, 8, 20

@@ -13,7 +13,7 @@ from pipelines.spark.table_io import read_table
 from serving import feedback as feedback_module
 from serving.feedback import LOG, Event, FeedbackError, FeedbackWriter, InvalidEvents
 from serving.online import OnlineReader
-from tests.support.feast_tables import DIMS, copy_repo, write_tables
+from tests.support.feast_tables import copy_repo, write_tables
 
 UTC = dt.timezone.utc
 AT = dt.datetime(2020, 8, 1, tzinfo=UTC)  # after everything online
@@ -24,7 +24,6 @@ def fed(spark, tmp_path):
     """A fresh table root, applied and materialised, and a writer over it."""
     root = tmp_path / "tables"
     write_tables(spark, root)
-    os.environ.update(DIMS)
     repo = copy_repo(tmp_path)
     feast_store.apply("duckdb", repo, root)
     store = feast_store.open_store("duckdb", repo, root)

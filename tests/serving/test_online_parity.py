@@ -1,20 +1,18 @@
 """Materialise, read online with TTL, and check online/offline parity on SQLite and real Redis."""
 import datetime as dt
-import os
 
 import pytest
 
 from pipelines.store import feast_store
 from serving.online import MISSING, PRESENT, STALE, OnlineReader
 from serving.parity import run_parity
-from tests.support.feast_tables import DIMS, copy_repo
+from tests.support.feast_tables import copy_repo
 from tests.support.redis_server import redis_server
 
 AFTER_ALL = dt.datetime(2020, 8, 1, tzinfo=dt.timezone.utc)
 
 
 def applied(tmp_path, root, config, port=None):
-    os.environ.update(DIMS)
     repo = copy_repo(tmp_path)
     if port is not None:
         path = repo / "feature_store.redis.yaml"

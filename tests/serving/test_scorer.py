@@ -1,7 +1,6 @@
 """The online scorer: train/serve skew, cold start, bad candidates, stale features, store checks, HTTP."""
 import datetime as dt
 import math
-import os
 
 import duckdb
 import numpy as np
@@ -15,7 +14,7 @@ from model.checkpoint import load_checkpoint
 from model.train import TrainConfig, prepare, train
 from pipelines.store import feast_store, training_set
 from serving.scorer import BadRequest, Scorer, ScorerConfig, StoreMismatch, check_store
-from tests.support.feast_tables import DIMS, copy_repo, write_tables
+from tests.support.feast_tables import copy_repo, write_tables
 
 UTC = dt.timezone.utc
 START = dt.datetime(2021, 1, 1, tzinfo=UTC)
@@ -53,7 +52,6 @@ def served(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve_tables")
     write_tables(spark, root, events=events(), embeddings=embedding_rows())
     (root / "item_embeddings" / "_mmfs_meta.json").write_text('{"encoder_identity": {"encoder_id": "enc-test", "mm_dim": 2, "text": {"dim": 1}}}')
-    os.environ.update(DIMS)
     repo = copy_repo(tmp_path_factory.mktemp("serve_repo"))
     feast_store.apply("duckdb", repo, root)
     store = feast_store.open_store("duckdb", repo, root)

@@ -1,6 +1,5 @@
 """A tiny table root with adversarial histories, and a Feast repo applied over it."""
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from datetime import datetime
 ts = datetime.fromisoformat
 
 REPO = Path(__file__).resolve().parents[2]
-DIMS = {"MMFS_MM_DIM": "2", "MMFS_TEXT_DIM": "1", "MMFS_IMAGE_DIM": "3"}
+# The tiny embedding table records its encoder as the encode job does: mmfs apply declares these lengths.
+IDENTITY = {"encoder_id": "e", "mm_dim": 2, "text": {"dim": 1}, "image": {"dim": 3}}
 
 EVENTS = [
     (1, 10, "2020-01-01 00:00:00", 1),
@@ -55,7 +55,7 @@ def write_tables(spark, root: Path, events=EVENTS, embeddings=None) -> dict:
     events_df = spark.createDataFrame([Row(user_id=u, item_id=i, event_timestamp=ts(t), label=l) for u, i, t, l in events], EVENTS_SCHEMA)
     write_table(events_df, str(root / "events"))
     emb = spark.createDataFrame(embeddings or embedding_rows(), ITEM_EMBEDDINGS_SCHEMA)
-    write_table(emb, str(root / "item_embeddings"))
+    write_table(emb, str(root / "item_embeddings"), meta={"job": "tests", "encoder_identity": IDENTITY})
     tables = user_sequences.transform(events_df, max_len=50)
     for name, df in tables.items():
         write_table(df, str(root / name))
@@ -85,7 +85,6 @@ def applied_repo(tiny_root, tmp_path_factory):
     from pipelines.store import feast_store
 
     root, _ = tiny_root
-    os.environ.update(DIMS)
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
     feast_store.apply("duckdb", repo, root)
     return repo, root

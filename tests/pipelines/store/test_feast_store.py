@@ -1,5 +1,4 @@
 """mmfs apply: schema drift between a table and its feature view fails with the column named."""
-import os
 import shutil
 
 import pyarrow as pa
@@ -9,7 +8,7 @@ import pytest
 
 from pipelines.store import feast_store
 from pipelines.store.feast_store import SchemaDriftError
-from tests.support.feast_tables import DIMS, copy_repo
+from tests.support.feast_tables import copy_repo
 
 
 def rewrite(table_dir, change):
@@ -27,7 +26,6 @@ def test_drift_fails_apply_naming_view_table_and_column(tiny_root, tmp_path):
         pa.array([v + [0.0] for v in t.column("mm_emb").to_pylist()], pa.list_(pa.float32()))))
     rewrite(drifted / "target_similarity", lambda t: t.set_column(
         t.schema.get_field_index("target_has_emb"), "target_has_emb", pc.cast(t.column("target_has_emb"), pa.int32())))
-    os.environ.update(DIMS)
     repo = copy_repo(tmp_path)
     with pytest.raises(SchemaDriftError) as error:
         feast_store.apply("duckdb", repo, drifted)
@@ -44,7 +42,6 @@ def test_cli_reports_drift_as_an_error_exit(tiny_root, tmp_path, capsys):
     drifted = tmp_path / "tables"
     shutil.copytree(root, drifted)
     rewrite(drifted / "user_sequence_snapshots", lambda t: t.drop_columns(["hist_ts_us"]))
-    os.environ.update(DIMS)
     repo = copy_repo(tmp_path)
     assert feast_store.main_apply(["--root", str(drifted), "--repo", str(repo)]) == 2
     assert "view user_sequence" in capsys.readouterr().err
@@ -90,7 +87,6 @@ def test_a_corrupt_table_file_is_named_by_apply_and_training_set(tiny_root, tmp_
     root, _ = tiny_root
     broken = tmp_path / "tables"
     shutil.copytree(root, broken)
-    os.environ.update(DIMS)
     repo = copy_repo(tmp_path)
     feast_store.apply("duckdb", repo, broken)
     victim = sorted((broken / "item_stats").glob("*.parquet"))[0]
@@ -112,7 +108,6 @@ def test_the_checkouts_repo_keeps_its_store_with_the_tables(tiny_root, tmp_path,
     shutil.copytree(root, tables, ignore=shutil.ignore_patterns("_feast"))
     checkout_state = feast_store.REPO / "data"
     before = sorted(checkout_state.rglob("*")) if checkout_state.exists() else []
-    os.environ.update(DIMS)
     feast_store.apply("duckdb", feast_store.REPO, tables)
     assert (tables / "_feast" / "registry.db").is_file()
     assert (sorted(checkout_state.rglob("*")) if checkout_state.exists() else []) == before

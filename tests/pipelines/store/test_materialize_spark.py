@@ -1,11 +1,10 @@
 """The Spark materialiser writes exactly what `feast materialize` writes, partition by partition."""
 import datetime as dt
-import os
 
 import pytest
 
 from pipelines.store import feast_store
-from tests.support.feast_tables import DIMS, copy_repo
+from tests.support.feast_tables import copy_repo
 from tests.support.redis_server import redis_server
 
 AFTER_ALL = dt.datetime(2020, 8, 1, tzinfo=dt.timezone.utc)
@@ -28,7 +27,6 @@ def online_contents(store) -> dict:
 
 
 def stores(tmp_path, root, config, ports=None):
-    os.environ.update(DIMS)
     made = []
     for engine in ("feast", "spark"):
         repo = copy_repo(tmp_path / engine)

@@ -9,7 +9,6 @@ import pytest
 
 from pipelines.store import feast_store, training_set
 from pipelines.store.training_set import EntityFrameError, SplitPoints
-from tests.conftest import ts
 from tests.support.feast_tables import EVENTS
 
 
