@@ -15,13 +15,14 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 
 .PHONY: demo test test-all bench bench-serving bench-feast bench-load bench-models bench-scale java redis ui clean
 
-$(INSTALLED): pyproject.toml
+# constraints.txt: the versions proven together here; pyproject.toml holds the compatible ranges.
+$(INSTALLED): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $(INSTALLED)
 
-$(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+$(BENCH_INSTALLED): $(INSTALLED) pyproject.toml constraints.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	@touch $(BENCH_INSTALLED)
 
 java:

@@ -1,4 +1,5 @@
-"""Tests import the checkout's code, never a test package or another installed copy."""
+"""Tests import the checkout's code, never a test package or another installed copy; and the
+checkout's imports run one way, downward through the layers (README, "Layout")."""
 from pathlib import Path
 
 import model
@@ -56,3 +57,102 @@ def test_serving_never_reaches_pyspark():
             if source is not None and source not in seen:
                 paths[source] = path.relative_to(REPO)
                 stack.append(source)
+
+
+# The layers, bottom up, and what each may import of the checkout's code (its own package always).
+# Everything else is an upward or sideways arrow: serving into Spark jobs, model into serving, ...
+CONTRACTS, FEATURES, SPARK = "pipelines.contracts", "pipelines.features", "pipelines.spark"
+ALLOWED = {
+    CONTRACTS: set(),
+    FEATURES: {CONTRACTS},
+    SPARK: {CONTRACTS, FEATURES},
+    "pipelines.encoders": {CONTRACTS},
+    "pipelines.synth": {CONTRACTS},
+    "pipelines.jobs": {CONTRACTS, FEATURES, SPARK, "pipelines.encoders", "pipelines.synth"},
+    "pipelines.store": {CONTRACTS, FEATURES, SPARK},  # Spark only for materialize(engine="spark")
+    "model": {CONTRACTS, FEATURES, SPARK},  # Spark only for train --distributed (TorchDistributor)
+    "serving": {CONTRACTS, FEATURES, "pipelines.store", "model"},
+    "pipelines.cli": {"pipelines", "model", "serving"},  # the entry point, above everything
+    "feature_repo": set(),
+    "benchmarks": {"pipelines", "model", "serving", "tests.support"},
+    "tests": {"pipelines", "model", "serving", "feature_repo"},
+    "tests.support": {"pipelines", "model", "serving"},  # fixtures and servers: what benchmarks may borrow
+}
+OURS = ("pipelines", "model", "serving", "tests", "benchmarks", "feature_repo")
+
+
+def _unit(module: str) -> str | None:
+    """The ALLOWED key a module belongs to (the longest matching prefix)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in ALLOWED:
+            return ".".join(parts[:n])
+    return None
+
+
+def _module_of(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def _upward_arrows(files) -> list[str]:
+    bad = []
+    for path in files:
+        source = _module_of(path)
+        unit = _unit(source)
+        for name in sorted(_imports(path), key=len):  # `from a.b import c` reports a.b, not a.b.c too
+            if any(b.startswith(f"{path.relative_to(REPO)} ({unit}) imports {name.rsplit('.', 1)[0]} (") for b in bad):
+                continue
+            if name.split(".")[0] not in OURS or name in ("pipelines", "model", "serving", "tests"):
+                continue
+            target = _unit(name)
+            if target is None or target == unit or (unit.startswith("tests") and target.startswith("tests")):
+                continue
+            if not any(target == a or target.startswith(a + ".") for a in ALLOWED[unit]):
+                bad.append(f"{path.relative_to(REPO)} ({unit}) imports {name} ({target})")
+    return bad
+
+
+def _checkout_files():
+    return [p for d in OURS for p in (REPO / d).rglob("*.py")]
+
+
+def test_imports_run_one_way():
+    """Walks every import (lazy ones included) with the AST: none runs upward or sideways."""
+    assert not _upward_arrows(_checkout_files())
+
+
+def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
+    """The check is live: a model file that imports serving is reported."""
+    fake = REPO / "model" / "_upward_probe.py"
+    files = _checkout_files() + [fake]
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "from serving.scorer import Scorer\n" if self == fake else real(self, *a, **k))
+    assert _upward_arrows(files) == ["model/_upward_probe.py (model) imports serving.scorer (serving)"]
+
+
+def test_no_import_circle():
+    """The module graph of the library (lazy imports included) has no cycle."""
+    graph = {}
+    for path in _checkout_files():
+        module = _module_of(path)
+        if module.split(".")[0] not in ("pipelines", "model", "serving"):
+            continue
+        graph[module] = {n for n in _imports(path) if _source(n) is not None and _module_of(_source(n)) != module
+                         and n.split(".")[0] in ("pipelines", "model", "serving")}
+        graph[module] = {_module_of(_source(n)) for n in graph[module]} - {module}
+    state, cycle = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycle.append(" -> ".join(stack[stack.index(nxt):] + [nxt]) if nxt in stack else f"{node} -> {nxt}")
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycle
