@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.resources import machine_description
-from model.models import SERVICES, ModelConfig
+from model.config import ModelConfig
+from model.models import SERVICES
 from model.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

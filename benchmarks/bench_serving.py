@@ -146,7 +146,7 @@ def bench_in_process(store, checkpoint: Path, user: int, items: list[int], at: d
 
 def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
     """Decoupled target attention vs early fusion at C = 1200 (random weights, speed only)."""
-    from model.models import DMF
+    from model.dmf import DMF
     from model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)

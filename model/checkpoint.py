@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from model.models import DataSpec, ModelConfig, build_model
+from model.config import DataSpec, ModelConfig
+
+from model.models import build_model
 from model.vocab import IdVocab
 
 

@@ -159,3 +159,79 @@ def similarity_tiers(sims: torch.Tensor, mask: torch.Tensor, tiers: int) -> torc
     counts = torch.zeros(sims.shape[0], tiers, device=sims.device, dtype=sims.dtype)
     counts.scatter_add_(1, index, mask.to(sims.dtype))
     return counts / mask.sum(dim=1, keepdim=True).clamp(min=1).to(sims.dtype)
+
+
+class DecoupledTargetAttention(nn.Module):
+    """DMF's modality-enriched branch: target attention over the history ids whose keys and
+    values carry the bucket b_j of s_j: q = W_q e_t, k_j = W_k e_j + E_K[b_j], v_j = W_v e_j + E_V[b_j].
+
+    W_k e_j and W_v e_j do not depend on the target, so ``project_history`` runs once per user and
+    ``forward`` only adds the bucket terms per candidate (decoupled target attention). With
+    ``early_fusion`` s_j is concatenated to e_j before the projections instead (then they run per
+    candidate)."""
+
+    def __init__(self, dim: int, buckets: int, dropout: float = 0.0, early_fusion: bool = False):
+        super().__init__()
+        self.buckets, self.early_fusion = buckets, early_fusion
+        self.q = nn.Linear(dim, dim)
+        kv_in = dim + 1 if early_fusion else dim
+        self.k = nn.Linear(kv_in, dim)
+        self.v = nn.Linear(kv_in, dim)
+        self.bucket_k = nn.Embedding(buckets + 1, dim)  # bucket K: similarity unknown
+        self.bucket_v = nn.Embedding(buckets + 1, dim)
+        nn.init.normal_(self.bucket_k.weight, std=0.05)
+        nn.init.normal_(self.bucket_v.weight, std=0.05)
+        self.mlp = MLP(dim, (dim,), dim, dropout)
+
+    def project_history(self, hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, L, D) history ids -> keys, values (U, L, D): once per user (e_j itself for early fusion)."""
+        if self.early_fusion:
+            return hist, hist  # the projections need s_j: done per candidate
+        return self.k(hist), self.v(hist)
+
+    def forward(self, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                sims: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Interest (C, D) of C targets (C, D) over U = 1 or U = C users' projected history."""
+        C = target.shape[0]
+        mask = mask.expand(C, -1)  # (C, L)
+        bucket = torch.where(known, similarity_buckets(sims, self.buckets), self.buckets)  # (C, L)
+        if self.early_fusion:
+            fused = torch.cat([keys.expand(C, -1, -1), (sims * known).unsqueeze(-1)], dim=-1)  # (C, L, D+1)
+            keys, values = self.k(fused), self.v(fused)  # (C, L, D): L projections per candidate
+        # k_j = K_j + E_K[b_j], v_j = V_j + E_V[b_j], without materialising (C, L, D):
+        # q.k_j = q.K_j + (q E_K^T)[b_j];  sum_j w_j v_j = w V + (sum_j w_j onehot(b_j)) E_V.
+        q = self.q(target)  # (C, D)
+        shared = keys.shape[0] == 1 and C > 1  # one user's K, V for all C candidates
+        qk = q @ keys[0].T if shared else torch.einsum("cd,cld->cl", q, keys)  # (C, L)
+        qe = (q @ self.bucket_k.weight.T).gather(1, bucket)  # (C, L)
+        weights = masked_softmax((qk + qe) / math.sqrt(q.shape[-1]), mask)  # (C, L)
+        wv = weights @ values[0] if shared else torch.einsum("cl,cld->cd", weights, values)  # (C, D)
+        per_bucket = torch.zeros(C, self.buckets + 1, dtype=weights.dtype, device=weights.device)
+        we = per_bucket.scatter_add_(1, bucket, weights) @ self.bucket_v.weight  # (C, D)
+        return self.mlp(wv + we)  # (C, D)
+
+
+class ModalityCentricInterest(nn.Module):
+    """DMF's modality-centric branch: the similarity-tier histogram of s_j, plus optionally
+    multi-head target attention of the projected target content over the projected history
+    content (its keys and values projected once per user by ``project_history``)."""
+
+    def __init__(self, dim: int, tiers: int, heads: int, dropout: float = 0.0, attention: bool = True):
+        super().__init__()
+        self.tiers = tiers
+        self.attention = MultiHeadTargetAttention(dim, dim, dim, heads) if attention else None
+        self.mlp = MLP(tiers + (dim if attention else 0), (dim,), dim, dropout)
+
+    def project_history(self, hist_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(U, L, D) projected history content -> the attention's K, V (U, H, L, d) x 2, or None."""
+        return self.attention.project_keys(hist_mm) if self.attention is not None else None
+
+    def forward(self, target_mm: torch.Tensor, kv, found: torch.Tensor, sims: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Interest (C, D) of C targets' projected content (C, D); ``found`` (U, L) marks history
+        items with content."""
+        C = target_mm.shape[0]
+        parts = [similarity_tiers(sims, known, self.tiers)]  # (C, N)
+        if self.attention is not None:
+            k, v = kv  # (U, H, L, d): projected once per user
+            parts.append(self.attention.attend(target_mm, k, v, found.expand(C, -1)))  # (C, D)
+        return self.mlp(torch.cat(parts, dim=-1))  # (C, D)

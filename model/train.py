@@ -33,14 +33,15 @@ from model.checkpoint import model_vectors
 from model.data import LoaderConfig, TrainingSetDataset, read_manifest
 from model.layers import OOV, IdEmbedding
 from model.metrics import all_metrics, auc
-from model.models import SERVICES, DataSpec, ModelConfig, build_model
+from model.config import DataSpec, ModelConfig
+from model.models import SERVICES, build_model
 from model.vocab import IdVocab
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     training_set: str = "out/movielens/training_sets/ctr_dmf_v1"
-    out: str = "out/models/dmf"  # mmfs train defaults it to out/models/<model>
+    out: str = ""  # empty: out/models/<model name> (``output_dir``), never another model's checkpoint
     model: ModelConfig = field(default_factory=ModelConfig)
     batch_size: int = 1024
     lr: float = 1e-3
@@ -58,6 +59,11 @@ class TrainConfig:
     oov_dropout: float = 0.0  # train only: each target / history id is replaced by OOV with this probability
     embedding_weight_decay: float = -1.0  # AdamW decay of the id embeddings; negative: weight_decay
     progress: bool = True
+
+    @property
+    def output_dir(self) -> Path:
+        """Where the checkpoint, metrics and curve go: ``out``, else out/models/<model name>."""
+        return Path(self.out or f"out/models/{self.model.name}")
 
 
 # -- config resolution ----------------------------------------------------------------------------
@@ -343,7 +349,7 @@ def run_distributed(config: TrainConfig, num_processes: int) -> dict:
 
 
 def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: dict, metrics: dict) -> None:
-    out = Path(config.out)
+    out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "state_dict": model.state_dict(),
@@ -410,8 +416,6 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"--out={args.out}")
     try:
         config = resolve_config(args.config, overrides)
-        if not args.out and not any(o.lstrip("-").startswith("out=") for o in overrides):
-            config = dataclasses.replace(config, out=f"out/models/{config.model.name}")  # never another model's checkpoint
         if not Path(config.training_set, "manifest.json").is_file():
             raise ValueError(f"{config.training_set} is not a training set (no manifest.json): build one with mmfs training-set")
     except (ValueError, yaml.YAMLError, OSError) as exc:

@@ -31,7 +31,7 @@ class Mutant:
 
 MUTANTS = (
     Mutant("DMF serving path drops the bucket-key term (one user's K/V shared by C candidates)",
-           "model/models.py",
+           "model/layers.py",
            "        weights = masked_softmax((qk + qe) / math.sqrt(q.shape[-1]), mask)  # (C, L)",
            "        weights = masked_softmax(((qk + qe) if not shared else qk) / math.sqrt(q.shape[-1]), mask)  # (C, L)",
            ("tests/model/test_models.py::test_dmf_decoupled_scoring_equals_forward",)),
@@ -57,7 +57,7 @@ MUTANTS = (
            ("tests/pipelines/jobs/test_user_stats.py", "tests/pipelines/jobs/test_item_stats.py",
             "tests/pipelines/jobs/test_user_sequences.py")),
     Mutant("Diff-MSIN gathers per-version reps in the wrong order",
-           "model/models.py",
+           "model/diff_msin.py",
            "        return [r[inverse].reshape(B, L, -1) for r in reps]",
            "        return [r[inverse.flip(0)].reshape(B, L, -1) for r in reps]",
            ("tests/model/test_models.py::test_diffmsin_per_version_history_reps_equal_per_position",)),

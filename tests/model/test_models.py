@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model.models import DataSpec, ModelConfig, build_model
+from model.config import DataSpec, ModelConfig
+
+from model.models import build_model
 from model.train import forward, loss_fn
 
 B, L, M, N_ITEMS = 6, 5, 8, 20
@@ -80,8 +82,8 @@ def test_padding_does_not_change_the_output(name):
 def test_dmf_decoupled_scoring_equals_forward(name):
     m = model(name)
     with torch.no_grad():  # bucket embeddings of a trained model's size, so that every term shows
-        m.bucket_k.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(5))
-        m.bucket_v.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(6))
+        m.enriched.bucket_k.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(5))
+        m.enriched.bucket_v.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(6))
     batch = make_batch(b=6)
     user = {k: batch[k][4:5] for k in ("hist_idx", "hist_mask", "hist_mm_emb", "hist_mm_emb_found")}  # one user, L=4 real
     C = 6

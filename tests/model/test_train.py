@@ -7,7 +7,7 @@ import torch
 
 from model.data import LoaderConfig, TrainingSetDataset
 from model.metrics import gauc
-from model.models import ModelConfig
+from model.config import ModelConfig
 from model.checkpoint import load_checkpoint
 from model.train import TrainConfig, prepare, resolve_config, train
 from pipelines.store import feast_store, training_set
@@ -91,7 +91,7 @@ def test_torch_distributor_trains_data_parallel_in_two_processes(dmf_set, tmp_pa
 def test_cli_lists_every_option_and_refuses_bad_ones_in_one_line(capsys):
     import dataclasses
 
-    from model.models import ModelConfig
+    from model.config import ModelConfig
     from model.train import TrainConfig, main
 
     with pytest.raises(SystemExit) as shown:
@@ -108,3 +108,12 @@ def test_cli_lists_every_option_and_refuses_bad_ones_in_one_line(capsys):
             main(["--model", "din"] + bad)
         err = capsys.readouterr().err
         assert refused.value.code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_each_model_defaults_to_its_own_output_folder():
+    """mmfs train --model din without --out must not overwrite the DMF checkpoint."""
+    from pathlib import Path
+
+    assert TrainConfig(model=ModelConfig(name="din")).output_dir == Path("out/models/din")
+    assert TrainConfig().output_dir == Path("out/models/dmf")
+    assert TrainConfig(out="x/y", model=ModelConfig(name="din")).output_dir == Path("x/y")

@@ -9,7 +9,7 @@ import torch
 from pyspark.sql import Row
 
 from model.data import LoaderConfig, TrainingSetDataset
-from model.models import ModelConfig
+from model.config import ModelConfig
 from model.checkpoint import load_checkpoint
 from model.train import TrainConfig, prepare, train
 from pipelines.store import feast_store, training_set

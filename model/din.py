@@ -1,0 +1,26 @@
+"""DIN (Zhou et al., KDD 2018): activation-unit target attention of the target id over the history ids."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
+from model.layers import MLP, DinAttention, IdEmbedding
+
+
+class DIN(nn.Module):
+    """Deep Interest Network: activation-unit attention of the target id over the history ids."""
+
+    def __init__(self, spec: DataSpec, config: ModelConfig):
+        super().__init__()
+        D = config.id_dim
+        self.config = config
+        self.items = IdEmbedding(spec.n_items, D)
+        self.attention = DinAttention(D, pooling=config.din_pooling)
+        self.dnn = MLP(3 * D + DENSE_DIM, config.mlp, 1, config.dropout, config.batch_norm)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        target = self.items(batch["item_idx"])  # (B, D)
+        hist = self.items(batch["hist_idx"])  # (B, L, D)
+        interest = self.attention(target, hist, batch["hist_mask"])  # (B, D)
+        return self.dnn(torch.cat([target, interest, target * interest, dense_features(batch, self.config.user_stats)], -1)).squeeze(-1)

@@ -1,0 +1,37 @@
+"""The MMCTR challenge's DIN (arXiv 2504.18961): multi-head target attention over [id ; PCA(BERT)+PCA(image)]
+items, SENet over the fields, an optional cross network."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
+from model.layers import MLP, CrossNetwork, IdEmbedding, MultiHeadTargetAttention, SENet
+
+
+class MMCTRDIN(nn.Module):
+    """MMCTR challenge DIN (arXiv 2504.18961): items as [id emb ; projected PCA(text)+PCA(image)],
+    multi-head target attention, SENet over the fields, optional cross network, DNN."""
+
+    def __init__(self, spec: DataSpec, config: ModelConfig):
+        super().__init__()
+        D = config.id_dim
+        self.config = config
+        self.items = IdEmbedding(spec.n_items, D)
+        self.mm = nn.Linear(spec.mm_dim, D)
+        self.attention = MultiHeadTargetAttention(2 * D, 2 * D, 2 * D, config.heads)
+        self.dense = nn.Linear(DENSE_DIM, 2 * D)
+        self.senet = SENet(fields=3)
+        self.cross = CrossNetwork(6 * D, config.cross_layers) if config.cross_layers else nn.Identity()
+        self.dnn = MLP(6 * D, config.mlp, 1, config.dropout, config.batch_norm)
+
+    def item_vectors(self, idx: torch.Tensor, mm: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.items(idx), self.mm(mm)], dim=-1)  # (..., 2D)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        target = self.item_vectors(batch["item_idx"], batch["mm_emb"])  # (B, 2D)
+        hist = self.item_vectors(batch["hist_idx"], batch["hist_mm_emb"])  # (B, L, 2D)
+        interest = self.attention(target, hist, batch["hist_mask"])  # (B, 2D)
+        fields = torch.stack([target, interest, self.dense(dense_features(batch, self.config.user_stats))], dim=1)  # (B, 3, 2D)
+        x = self.senet(fields).flatten(1)  # (B, 6D)
+        return self.dnn(self.cross(x)).squeeze(-1)
