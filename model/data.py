@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields
 from pipelines.features.item_index import MISSING, ItemEmbeddingIndex, to_micros
 
 
@@ -82,21 +83,6 @@ def pad_lists(column: pa.Array, width: int, dtype, fill=0) -> tuple[np.ndarray, 
     return out, mask
 
 
-USER_STATS_COLUMNS = ("user_impressions", "user_clicks", "user_ctr")
-ITEM_STATS_COLUMNS = ("impressions", "clicks", "ctr")
-
-
-def dense_block(impressions: np.ndarray, clicks: np.ndarray, ctr: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Running stats (an item's or a user's) -> a dense block: (B, 4) log1p(impressions),
-    log1p(clicks), ctr and logit(ctr) (zeros where unknown) and the (B,) known mask. Shared by the
-    loader and the online scorer. The smoothed ctr lies in (0, 1), so its logit is finite."""
-    known = np.asarray(known, dtype=bool)
-    rate = np.clip(np.asarray(ctr, dtype=np.float32), 1e-6, 1 - 1e-6)
-    columns = [np.log1p(np.asarray(impressions, dtype=np.float32)), np.log1p(np.asarray(clicks, dtype=np.float32)),
-               np.asarray(ctr, dtype=np.float32), np.log(rate / (1 - rate))]
-    return np.where(known[:, None], np.stack(columns, axis=1), np.float32(0)).astype(np.float32), known  # (B, 4), (B,)
-
-
 def read_manifest(training_set: str | Path) -> dict:
     return json.loads((Path(training_set) / "manifest.json").read_text())
 
@@ -108,14 +94,14 @@ def load_embedding_index(table_dir: str | Path, column: str) -> ItemEmbeddingInd
     return ItemEmbeddingIndex.from_arrow(table, column, str(table_dir))
 
 
-def stats_columns(table: pa.Table, names: tuple[str, str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """(impressions, clicks, ctr) columns of a training-set table -> ``dense_block``; all unknown
+def stats_columns(table: pa.Table, names: tuple[str, str, str]) -> dict[str, np.ndarray]:
+    """(impressions, clicks, ctr) columns of a training-set table -> ``stats_fields``; all unknown
     when the table lacks them (a service without that stats view)."""
     if names[0] not in table.column_names:
-        return dense_block(*(np.zeros(table.num_rows) for _ in range(3)), np.zeros(table.num_rows, bool))
+        return stats_fields(names, *(np.zeros(table.num_rows) for _ in range(3)), np.zeros(table.num_rows, bool))
     known = table.column(names[0]).is_valid().to_numpy(zero_copy_only=False)
     impressions, clicks = (pc.fill_null(table.column(c), 0).to_numpy() for c in names[:2])
-    return dense_block(impressions, clicks, pc.fill_null(table.column(names[2]), 0.0).to_numpy(), known)
+    return stats_fields(names, impressions, clicks, pc.fill_null(table.column(names[2]), 0.0).to_numpy(), known)
 
 
 class TrainingSetDataset(IterableDataset):
@@ -174,9 +160,9 @@ class TrainingSetDataset(IterableDataset):
         batch["hist_item_ids"], batch["hist_mask"] = hist_ids, hist_mask
         if "hist_sim" in table.column_names:
             sims, sim_known = pad_lists(table.column("hist_sim"), L, np.float32)  # (B, L)
-            batch["hist_sim"], batch["hist_sim_mask"] = np.nan_to_num(sims), sim_known & hist_mask
-        for prefix, names in (("", ITEM_STATS_COLUMNS), ("user_", USER_STATS_COLUMNS)):
-            batch[f"{prefix}dense"], batch[f"{prefix}dense_mask"] = stats_columns(table, names)
+            batch.update(similarity_fields(sims, sim_known & hist_mask))
+        for names in (ITEM_STATS_COLUMNS, USER_STATS_COLUMNS):
+            batch.update(stats_columns(table, names))
         for vector, index in self.indexes.items():
             as_of = batch["event_us"]
             target, found = index.vectors_at(batch["item_id"], as_of)  # (B, D), (B,)
@@ -185,7 +171,6 @@ class TrainingSetDataset(IterableDataset):
             versions = np.where(hist_found, versions, MISSING)
             hist = np.zeros((*hist_ids.shape, index.dim), np.float32)  # (B, L, D)
             hist[hist_found] = index.vectors[versions[hist_found]]
-            batch[vector], batch[f"{vector}_found"] = target, found
-            batch[f"hist_{vector}"], batch[f"hist_{vector}_found"] = hist, hist_found
+            batch.update(vector_fields(vector, target, found, hist, hist_found))
             batch[f"hist_{vector}_version"] = versions
-        return {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in batch.items()}
+        return to_tensors(batch)

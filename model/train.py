@@ -33,6 +33,7 @@ from model.checkpoint import model_vectors
 from model.data import LoaderConfig, TrainingSetDataset, read_manifest
 from model.layers import OOV, IdEmbedding
 from model.metrics import all_metrics, auc
+from model.batch import with_vocab_indices
 from model.config import DataSpec, ModelConfig
 from model.models import SERVICES, build_model
 from model.vocab import IdVocab
@@ -116,10 +117,8 @@ def resolve_config(yaml_path: str | None, overrides: list[str], base: TrainConfi
 # -- data ------------------------------------------------------------------------------------------
 
 def prepare(batch: dict, vocab: IdVocab, device: torch.device) -> dict:
-    batch = dict(batch)
-    batch["item_idx"] = vocab.index(batch["item_id"])
-    batch["hist_idx"] = vocab.index(batch["hist_item_ids"], batch["hist_mask"])
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """A loader batch with its vocabulary indices, on ``device``."""
+    return {k: v.to(device, non_blocking=True) for k, v in with_vocab_indices(batch, vocab).items()}
 
 
 def history_masks(batch: dict) -> list[str]:

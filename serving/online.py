@@ -100,11 +100,10 @@ class OnlineReader:
         ttl = self.views[view][0].ttl
         return ttl if ttl and ttl.total_seconds() > 0 else None
 
-    def read(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]], now: dt.datetime | None = None) -> ViewRows:
+    def read_rows(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]]) -> list[tuple[dt.datetime | None, dict | None]]:
+        """The one online read: ``view``'s raw rows for ``keys`` (an int, or a tuple per join key),
+        each (aware timestamp, {feature: ValueProto}) or (None, None) where the key is absent."""
         fv, features = self.views[view]
-        now = now or dt.datetime.now(dt.timezone.utc)
-        if now.tzinfo is None:
-            raise ValueError("now must be timezone-aware (UTC)")
         join_keys = list(fv.join_keys)
         entity_keys = []
         for key in keys:
@@ -114,11 +113,20 @@ class OnlineReader:
             entity_keys.append(EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(int64_val=int(p)) for p in parts]))
         rows = self.provider.online_read(config=self.store.config, table=fv, entity_keys=entity_keys,
                                           requested_features=list(features))  # Redis appends to the list it gets
+        return [row_or_missing(event_ts, data) for event_ts, data in rows]
+
+    def read(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]], now: dt.datetime | None = None) -> ViewRows:
+        """``view``'s decoded values for ``keys``, each present, stale (older than the view's TTL
+        at ``now``) or missing."""
+        _, features = self.views[view]
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware (UTC)")
+        rows = self.read_rows(view, keys)
         ttl = self.ttl(view)
         values = {f: [] for f in features}
         status, stamps = [], []
         for event_ts, data in rows:
-            event_ts, data = row_or_missing(event_ts, data)
             if data is None:
                 status.append(MISSING)
                 stamps.append(None)

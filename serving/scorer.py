@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,15 +39,14 @@ from typing import Sequence
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from model.data import USER_STATS_COLUMNS, dense_block
+from model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields, with_vocab_indices
 from model.checkpoint import load_checkpoint, model_vectors
 from pipelines.store.feast_store import EMBEDDING_VIEW
 from pipelines.store.feast_store import embedding_view as embedding_view_of
 from pipelines.features.similarity import target_similarity
-from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows, decode, row_or_missing
+from serving.item_features import ItemFeatureCache, ItemFeatures
+from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows
 
 SEQUENCE_VIEW = "user_sequence"
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # the tables' validated range starts here
@@ -161,70 +159,6 @@ def check_store(store, meta: dict) -> None:
                                 "mean what the model learned. Serve a model trained on this encoder's tables")
 
 
-class ItemFeatureCache:
-    """Bounded cache of item rows as read from the online store (FIFO eviction, plain dict lookups).
-
-    Cleared when the Feast registry file changes (materialisation records its interval there) and
-    when older than ``max_age_s`` (the bound for registries that are not a local file)."""
-
-    def __init__(self, store, maxsize: int, max_age_s: float):
-        self.enabled = maxsize > 0
-        self.maxsize = maxsize
-        self.max_age_s = max_age_s
-        self.entries: dict = {}
-        self.filled_at = time.monotonic()
-        registry = store.config.registry
-        path = Path(getattr(registry, "path", "") or "")
-        if path and not path.is_absolute():
-            path = Path(store.repo_path) / path
-        self.registry_path = path if path and path.is_file() else None
-        self.registry_stamp = self._stamp()
-        self.hits = self.misses = self.invalidations = 0
-
-    def _stamp(self):
-        if self.registry_path is None:
-            return None
-        try:
-            st = os.stat(self.registry_path)
-            return st.st_mtime_ns, st.st_size
-        except OSError:
-            return None
-
-    def check(self) -> None:
-        """Once per request: clear on a registry change or when the cache is too old."""
-        stamp = self._stamp()
-        if stamp != self.registry_stamp or time.monotonic() - self.filled_at > self.max_age_s:
-            self.registry_stamp = stamp
-            self.clear()
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.filled_at = time.monotonic()
-        self.invalidations += 1
-
-    def get_many(self, view: str, ids: list[int]) -> list:
-        if not self.enabled:
-            self.misses += len(ids)
-            return [None] * len(ids)
-        get = self.entries.get
-        found = [get((view, i)) for i in ids]
-        missed = found.count(None)
-        self.misses += missed
-        self.hits += len(ids) - missed
-        return found
-
-    def put(self, key, value) -> None:
-        if not self.enabled:
-            return
-        if len(self.entries) >= self.maxsize:  # evict the oldest entries (insertion order)
-            for old in list(self.entries)[: max(1, self.maxsize // 10)]:
-                del self.entries[old]
-        self.entries[key] = value
-
-    def discard(self, key) -> None:
-        self.entries.pop(key, None)
-
-
 class Scorer:
     """Scores one user's candidates with a trained model and the online store's features."""
 
@@ -245,11 +179,11 @@ class Scorer:
         spec = meta["data_spec"]
         self.dims = {"mm_emb": spec.mm_dim, **dict(spec.modal_dims)}
         self.vectors = tuple(v for v in self.vectors if self.dims.get(v))
-        self.item_views = [v for v, (fv, _) in self.reader.views.items() if tuple(fv.join_keys) == ("item_id",)]
+        self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
+        self.items = ItemFeatures(self.reader, self.cache)
+        self.item_views = self.items.views
         # item_embeddings, or a backfilled encoder's item_embeddings_v2 for a ctr_dmf_v2 checkpoint
         self.embedding_view = embedding_view_of(self.item_views) or EMBEDDING_VIEW
-        self.online_store = self.reader.provider.online_store
-        self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
         self._online_from: tuple[int, dt.datetime | None] | None = None  # (cache invalidations, first materialised time)
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
 
@@ -258,35 +192,8 @@ class Scorer:
         model, meta = load_checkpoint(path)
         return cls(model, meta, store, config)
 
-    # -- reads -------------------------------------------------------------------------------------
-
-    def _read_items(self, view: str, ids: list[int], now: dt.datetime) -> dict[int, tuple[dict | None, dt.datetime | None]]:
-        """item -> (decoded features or None, event timestamp): cached rows, the rest in one online read."""
-        fv, features = self.reader.views[view]
-        cached = self.cache.get_many(view, ids)
-        out = {item: hit for item, hit in zip(ids, cached) if hit is not None}
-        misses = [item for item, hit in zip(ids, cached) if hit is None]
-        if misses:
-            keys = [EntityKeyProto(join_keys=["item_id"], entity_values=[ValueProto(int64_val=int(i))]) for i in misses]
-            rows = self.online_store.online_read(self.reader.store.config, fv, keys, list(features))
-            for item, (event_ts, data) in zip(misses, rows):
-                event_ts, data = row_or_missing(event_ts, data)
-                value = (None if data is None else {f: decode(data[f], arrays=True) if f in data else None for f in features}, event_ts)
-                out[item] = value
-                self.cache.put((view, item), value)
-        return out
-
-    def _statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
-        """present | stale (older than the view's TTL at ``now``) | missing, per timestamp."""
-        ttl = self.reader.ttl(view)
-        if ttl is None:
-            return [MISSING if t is None else PRESENT for t in stamps]
-        cutoff = now - ttl
-        return [MISSING if t is None else (STALE if t < cutoff else PRESENT) for t in stamps]
-
     def invalidate_item(self, item_id: int) -> None:
-        for view in self.item_views:
-            self.cache.discard((view, item_id))
+        self.items.invalidate(item_id)
 
     # -- scoring -----------------------------------------------------------------------------------
 
@@ -348,7 +255,7 @@ class Scorer:
         hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status == PRESENT else []
         user_stats = self.reader.read(USER_STATS_VIEW, [int(user_id)], now) if USER_STATS_VIEW in self.reader.views else None
         # Item features: candidates and history items, through the cache.
-        rows = {view: self._read_items(view, list(dict.fromkeys(items + hist)) if view == self.embedding_view else list(dict.fromkeys(items)), now)
+        rows = {view: self.items.read(view, list(dict.fromkeys(items + hist)) if view == self.embedding_view else list(dict.fromkeys(items)))
                 for view in self.item_views}
         t_items = time.perf_counter()
         prepared = self.prepare(items, status, hist, rows, now, user_stats)
@@ -373,29 +280,52 @@ class Scorer:
         """The model's tensors for one user's C candidates, from online rows: ``rows[view][item] =
         (features or None, event timestamp)``; ``hist`` the user's (truncated) history, ``status``
         its sequence's status; ``user_stats`` the user's online stats row, if the service has them.
-        The same tensors the training loader builds for these rows."""
-        user_flags, stale = [], 0
-        if status == STALE:
-            user_flags.append(f"stale:{SEQUENCE_VIEW}")
-            stale += 1
-        elif status == MISSING:
-            user_flags.append("no_sequence")
-        user_known = user_stats is not None and user_stats.status[0] == PRESENT
-        if user_stats is not None and user_stats.status[0] == STALE:
-            user_flags.append(f"stale:{USER_STATS_VIEW}")
-            stale += 1
-        elif user_stats is not None and not user_known:
-            user_flags.append(f"no_{USER_STATS_VIEW}")
-
+        The same tensors, built by the same ``model.batch`` functions, as the training loader's."""
+        user_flags, stale = self._user_flags(status, user_stats)
         C, L = len(items), max(len(hist), 1)
-        batch: dict[str, np.ndarray] = {}
         hist_ids = np.zeros((1, L), np.int64)
         hist_mask = np.zeros((1, L), bool)
         hist_ids[0, :len(hist)] = hist
         hist_mask[0, :len(hist)] = True
-        flags = [[] for _ in items]
-        known_any = np.zeros(C, bool)
-        statuses = {view: self._statuses(view, [rows[view][item][1] for item in items], now) for view in self.item_views}
+        statuses = {view: self.items.statuses(view, [rows[view][item][1] for item in items], now) for view in self.item_views}
+        flags, known_any, item_stale = self._item_flags(statuses, C)
+        batch: dict[str, np.ndarray] = {"item_id": np.asarray(items, np.int64), "hist_item_ids": hist_ids, "hist_mask": hist_mask}
+        batch.update(self._vector_fields(items, hist, rows, statuses, now, L))
+        similarity_ms = 0.0
+        if "mm_emb" in batch:
+            t_sim0 = time.perf_counter()
+            sims = target_similarity(batch["mm_emb"], batch["hist_mm_emb"], batch["hist_mm_emb_found"])  # (C, L)
+            batch.update(similarity_fields(sims, batch["mm_emb_found"][:, None] & batch["hist_mm_emb_found"]))  # (C, L)
+            similarity_ms = (time.perf_counter() - t_sim0) * 1e3
+        batch.update(self._item_stats(items, rows, statuses))
+        user_known = user_stats is not None and user_stats.status[0] == PRESENT
+        user_values = [float(user_stats.values[f][0]) if user_known else 0.0 for f in USER_STATS_COLUMNS]
+        user = stats_fields(USER_STATS_COLUMNS, *(np.full(1, v) for v in user_values), np.array([user_known]))
+        batch.update({k: np.repeat(v, C, axis=0) for k, v in user.items()})  # one user, C rows
+        tensors = with_vocab_indices(to_tensors(batch), self.vocab)
+        in_vocab = tensors["item_idx"].numpy() > 1
+        flags = [f + ([] if in_vocab[c] else ["new_item"]) for c, f in enumerate(flags)]
+        return Prepared(tensors, flags, ~known_any & ~in_vocab, user_flags, stale + item_stale, similarity_ms)
+
+    @staticmethod
+    def _user_flags(status: str, user_stats: ViewRows | None) -> tuple[list[str], int]:
+        """The user's flags (stale or missing sequence and stats) and how many of them are stale."""
+        flags, stale = [], 0
+        if status == STALE:
+            flags.append(f"stale:{SEQUENCE_VIEW}")
+            stale += 1
+        elif status == MISSING:
+            flags.append("no_sequence")
+        if user_stats is not None and user_stats.status[0] == STALE:
+            flags.append(f"stale:{USER_STATS_VIEW}")
+            stale += 1
+        elif user_stats is not None and user_stats.status[0] != PRESENT:
+            flags.append(f"no_{USER_STATS_VIEW}")
+        return flags, stale
+
+    def _item_flags(self, statuses: dict[str, list[str]], C: int) -> tuple[list[list[str]], np.ndarray, int]:
+        """Each candidate's flags, whether any item view knows it, and the count of stale values."""
+        flags, known_any, stale = [[] for _ in range(C)], np.zeros(C, bool), 0
         for view, sts in statuses.items():
             known_any |= np.fromiter((st != MISSING for st in sts), bool, C)
             for c in (c for c, st in enumerate(sts) if st != PRESENT):
@@ -404,48 +334,33 @@ class Scorer:
                     stale += 1
                 else:
                     flags[c].append("no_embedding" if view == self.embedding_view else f"no_{view}")
+        return flags, known_any, stale
 
-        # Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere.
-        if self.vectors:
-            emb = rows[self.embedding_view]
-            hist_statuses = self._statuses(self.embedding_view, [emb[item][1] for item in hist], now)
+    def _vector_fields(self, items: list[int], hist: list[int], rows: dict, statuses: dict, now: dt.datetime, L: int) -> dict:
+        """Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere."""
+        if not self.vectors:
+            return {}
+        emb = rows[self.embedding_view]
+        hist_statuses = self.items.statuses(self.embedding_view, [emb[item][1] for item in hist], now)
+        out = {}
         for vector in self.vectors:
             target, found = self._vectors(emb, items, statuses[self.embedding_view], vector)  # (C, D), (C,)
             hist_vec, hist_found = self._vectors(emb, hist, hist_statuses, vector)  # (len(hist), D)
             h = np.zeros((1, L, target.shape[1]), np.float32)  # (1, L, D)
             hf = np.zeros((1, L), bool)
             h[0, :len(hist)], hf[0, :len(hist)] = hist_vec, hist_found
-            batch[vector], batch[f"{vector}_found"] = target, found
-            batch[f"hist_{vector}"], batch[f"hist_{vector}_found"] = h, hf & hist_mask
-        similarity_ms = 0.0
-        if "mm_emb" in batch:
-            t_sim0 = time.perf_counter()
-            sims = target_similarity(batch["mm_emb"], batch["hist_mm_emb"], batch["hist_mm_emb_found"])  # (C, L)
-            known = batch["mm_emb_found"][:, None] & batch["hist_mm_emb_found"]  # (C, L)
-            batch["hist_sim"], batch["hist_sim_mask"] = np.where(known, sims, np.float32(0)), known
-            similarity_ms = (time.perf_counter() - t_sim0) * 1e3
+            out.update(vector_fields(vector, target, found, h, hf))
+        return out
+
+    def _item_stats(self, items: list[int], rows: dict, statuses: dict) -> dict:
+        """The candidates' item stats block (all unknown for a service without item_stats)."""
+        C = len(items)
+        impressions, clicks, ctr, known = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C, bool)
         if "item_stats" in self.item_views:
-            impressions, clicks, ctr = np.zeros(C), np.zeros(C), np.zeros(C)
-            dense_known = np.zeros(C, bool)
             for c in (c for c, st in enumerate(statuses["item_stats"]) if st == PRESENT):
                 values = rows["item_stats"][items[c]][0]
-                impressions[c], clicks[c], ctr[c], dense_known[c] = values["impressions"], values["clicks"], values["ctr"], True
-            batch["dense"], batch["dense_mask"] = dense_block(impressions, clicks, ctr, dense_known)
-        else:
-            batch["dense"], batch["dense_mask"] = dense_block(*(np.zeros(C) for _ in range(3)), np.zeros(C, bool))
-        user_values = [float(user_stats.values[f][0]) if user_known else 0.0 for f in USER_STATS_COLUMNS]
-        user_dense, user_mask = dense_block(*(np.full(1, v) for v in user_values), np.array([user_known]))
-        batch["user_dense"], batch["user_dense_mask"] = np.repeat(user_dense, C, axis=0), np.repeat(user_mask, C)
-
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-        item_tensor = torch.from_numpy(np.asarray(items, np.int64))
-        tensors["item_idx"] = self.vocab.index(item_tensor)
-        tensors["hist_idx"] = self.vocab.index(torch.from_numpy(hist_ids), torch.from_numpy(hist_mask))
-        tensors["hist_mask"] = torch.from_numpy(hist_mask)
-        in_vocab = tensors["item_idx"].numpy() > 1
-        unknown = ~known_any & ~in_vocab
-        flags = [f + ([] if in_vocab[c] else ["new_item"]) for c, f in enumerate(flags)]
-        return Prepared(tensors, flags, unknown, user_flags, stale, similarity_ms)
+                impressions[c], clicks[c], ctr[c], known[c] = values["impressions"], values["clicks"], values["ctr"], True
+        return stats_fields(ITEM_STATS_COLUMNS, impressions, clicks, ctr, known)
 
     def forward(self, tensors: dict[str, torch.Tensor], C: int) -> torch.Tensor:
         """Logits (C,). DMF: encode_user once (U = 1), score_candidates for all C at once."""

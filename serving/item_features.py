@@ -1,0 +1,113 @@
+"""Item features online: one read path for the candidates' and the history items' rows, through a
+bounded cache.
+
+Item features change only when they are materialised, so the cache is cleared when the Feast
+registry changes (materialisation records its interval there) and entries also expire after
+``max_age_s`` (for registries that are not a local file). TTL is judged on each request from the
+value's own timestamp, cached or not.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+from serving.online import MISSING, PRESENT, STALE, OnlineReader, decode
+
+
+class ItemFeatureCache:
+    """Bounded cache of item rows as read from the online store (FIFO eviction, plain dict lookups).
+
+    Cleared when the Feast registry file changes (materialisation records its interval there) and
+    when older than ``max_age_s`` (the bound for registries that are not a local file)."""
+
+    def __init__(self, store, maxsize: int, max_age_s: float):
+        self.enabled = maxsize > 0
+        self.maxsize = maxsize
+        self.max_age_s = max_age_s
+        self.entries: dict = {}
+        self.filled_at = time.monotonic()
+        registry = store.config.registry
+        path = Path(getattr(registry, "path", "") or "")
+        if path and not path.is_absolute():
+            path = Path(store.repo_path) / path
+        self.registry_path = path if path and path.is_file() else None
+        self.registry_stamp = self._stamp()
+        self.hits = self.misses = self.invalidations = 0
+
+    def _stamp(self):
+        if self.registry_path is None:
+            return None
+        try:
+            st = os.stat(self.registry_path)
+            return st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    def check(self) -> None:
+        """Once per request: clear on a registry change or when the cache is too old."""
+        stamp = self._stamp()
+        if stamp != self.registry_stamp or time.monotonic() - self.filled_at > self.max_age_s:
+            self.registry_stamp = stamp
+            self.clear()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.filled_at = time.monotonic()
+        self.invalidations += 1
+
+    def get_many(self, view: str, ids: list[int]) -> list:
+        if not self.enabled:
+            self.misses += len(ids)
+            return [None] * len(ids)
+        get = self.entries.get
+        found = [get((view, i)) for i in ids]
+        missed = found.count(None)
+        self.misses += missed
+        self.hits += len(ids) - missed
+        return found
+
+    def put(self, key, value) -> None:
+        if not self.enabled:
+            return
+        if len(self.entries) >= self.maxsize:  # evict the oldest entries (insertion order)
+            for old in list(self.entries)[: max(1, self.maxsize // 10)]:
+                del self.entries[old]
+        self.entries[key] = value
+
+    def discard(self, key) -> None:
+        self.entries.pop(key, None)
+
+
+class ItemFeatures:
+    """The item views of a service, read by item id: cached rows first, the rest in one online read."""
+
+    def __init__(self, reader: OnlineReader, cache: ItemFeatureCache):
+        self.reader, self.cache = reader, cache
+        self.views = [v for v, (fv, _) in reader.views.items() if tuple(fv.join_keys) == ("item_id",)]
+
+    def read(self, view: str, ids: list[int]) -> dict[int, tuple[dict | None, dt.datetime | None]]:
+        """item -> (decoded features or None, event timestamp)."""
+        _, features = self.reader.views[view]
+        cached = self.cache.get_many(view, ids)
+        out = {item: hit for item, hit in zip(ids, cached) if hit is not None}
+        misses = [item for item, hit in zip(ids, cached) if hit is None]
+        if misses:
+            for item, (event_ts, data) in zip(misses, self.reader.read_rows(view, misses)):
+                value = (None if data is None else {f: decode(data[f], arrays=True) if f in data else None for f in features}, event_ts)
+                out[item] = value
+                self.cache.put((view, item), value)
+        return out
+
+    def statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
+        """present | stale (older than the view's TTL at ``now``) | missing, per timestamp."""
+        ttl = self.reader.ttl(view)
+        if ttl is None:
+            return [MISSING if t is None else PRESENT for t in stamps]
+        cutoff = now - ttl
+        return [MISSING if t is None else (STALE if t < cutoff else PRESENT) for t in stamps]
+
+    def invalidate(self, item_id: int) -> None:
+        for view in self.views:
+            self.cache.discard((view, item_id))
