@@ -29,224 +29,16 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
-from typing_extensions import Annotated
 
-from serving.metrics import Metrics
+from serving.api import EventsRequest, EventsResponse, ScoreRequest, ScoreResponse, offline_docs
+from serving.runtime import BodyLimit, ServeSettings, Shed, State
 
 log = logging.getLogger("mmfs.serve")
-
-MAX_EVENTS = 10_000
-INT64 = Annotated[StrictInt, Field(ge=-(2 ** 63), le=2 ** 63 - 1)]  # the stores' id type: larger ids are a 422, not a crash
-EARLIEST_AT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def iso_time_only(value):
-    """Times come as ISO-8601 strings with a zone; a bare number is not silently epoch seconds."""
-    if value is not None and not isinstance(value, str):
-        raise ValueError("must be an ISO-8601 string with a time zone, e.g. 2018-10-01T00:00:00Z")
-    return value
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    checkpoint: str
-    root: str  # table root (feedback files are appended here)
-    config: str = "duckdb"  # feature_repo yaml: duckdb (SQLite online) | redis | spark
-    repo: str = ""
-    max_candidates: int = 2000
-    item_cache_size: int = 500_000
-    torch_threads: int = 0
-    tune_process: bool = True  # tune_for_serving once loaded (mmfs serve owns its process); False when embedded
-    max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies are refused (413) before they are parsed
-    max_queue: int = 32  # requests waiting for the scoring worker beyond this are shed (503, Retry-After)
-    probe_interval_s: float = 2.0  # how often readiness re-checks the online store
-
-
-# -- request / response models ----------------------------------------------------------------------
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: INT64
-    item_ids: list[INT64] = Field(min_length=1, description="candidate item ids, at most the server's max_candidates")
-    at: AwareDatetime | None = Field(None, description="score as of this time (replays, tests); default now")
-
-    @field_validator("at", mode="before")
-    @classmethod
-    def at_is_text(cls, value):
-        return iso_time_only(value)
-
-
-class ItemScoreOut(BaseModel):
-    item_id: int
-    score: float | None = Field(description="click probability; null with an error")
-    flags: list[str] = Field(description="new_item, no_embedding, no_item_stats, stale:<view>")
-    error: str | None = None
-
-
-class ScoreResponse(BaseModel):
-    user_id: int
-    feature_service: str
-    model: str
-    items: list[ItemScoreOut]
-    user_flags: list[str] = Field(description="no_sequence (cold start), stale:user_sequence, no_user_stats (no event before)")
-    history_len: int
-    stale_features: int
-    timings_ms: dict[str, float]
-
-
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: INT64
-    item_id: INT64
-    label: Literal[0, 1]
-    event_timestamp: AwareDatetime
-
-    @field_validator("event_timestamp", mode="before")
-    @classmethod
-    def timestamp_is_text(cls, value):
-        return iso_time_only(value)
-
-
-class EventsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
-
-
-class EventsResponse(BaseModel):
-    events: int  # newly recorded
-    duplicates: int  # already recorded (a retry) or repeated in the request: no-ops
-    users: int
-    items: int
-    snapshots: int
-
-
-class Shed(Exception):
-    """More requests are waiting than the queue bound allows."""
-
-
-class State:
-    """The loaded scorer, the one worker thread that runs scoring and feedback (the event loop
-    only awaits it), the queue bound, and the online store's health as last probed."""
-
-    def __init__(self, settings: ServeSettings):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.settings = settings
-        self.scorer = None
-        self.feedback = None
-        self.load_error: str | None = None
-        self.store_error: str | None = None
-        # One worker: scoring is CPU-bound torch work on 2 cores, and the SQLite connection and the
-        # feedback writer are not meant for concurrent use. The loop never blocks on it.
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfs-score")
-        self.waiting = 0  # requests queued for or running on the worker (touched on the loop only)
-        self.metrics = Metrics()
-        self.injected = None  # a Scorer given to create_app
-
-    @property
-    def ready(self) -> bool:
-        return self.scorer is not None and self.store_error is None
-
-    async def run(self, fn, *args):
-        """``fn(*args)`` on the worker; ``Shed`` when ``max_queue`` requests already wait."""
-        if self.waiting >= self.settings.max_queue:
-            raise Shed()
-        self.waiting += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
-        finally:
-            self.waiting -= 1
-
-    def probe(self) -> None:
-        """Re-check the online store (on the worker, between requests): sets or clears store_error."""
-        from serving.online import StoreUnavailable, probe_store
-        from serving.scorer import SEQUENCE_VIEW
-
-        try:
-            probe_store(self.scorer.reader, SEQUENCE_VIEW)
-        except StoreUnavailable as exc:
-            if self.store_error is None:
-                log.error("online store unavailable: %s", exc)
-            self.store_error = str(exc)
-            return
-        if self.store_error is not None:
-            log.info("online store answers again")
-        self.store_error = None
-
-    def load(self) -> None:
-        from pipelines.store.feast_store import REPO, open_store
-        from serving.feedback import FeedbackWriter
-        from serving.scorer import ProcessTuning, Scorer, ScorerConfig, tune_for_serving
-
-        try:
-            s = self.settings
-            if self.injected is not None:  # the caller built them: nothing is opened here
-                scorer, store = self.injected, self.injected.reader.store
-            else:
-                store = open_store(s.config, s.repo or REPO, s.root)
-                scorer = Scorer.from_checkpoint(s.checkpoint, store, ScorerConfig(max_candidates=s.max_candidates,
-                                                                                  item_cache_size=s.item_cache_size))
-            if s.tune_process:
-                self.blas_limit = tune_for_serving(ProcessTuning(torch_threads=s.torch_threads))
-            views = {p.name for p in store.get_feature_service(scorer.feature_service).feature_view_projections}
-            self.feedback = FeedbackWriter(store, s.root, scorer.reader if "item_stats" in views else None)
-            self.scorer = scorer
-            self.probe()  # a store that is missing or empty at start-up is not ready
-            self.metrics.ready.set(1)
-            log.info("loaded: %s on %s (%s online store)%s", scorer.meta["config"]["model"]["name"], scorer.feature_service,
-                     store.config.online_store.type, "" if self.store_error is None else f"; not ready: {self.store_error}")
-        except Exception as exc:  # noqa: BLE001 - reported by /ready and the log, the server stays up
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("loading failed: %s", self.load_error)
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is parsed,
-    whether it declares its length or streams it."""
-
-    def __init__(self, app, limit: int, on_refused):
-        self.app, self.limit, self.on_refused = app, limit, on_refused
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(scope, send)
-        # Read the body first (at most ``limit`` bytes are ever held), then hand it on.
-        messages, seen = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                return await self._refuse(scope, send)
-            if not message.get("more_body", False):
-                break
-        replay = iter(messages)
-
-        async def replayed():
-            return next(replay, None) or await receive()
-
-        return await self.app(scope, replayed, send)
-
-    async def _refuse(self, scope, send):
-        self.on_refused(scope.get("path", ""))
-        body = b'{"detail":"request body over the limit of %d bytes"}' % self.limit
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
 
 def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=None) -> FastAPI:
     """The HTTP app over ``settings``. By default it opens the store and loads the checkpoint itself
@@ -299,6 +91,13 @@ def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=
         headers = {"Retry-After": str(retry_after)} if retry_after else None
         return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
+    _status_routes(app, state, count)
+    _model_routes(app, state, count, refuse)
+    return app
+
+
+def _status_routes(app: FastAPI, state: State, count) -> None:
+    """/health, /ready, /metrics and /docs: answered on the event loop, never behind the worker."""
     @app.get("/health")
     async def health():
         count("/health", 200)
@@ -323,6 +122,12 @@ def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=
     @app.get("/docs", response_class=HTMLResponse)
     async def docs():
         return HTMLResponse(offline_docs(app.openapi()))
+
+
+
+def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
+    """/score and /events: run on the worker, the client's mistakes mapped to 4xx."""
+    settings = state.settings
 
     async def on_worker(endpoint: str, fn, *args):
         """Run ``fn`` on the worker and map what it raises: the client's mistakes are 4xx, a failing
@@ -392,32 +197,6 @@ def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=
             return error
         count("/events", 200)
         return EventsResponse(**{k: done[k] for k in ("events", "duplicates", "users", "items", "snapshots")})
-
-    return app
-
-
-def offline_docs(schema: dict) -> str:
-    """The OpenAPI schema as one self-contained HTML page (no CDN, no script): each endpoint, its
-    request and response models; the machine-readable schema is at /openapi.json."""
-    import html
-    import json as json_
-
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(schema['info']['title'])}</title>",
-             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}pre{background:#f4f4f4;padding:.5em;overflow:auto}</style>",
-             f"</head><body><h1>{html.escape(schema['info']['title'])}</h1><p>{html.escape(schema['info'].get('description', ''))}</p>",
-             "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p>"]
-    for path, methods in schema["paths"].items():
-        for method, op in methods.items():
-            parts.append(f"<h2>{method.upper()} {html.escape(path)}</h2>")
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-            if body:
-                parts.append(f"<p>Request body: <code>{html.escape(body.get('$ref', '').rsplit('/', 1)[-1])}</code></p>")
-            codes = ", ".join(sorted(op.get("responses", {})))
-            parts.append(f"<p>Responses: {html.escape(codes)}</p>")
-    for name, model in schema.get("components", {}).get("schemas", {}).items():
-        parts.append(f"<h3 id='{html.escape(name)}'>{html.escape(name)}</h3><pre>{html.escape(json_.dumps(model, indent=2))}</pre>")
-    parts.append("</body></html>")
-    return "".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,103 @@
+"""The HTTP API's request and response models (pydantic), and its self-contained docs page.
+
+Ids are int64 (larger ones are a 422, not a crash); times are ISO-8601 strings with a zone (a bare
+number is not silently epoch seconds).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
+from typing_extensions import Annotated
+
+MAX_EVENTS = 10_000
+INT64 = Annotated[StrictInt, Field(ge=-(2 ** 63), le=2 ** 63 - 1)]  # the stores' id type: larger ids are a 422, not a crash
+EARLIEST_AT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def iso_time_only(value):
+    """Times come as ISO-8601 strings with a zone; a bare number is not silently epoch seconds."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be an ISO-8601 string with a time zone, e.g. 2018-10-01T00:00:00Z")
+    return value
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: INT64
+    item_ids: list[INT64] = Field(min_length=1, description="candidate item ids, at most the server's max_candidates")
+    at: AwareDatetime | None = Field(None, description="score as of this time (replays, tests); default now")
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def at_is_text(cls, value):
+        return iso_time_only(value)
+
+
+class ItemScoreOut(BaseModel):
+    item_id: int
+    score: float | None = Field(description="click probability; null with an error")
+    flags: list[str] = Field(description="new_item, no_embedding, no_item_stats, stale:<view>")
+    error: str | None = None
+
+
+class ScoreResponse(BaseModel):
+    user_id: int
+    feature_service: str
+    model: str
+    items: list[ItemScoreOut]
+    user_flags: list[str] = Field(description="no_sequence (cold start), stale:user_sequence, no_user_stats (no event before)")
+    history_len: int
+    stale_features: int
+    timings_ms: dict[str, float]
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: INT64
+    item_id: INT64
+    label: Literal[0, 1]
+    event_timestamp: AwareDatetime
+
+    @field_validator("event_timestamp", mode="before")
+    @classmethod
+    def timestamp_is_text(cls, value):
+        return iso_time_only(value)
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsResponse(BaseModel):
+    events: int  # newly recorded
+    duplicates: int  # already recorded (a retry) or repeated in the request: no-ops
+    users: int
+    items: int
+    snapshots: int
+
+
+def offline_docs(schema: dict) -> str:
+    """The OpenAPI schema as one self-contained HTML page (no CDN, no script): each endpoint, its
+    request and response models; the machine-readable schema is at /openapi.json."""
+    import html
+    import json as json_
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(schema['info']['title'])}</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}pre{background:#f4f4f4;padding:.5em;overflow:auto}</style>",
+             f"</head><body><h1>{html.escape(schema['info']['title'])}</h1><p>{html.escape(schema['info'].get('description', ''))}</p>",
+             "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p>"]
+    for path, methods in schema["paths"].items():
+        for method, op in methods.items():
+            parts.append(f"<h2>{method.upper()} {html.escape(path)}</h2>")
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                parts.append(f"<p>Request body: <code>{html.escape(body.get('$ref', '').rsplit('/', 1)[-1])}</code></p>")
+            codes = ", ".join(sorted(op.get("responses", {})))
+            parts.append(f"<p>Responses: {html.escape(codes)}</p>")
+    for name, model in schema.get("components", {}).get("schemas", {}).items():
+        parts.append(f"<h3 id='{html.escape(name)}'>{html.escape(name)}</h3><pre>{html.escape(json_.dumps(model, indent=2))}</pre>")
+    parts.append("</body></html>")
+    return "".join(parts)

@@ -1,0 +1,146 @@
+"""The server's runtime: its settings, the state a request sees (the loaded scorer, the one worker
+thread, the queue bound, the store's health as last probed) and the body-size limit."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from serving.metrics import Metrics
+
+log = logging.getLogger("mmfs.serve")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    checkpoint: str
+    root: str  # table root (feedback files are appended here)
+    config: str = "duckdb"  # feature_repo yaml: duckdb (SQLite online) | redis | spark
+    repo: str = ""
+    max_candidates: int = 2000
+    item_cache_size: int = 500_000
+    torch_threads: int = 0
+    tune_process: bool = True  # tune_for_serving once loaded (mmfs serve owns its process); False when embedded
+    max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies are refused (413) before they are parsed
+    max_queue: int = 32  # requests waiting for the scoring worker beyond this are shed (503, Retry-After)
+    probe_interval_s: float = 2.0  # how often readiness re-checks the online store
+
+
+class Shed(Exception):
+    """More requests are waiting than the queue bound allows."""
+
+
+class State:
+    """The loaded scorer, the one worker thread that runs scoring and feedback (the event loop
+    only awaits it), the queue bound, and the online store's health as last probed."""
+
+    def __init__(self, settings: ServeSettings):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.settings = settings
+        self.scorer = None
+        self.feedback = None
+        self.load_error: str | None = None
+        self.store_error: str | None = None
+        # One worker: scoring is CPU-bound torch work on 2 cores, and the SQLite connection and the
+        # feedback writer are not meant for concurrent use. The loop never blocks on it.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfs-score")
+        self.waiting = 0  # requests queued for or running on the worker (touched on the loop only)
+        self.metrics = Metrics()
+        self.injected = None  # a Scorer given to create_app
+
+    @property
+    def ready(self) -> bool:
+        return self.scorer is not None and self.store_error is None
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` on the worker; ``Shed`` when ``max_queue`` requests already wait."""
+        if self.waiting >= self.settings.max_queue:
+            raise Shed()
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        finally:
+            self.waiting -= 1
+
+    def probe(self) -> None:
+        """Re-check the online store (on the worker, between requests): sets or clears store_error."""
+        from serving.online import StoreUnavailable, probe_store
+        from serving.scorer import SEQUENCE_VIEW
+
+        try:
+            probe_store(self.scorer.reader, SEQUENCE_VIEW)
+        except StoreUnavailable as exc:
+            if self.store_error is None:
+                log.error("online store unavailable: %s", exc)
+            self.store_error = str(exc)
+            return
+        if self.store_error is not None:
+            log.info("online store answers again")
+        self.store_error = None
+
+    def load(self) -> None:
+        from pipelines.store.feast_store import REPO, open_store
+        from serving.feedback import FeedbackWriter
+        from serving.scorer import ProcessTuning, Scorer, ScorerConfig, tune_for_serving
+
+        try:
+            s = self.settings
+            if self.injected is not None:  # the caller built them: nothing is opened here
+                scorer, store = self.injected, self.injected.reader.store
+            else:
+                store = open_store(s.config, s.repo or REPO, s.root)
+                scorer = Scorer.from_checkpoint(s.checkpoint, store, ScorerConfig(max_candidates=s.max_candidates,
+                                                                                  item_cache_size=s.item_cache_size))
+            if s.tune_process:
+                self.blas_limit = tune_for_serving(ProcessTuning(torch_threads=s.torch_threads))
+            views = {p.name for p in store.get_feature_service(scorer.feature_service).feature_view_projections}
+            self.feedback = FeedbackWriter(store, s.root, scorer.reader if "item_stats" in views else None)
+            self.scorer = scorer
+            self.probe()  # a store that is missing or empty at start-up is not ready
+            self.metrics.ready.set(1)
+            log.info("loaded: %s on %s (%s online store)%s", scorer.meta["config"]["model"]["name"], scorer.feature_service,
+                     store.config.online_store.type, "" if self.store_error is None else f"; not ready: {self.store_error}")
+        except Exception as exc:  # noqa: BLE001 - reported by /ready and the log, the server stays up
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("loading failed: %s", self.load_error)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is parsed,
+    whether it declares its length or streams it."""
+
+    def __init__(self, app, limit: int, on_refused):
+        self.app, self.limit, self.on_refused = app, limit, on_refused
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, send)
+        # Read the body first (at most ``limit`` bytes are ever held), then hand it on.
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await self._refuse(scope, send)
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed():
+            return next(replay, None) or await receive()
+
+        return await self.app(scope, replayed, send)
+
+    async def _refuse(self, scope, send):
+        self.on_refused(scope.get("path", ""))
+        body = b'{"detail":"request body over the limit of %d bytes"}' % self.limit
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
