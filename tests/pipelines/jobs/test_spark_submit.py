@@ -23,7 +23,7 @@ def test_user_sequences_under_spark_submit(tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     done = subprocess.run(
         [str(spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-         str(REPO / "pipelines" / "user_sequences.py"), "--root", str(tmp_path / "root"), "--max-len", "2"],
+         str(REPO / "pipelines" / "jobs" / "user_sequences.py"), "--root", str(tmp_path / "root"), "--max-len", "2"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -77,7 +77,7 @@ def test_a_job_runs_on_a_standalone_cluster(tmp_path):
             [str(spark_submit), "--master", cluster.master_url, "--conf", "spark.ui.enabled=false",
              "--conf", "spark.driver.host=127.0.0.1", "--conf", f"spark.pyspark.python={sys.executable}",
              "--conf", "spark.executor.memory=512m", "--conf", "spark.sql.shuffle.partitions=2",
-             str(REPO / "pipelines" / "target_similarity.py"), "--root", str(root)],
+             str(REPO / "pipelines" / "jobs" / "target_similarity.py"), "--root", str(root)],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
         )
         assert done.returncode == 0, done.stderr[-3000:]
