@@ -16,7 +16,7 @@
     mmfs online-read --root out/movielens --user 414 --at 2018-10-01T00:00:00Z
     mmfs parity --root out/movielens --at 2018-10-01T00:00:00Z [--config redis]
 
-The Spark job subcommands take the same options as ``spark-submit pipelines/<job>.py``.
+The Spark job subcommands take the same options as ``spark-submit pipelines/jobs/<job>.py``.
 """
 from __future__ import annotations
 
