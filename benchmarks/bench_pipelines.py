@@ -23,6 +23,7 @@ from benchmarks.resources import machine_description, measured
 from pipelines.jobs import encode_items, ingest, target_similarity, user_sequences
 from pipelines import synth
 from pipelines.encoders import EncoderConfig, decode_image, load_image_encoder, load_text_encoder
+from pipelines.spark.encoding import item_text
 from pipelines.spark.session import build_spark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def run_encode_bench(work: Path, n_text: int, n_image: int) -> list[dict]:
         with measured() as m:
             encode_items.main(["--root", root, "--image-model", image_model, "--batch-size", "64"])
         items = duckdb.connect().execute(f"select title, text, image_uri from '{root}/items/*.parquet'").fetchall()
-        texts = [encode_items.item_text(t, x) for t, x, _ in items]
+        texts = [item_text(t, x) for t, x, _ in items]
         torch.set_num_threads(2)
         text_floor = bare_text_floor(texts, 64)
         floor = text_floor

@@ -32,6 +32,8 @@ class Popularity:
 
     @classmethod
     def fit(cls, items: np.ndarray, labels: np.ndarray, prior_weight: float = POPULARITY_PRIOR_WEIGHT) -> "Popularity":
+        """Fit on train rows: (n,) item ids and 0/1 labels -> per-item CTR smoothed towards the train
+        positive rate with ``prior_weight`` pseudo-impressions."""
         items = np.asarray(items, dtype=np.int64)
         labels = np.asarray(labels, dtype=np.float64)
         if not len(items):
@@ -59,6 +61,8 @@ class CoLike:
 
     @classmethod
     def fit(cls, users: np.ndarray, items: np.ndarray, labels: np.ndarray) -> "CoLike":
+        """Fit on train rows: (n,) user ids, item ids and labels -> L2-normalised item x user click rows
+        (clicked rows only; a repeat click counts once)."""
         clicked = np.asarray(labels) > 0
         users, items = np.asarray(users, np.int64)[clicked], np.asarray(items, np.int64)[clicked]
         item_ids, item_row = np.unique(items, return_inverse=True)

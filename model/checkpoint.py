@@ -18,6 +18,8 @@ from model.vocab import IdVocab
 
 
 def model_vectors(name: str, manifest: dict) -> tuple[str, ...]:
+    """The embedding vectors model family ``name`` reads: none for din, the manifest's text_emb and/or
+    image_emb for diffmsin, else mm_emb."""
     if name == "din":
         return ()
     if name == "diffmsin":

@@ -26,6 +26,9 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Architecture and regularisation of one model; ``name`` picks the family, the other fields are
+    grouped by the family that reads them."""
+
     name: str = "dmf"  # dmf | din | mmctr_din | diffmsin
     id_dim: int = 32
     mlp: tuple[int, ...] = (200, 80)

@@ -47,6 +47,8 @@ from pipelines.features.item_index import MISSING, ItemEmbeddingIndex, to_micros
 
 @dataclass(frozen=True)
 class LoaderConfig:
+    """Which split to stream, batch size, history length L, the vectors looked up, shuffling and sharding."""
+
     split: str = "train"
     batch_size: int = 1024
     max_len: int = 50
@@ -84,6 +86,7 @@ def pad_lists(column: pa.Array, width: int, dtype, fill=0) -> tuple[np.ndarray, 
 
 
 def read_manifest(training_set: str | Path) -> dict:
+    """A training set's ``manifest.json``, parsed."""
     return json.loads((Path(training_set) / "manifest.json").read_text())
 
 
@@ -126,6 +129,7 @@ class TrainingSetDataset(IterableDataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the row-group and row shuffle."""
         self.epoch = epoch
 
     def __len__(self) -> int:  # batches per epoch over all workers/ranks (approximate at shard edges)
@@ -149,6 +153,7 @@ class TrainingSetDataset(IterableDataset):
                 yield self.collate(table.take(order[lo:lo + self.config.batch_size]))
 
     def collate(self, table: pa.Table) -> dict[str, torch.Tensor]:
+        """Rows of the split -> a batch of tensors (module docstring's layout), vectors looked up at each row's time."""
         L = self.config.max_len
         batch: dict[str, np.ndarray] = {
             "user_id": table.column("user_id").to_numpy(),

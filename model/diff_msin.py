@@ -46,6 +46,7 @@ class DiffMSIN(nn.Module):
         self.dnn = MLP(2 * D + DENSE_DIM, config.mlp, 1, config.dropout, config.batch_norm)
 
     def modality_reps(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """R modality vectors (..., M_r) -> R representations (..., D): each modality's expert plus the shared expert."""
         shared = self.shared(torch.cat(vectors, dim=-1))
         return [expert(v) + shared for expert, v in zip(self.experts, vectors)]
 
@@ -99,6 +100,7 @@ class DiffMSIN(nn.Module):
         return x
 
     def forward_with_aux(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (B,) and, in training, the weighted ``denoise`` and ``decouple`` auxiliary losses."""
         target_id = self.items(batch["item_idx"])  # (B, D)
         hist_id = self.items(batch["hist_idx"])  # (B, L, D)
         mask = batch["hist_mask"]
@@ -130,5 +132,6 @@ class DiffMSIN(nn.Module):
         return logits, aux
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """Logits (B,); the auxiliary losses are left in ``self.aux_losses`` for the trainer."""
         logits, self.aux_losses = self.forward_with_aux(batch)  # read by the trainer (DDP calls forward)
         return logits

@@ -20,6 +20,7 @@ class DIN(nn.Module):
         self.dnn = MLP(3 * D + DENSE_DIM, config.mlp, 1, config.dropout, config.batch_norm)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """Logits (B,) from [e_t, interest, e_t * interest, dense features]."""
         target = self.items(batch["item_idx"])  # (B, D)
         hist = self.items(batch["hist_idx"])  # (B, L, D)
         interest = self.attention(target, hist, batch["hist_mask"])  # (B, D)

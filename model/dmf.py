@@ -51,6 +51,8 @@ class DMF(nn.Module):
 
     @property
     def alpha(self) -> torch.Tensor:
+        """Weight of the enriched branch's interest (the centric one gets 1 - alpha): 1 or 0 when only one
+        branch is on, sigmoid of the learned logit, or the fixed ``config.alpha``."""
         if not self.config.centric_branch:
             return torch.ones(())
         if not self.config.enriched_branch:
@@ -83,4 +85,5 @@ class DMF(nn.Module):
         return self.dnn(x).squeeze(-1)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """Logits (B,): each row scored against its own user state."""
         return self.score_candidates(self.encode_user(batch), batch)

@@ -50,6 +50,8 @@ class ExportMismatch(AssertionError):
 
 @dataclass(frozen=True)
 class Export:
+    """Where an export was written, rows per split, item_info rows, vocabulary size and mm_emb dim."""
+
     root: Path
     rows: dict[str, int]
     n_items: int  # item_info rows (versions + no-embedding rows + padding)

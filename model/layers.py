@@ -44,6 +44,7 @@ class MLP(nn.Module):
         self.out_dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> (..., out_dim); leading dims are flattened for the layers and restored."""
         shape = x.shape
         y = self.net(x.reshape(-1, shape[-1]))  # BatchNorm1d wants (N, F)
         return y.reshape(*shape[:-1], self.out_dim)
@@ -76,6 +77,7 @@ class DinAttention(nn.Module):
         self.pooling = pooling
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Query (B, D), keys (B, L, D), mask (B, L) -> interest (B, D), the weighted sum (or mean) of the keys."""
         B, L, D = keys.shape  # batch, history, dim
         q = query.unsqueeze(1).expand(B, L, D)  # (B, L, D)
         weights = self.unit(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # (B, L)
@@ -106,6 +108,7 @@ class MultiHeadTargetAttention(nn.Module):
         return k, v
 
     def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Query (B, query_dim) over K, V (U, H, L, d) from ``project_keys`` with mask (B, L) -> (B, dim)."""
         B = query.shape[0]
         q = self.q(query).view(B, self.heads, 1, self.head_dim)  # (B, H, 1, d)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, 1, L)
@@ -114,6 +117,7 @@ class MultiHeadTargetAttention(nn.Module):
         return self.out(pooled)  # (B, dim)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Query (B, query_dim), keys (B, L, key_dim), mask (B, L) -> (B, dim)."""
         return self.attend(query, *self.project_keys(keys), mask)
 
 
@@ -126,6 +130,7 @@ class SENet(nn.Module):
         self.excite = nn.Sequential(nn.Linear(fields, hidden), nn.ReLU(), nn.Linear(hidden, fields), nn.Sigmoid())
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
+        """(B, F, D) fields -> the same fields, each scaled by its excitation weight."""
         squeeze = fields.mean(dim=-1)  # (B, F)
         return fields * self.excite(squeeze).unsqueeze(-1)  # (B, F, D)
 
@@ -138,6 +143,7 @@ class CrossNetwork(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """(B, dim) -> (B, dim) after the cross layers."""
         x = x0
         for layer in self.layers:
             x = x0 * layer(x) + x

@@ -6,6 +6,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of ``scores`` against 0/1 ``labels``; NaN when only one class is present."""
     labels = np.asarray(labels)
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
@@ -26,10 +27,12 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Binary log loss, probabilities clipped to [1e-7, 1 - 1e-7]."""
     return float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1]))
 
 
 def all_metrics(users: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """AUC, GAUC and logloss of (B,) logits, and the row count."""
     probabilities = 1 / (1 + np.exp(-logits))
     return {"auc": auc(labels, logits), "gauc": gauc(users, labels, logits), "logloss": logloss(labels, probabilities),
             "rows": int(len(labels))}

@@ -26,9 +26,11 @@ class MMCTRDIN(nn.Module):
         self.dnn = MLP(6 * D, config.mlp, 1, config.dropout, config.batch_norm)
 
     def item_vectors(self, idx: torch.Tensor, mm: torch.Tensor) -> torch.Tensor:
+        """Item ids (...) and mm vectors (..., M) -> [id emb ; projected mm] (..., 2D)."""
         return torch.cat([self.items(idx), self.mm(mm)], dim=-1)  # (..., 2D)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """Logits (B,): SENet over [target, interest, dense] fields (B, 3, 2D), optional cross network, DNN."""
         target = self.item_vectors(batch["item_idx"], batch["mm_emb"])  # (B, 2D)
         hist = self.item_vectors(batch["hist_idx"], batch["hist_mm_emb"])  # (B, L, 2D)
         interest = self.attention(target, hist, batch["hist_mask"])  # (B, 2D)

@@ -9,7 +9,30 @@ from rich.console import Console
 from rich.table import Table
 
 
+def plot_curve(history: list[dict], path: Path, title: str) -> None:
+    """Save a PNG of train loss and valid AUC per epoch at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("train loss")
+    right = left.twinx()
+    right.plot(epochs, [h["valid_auc"] for h in history], "s-", color="tab:orange", label="valid AUC")
+    right.set_ylabel("valid AUC")
+    fig.suptitle(f"{title}: training curve")
+    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs model-report``: print the metrics of each ``mmfs train`` output folder in one table; 2 without folders."""
     dirs = [Path(d) for d in (sys.argv[1:] if argv is None else argv)]
     if not dirs:
         print("usage: mmfs model-report OUT_DIR [OUT_DIR ...]  (folders written by mmfs train)")

@@ -20,7 +20,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,84 +34,11 @@ from model.data import LoaderConfig, TrainingSetDataset, read_manifest
 from model.layers import OOV, IdEmbedding
 from model.metrics import all_metrics, auc
 from model.batch import with_vocab_indices
-from model.config import DataSpec, ModelConfig
+from model.config import DataSpec
+from model.report import plot_curve
+from model.train_config import TrainConfig, options_help, resolve_config, with_overrides  # noqa: F401 - mmfs train's config
 from model.models import SERVICES, build_model
 from model.vocab import IdVocab
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    training_set: str = "out/movielens/training_sets/ctr_dmf_v1"
-    out: str = ""  # empty: out/models/<model name> (``output_dir``), never another model's checkpoint
-    model: ModelConfig = field(default_factory=ModelConfig)
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_epochs: int = 10
-    patience: int = 4  # validation passes without improvement before stopping
-    max_len: int = 50
-    seed: int = 0
-    device: str = "auto"
-    max_steps_per_epoch: int = 0  # 0: the whole split
-    max_eval_batches: int = 0  # 0: the whole validation/test split; else its first N batches (scale runs)
-    evals_per_epoch: int = 4  # validation passes per epoch; patience counts passes (the best pass is often in epoch 1)
-    vocab_min_count: int = 1  # item ids seen fewer times as train targets share the OOV row
-    hist_dropout: float = 0.0  # train only: each history position is masked out with this probability
-    oov_dropout: float = 0.0  # train only: each target / history id is replaced by OOV with this probability
-    embedding_weight_decay: float = -1.0  # AdamW decay of the id embeddings; negative: weight_decay
-    progress: bool = True
-
-    @property
-    def output_dir(self) -> Path:
-        """Where the checkpoint, metrics and curve go: ``out``, else out/models/<model name>."""
-        return Path(self.out or f"out/models/{self.model.name}")
-
-
-# -- config resolution ----------------------------------------------------------------------------
-
-def _coerce(value):
-    return tuple(value) if isinstance(value, list) else value  # YAML lists -> the configs' tuples
-
-
-def _typed(key: str, current, value):
-    """``value`` as the type of the field's current value: an int where a float goes is fine, a
-    string where a number goes is an error naming the key."""
-    expected = type(current)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
-        return value
-    raise ValueError(f"--{key} must be {expected.__name__}, got {value!r}")
-
-
-def with_overrides(config, updates: dict):
-    """A copy of a (nested) frozen dataclass with ``updates`` applied; unknown keys are errors."""
-    names = {f.name: f for f in dataclasses.fields(config)}
-    changes = {}
-    for key, value in updates.items():
-        head, _, rest = key.partition(".")
-        if head not in names:
-            raise ValueError(f"unknown config key {key!r} for {type(config).__name__}; known: {sorted(names)}")
-        current = getattr(config, head)
-        if dataclasses.is_dataclass(current):
-            changes[head] = with_overrides(current, value if isinstance(value, dict) and not rest else {rest: value})
-        elif rest:
-            raise ValueError(f"{head} has no sub-keys (got {key!r})")
-        else:
-            changes[head] = _typed(key, current, _coerce(value))
-    return dataclasses.replace(config, **changes)
-
-
-def resolve_config(yaml_path: str | None, overrides: list[str], base: TrainConfig | None = None) -> TrainConfig:
-    config = base or TrainConfig()
-    if yaml_path:
-        config = with_overrides(config, yaml.safe_load(Path(yaml_path).read_text()) or {})
-    for item in overrides:
-        key, sep, raw = item.lstrip("-").partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} must be --key=value")
-        config = with_overrides(config, {key.replace("-", "_"): yaml.safe_load(raw)})
-    return config
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -162,12 +89,14 @@ def optimiser_for(model: torch.nn.Module, config: "TrainConfig") -> torch.optim.
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; any other name as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's random generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -188,6 +117,7 @@ def datasets(config: TrainConfig, vectors: tuple[str, ...], rank: int = 0, world
 
 
 def data_spec(vocab: IdVocab, train: TrainingSetDataset, vectors: tuple[str, ...]) -> DataSpec:
+    """The model's ``DataSpec``: vocabulary size, mm_emb dim and the other vectors' (name, dim)."""
     dims = {v: train.indexes[v].dim for v in vectors}
     modal = tuple((v, d) for v, d in dims.items() if d > 0 and v != "mm_emb")
     return DataSpec(n_items=len(vocab), mm_dim=dims.get("mm_emb", 0), modal_dims=modal)
@@ -201,12 +131,14 @@ def forward(model, batch: dict) -> tuple[torch.Tensor, dict]:
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, aux: dict) -> torch.Tensor:
+    """Binary cross-entropy of the logits (B,) plus the auxiliary losses."""
     return F.binary_cross_entropy_with_logits(logits.float(), labels) + sum(aux.values(), torch.zeros((), device=logits.device))
 
 
 @torch.no_grad()
 @torch.inference_mode()
 def evaluate(model, data: TrainingSetDataset, vocab: IdVocab, device: torch.device, max_batches: int = 0) -> dict:
+    """AUC, GAUC and logloss of ``model`` on ``data`` (its first ``max_batches`` batches when non-zero)."""
     model.eval()
     users, labels, logits = [], [], []
     for step, batch in enumerate(data):
@@ -222,12 +154,49 @@ def evaluate(model, data: TrainingSetDataset, vocab: IdVocab, device: torch.devi
 
 
 def autocast(device: torch.device):
+    """bfloat16 autocast on CUDA; a disabled autocast on CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
 
 # -- training --------------------------------------------------------------------------------------
+
+class Selection:
+    """Model selection on validation AUC only: each ``validate`` pass records the curve, keeps the
+    best state, and says when ``patience`` passes in a row brought no improvement."""
+
+    def __init__(self, model, valid: TrainingSetDataset, vocab: IdVocab, device: torch.device, config: TrainConfig):
+        self.model, self.valid, self.vocab, self.device, self.config = model, valid, vocab, device, config
+        self.history: list[dict] = []
+        self.best, self.best_state, self.waited = -1.0, None, 0
+
+    def validate(self, at: float, losses: list[float]) -> bool:
+        """One validation pass at epoch ``at``; True when patience has run out."""
+        valid = evaluate(self.model, self.valid, self.vocab, self.device, self.config.max_eval_batches)
+        self.history.append({"epoch": round(at, 3), "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                             **{f"valid_{k}": v for k, v in valid.items()}})
+        if self.config.progress:
+            print(f"{self.config.model.name} epoch {at:.2f}: train loss {self.history[-1]['train_loss']:.4f}, valid AUC "
+                  f"{valid['auc']:.4f}, GAUC {valid['gauc']:.4f}, logloss {valid['logloss']:.4f}", file=sys.stderr)
+        if valid["auc"] > self.best:
+            self.best, self.best_state, self.waited = valid["auc"], copy.deepcopy(self.model.state_dict()), 0
+        else:
+            self.waited += 1
+        self.model.train()
+        return self.waited >= self.config.patience
+
+
+def train_step(trained, optimiser, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a prepared batch: (loss, logits)."""
+    with autocast(device):
+        logits, aux = forward(trained, batch)
+    loss = loss_fn(logits, batch["label"], aux)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss, logits
+
 
 def train(config: TrainConfig) -> dict:
     """Train, select on validation AUC, test once. Runs data-parallel (DDP) when a torch process
@@ -246,12 +215,11 @@ def train(config: TrainConfig) -> dict:
     vocab = IdVocab.from_training_set(config.training_set, min_count=config.vocab_min_count)
     spec = data_spec(vocab, data["train"], vectors)
     model = build_model(spec, config.model).to(device)  # same seed: same initial weights on every rank
-    params = sum(p.numel() for p in model.parameters())
     trained = DistributedDataParallel(model) if distributed else model
     optimiser = optimiser_for(model, config)
     noise = torch.Generator().manual_seed(config.seed + 104729 * rank)
     config = dataclasses.replace(config, progress=config.progress and rank == 0)
-    history, best, best_state, waited, stop = [], -1.0, None, 0, False
+    selection = Selection(model, data["valid"], vocab, device, config)
     train_rows, train_seconds = 0, 0.0
     for epoch in range(config.max_epochs):
         model.train()
@@ -260,28 +228,8 @@ def train(config: TrainConfig) -> dict:
         passes = max(1, min(config.evals_per_epoch, steps))
         checkpoints = {round(steps * (k + 1) / passes) for k in range(passes - 1)}  # steps after which to validate mid-epoch
         bar = tqdm(total=steps, desc=f"{config.model.name} epoch {epoch + 1}", disable=not config.progress, leave=False)
-        recent_labels, recent_logits, losses = [], [], []
+        recent_labels, recent_logits, losses, stop = [], [], [], False
         started = time.perf_counter()
-
-        def validate(at: float) -> bool:
-            """One validation pass; keeps the best state; True when patience has run out."""
-            nonlocal best, best_state, waited, losses, started, train_seconds
-            train_seconds += time.perf_counter() - started
-            valid = evaluate(model, data["valid"], vocab, device, config.max_eval_batches)
-            history.append({"epoch": round(at, 3), "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                            **{f"valid_{k}": v for k, v in valid.items()}})
-            if config.progress:
-                print(f"{config.model.name} epoch {at:.2f}: train loss {history[-1]['train_loss']:.4f}, valid AUC {valid['auc']:.4f}, "
-                      f"GAUC {valid['gauc']:.4f}, logloss {valid['logloss']:.4f}", file=sys.stderr)
-            losses = []
-            if valid["auc"] > best:
-                best, best_state, waited = valid["auc"], copy.deepcopy(model.state_dict()), 0
-            else:
-                waited += 1
-            model.train()
-            started = time.perf_counter()
-            return waited >= config.patience
-
         # Join: ranks may hold different numbers of batches (row-group sharding); DDP copes.
         # Mid-epoch validation needs every rank at the same step: only single-process runs do it.
         with Join([trained]) if distributed else contextlib.nullcontext():
@@ -289,36 +237,36 @@ def train(config: TrainConfig) -> dict:
                 if config.max_steps_per_epoch and step >= config.max_steps_per_epoch:
                     break
                 batch = perturb_for_training(prepare(batch, vocab, device), config.hist_dropout, config.oov_dropout, noise)
-                with autocast(device):
-                    logits, aux = forward(trained, batch)
-                loss = loss_fn(logits, batch["label"], aux)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+                loss, logits = train_step(trained, optimiser, batch, device)
                 train_rows += len(batch["label"])
                 losses.append(loss.item())
-                recent_labels.append(batch["label"].cpu().numpy())
-                recent_logits.append(logits.detach().float().cpu().numpy())
-                recent_labels, recent_logits = recent_labels[-20:], recent_logits[-20:]
+                recent_labels = (recent_labels + [batch["label"].cpu().numpy()])[-20:]
+                recent_logits = (recent_logits + [logits.detach().float().cpu().numpy()])[-20:]
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", auc=f"{auc(np.concatenate(recent_labels), np.concatenate(recent_logits)):.4f}")
-                if not distributed and step + 1 in checkpoints and validate(epoch + (step + 1) / steps):
-                    stop = True
-                    break
+                if not distributed and step + 1 in checkpoints:
+                    train_seconds += time.perf_counter() - started
+                    stop, losses = selection.validate(epoch + (step + 1) / steps, losses), []
+                    started = time.perf_counter()
+                    if stop:
+                        break
         bar.close()
-        if stop or validate(epoch + 1.0):
+        if stop:
             break
-    model.load_state_dict(best_state)
-    best_pass = max(history, key=lambda h: h["valid_auc"])
+        train_seconds += time.perf_counter() - started
+        if selection.validate(epoch + 1.0, losses):
+            break
+    model.load_state_dict(selection.best_state)
+    best_pass = max(selection.history, key=lambda h: h["valid_auc"])
     metrics = {
-        "model": config.model.name, "params": params, "device": str(device),
+        "model": config.model.name, "params": sum(p.numel() for p in model.parameters()), "device": str(device),
         "best_epoch": best_pass["epoch"],
         "valid": evaluate(model, data["valid"], vocab, device, config.max_eval_batches),
         "test": evaluate(model, data["test"], vocab, device, config.max_eval_batches),
-        "train_samples_per_s": train_rows / train_seconds if train_seconds else float("nan"), "history": history,
+        "train_samples_per_s": train_rows / train_seconds if train_seconds else float("nan"), "history": selection.history,
+        "world_size": world,
     }
-    metrics["world_size"] = world
     if rank == 0:
         save(config, model, vocab, spec, manifest, metrics)
     return metrics
@@ -348,6 +296,7 @@ def run_distributed(config: TrainConfig, num_processes: int) -> dict:
 
 
 def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: dict, metrics: dict) -> None:
+    """Write ``checkpoint.pt`` (tensors and strings only), ``metrics.json`` and ``curve.png`` under ``config.output_dir``."""
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = {
@@ -364,40 +313,8 @@ def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: d
     plot_curve(metrics["history"], out / "curve.png", config.model.name)
 
 
-def plot_curve(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, left = plt.subplots(figsize=(6, 3.5))
-    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    left.set_xlabel("epoch")
-    left.set_ylabel("train loss")
-    right = left.twinx()
-    right.plot(epochs, [h["valid_auc"] for h in history], "s-", color="tab:orange", label="valid AUC")
-    right.set_ylabel("valid AUC")
-    fig.suptitle(f"{title}: training curve")
-    fig.legend(loc="lower center", ncol=2, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def options_help() -> str:
-    """Every ``--key=value`` option with its default, from the config dataclasses themselves."""
-    lines = ["training options (--key=value; a YAML file given with --config sets the same keys):"]
-    for f in dataclasses.fields(TrainConfig):
-        if f.name != "model":
-            lines.append(f"  --{f.name}={getattr(TrainConfig(), f.name)!r}")
-    lines.append("model options (--model.key=value):")
-    for f in dataclasses.fields(ModelConfig):
-        lines.append(f"  --model.{f.name}={getattr(ModelConfig(), f.name)!r}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs train``: resolve the config, train (in-process or distributed) and print the metrics; 2 on a bad config."""
     parser = argparse.ArgumentParser(prog="mmfs train", description=__doc__, epilog=options_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="din | mmctr_din | dmf | diffmsin (= --model.name=...)")

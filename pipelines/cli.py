@@ -46,6 +46,10 @@ JOBS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``mmfs`` subcommand named by ``argv[0]`` with the rest of ``argv``; returns its exit code.
+
+    Prints the usage and returns 2 for an unknown subcommand; a table-read, store-root or schema
+    drift error is printed to stderr and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in JOBS:
         print(__doc__)

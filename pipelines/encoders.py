@@ -32,6 +32,7 @@ class EncoderLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class EncoderConfig:
+    """Which encoders to load, where they run, and the limits images must keep."""
     text_model: str = DEFAULT_TEXT_MODEL  # "minilm", a local folder, or a hub id already in the HF cache
     image_model: str = DEFAULT_IMAGE_MODEL  # "efficientnet-lite0", "clip:<open_clip arch>", or "none"
     clip_weights: str | None = None  # local weights file, or an open_clip pretrained tag in the hub cache
@@ -46,6 +47,7 @@ class EncoderConfig:
 
 
 def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other device name as given."""
     import torch
 
     if name == "auto":
@@ -77,6 +79,7 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 class TextEncoder(Protocol):
+    """A text encoder: ``encode(texts)`` -> (N, dim) L2-normalised float32 vectors."""
     name: str
     dim: int
     weights_sha256: str
@@ -85,6 +88,8 @@ class TextEncoder(Protocol):
 
 
 class ImageEncoder(Protocol):
+    """An image encoder: ``preprocess(PIL image)`` -> (3, S, S) pixels, ``encode(pixels)`` -> (N, dim)
+    L2-normalised float32 vectors."""
     name: str
     dim: int
     weights_sha256: str
@@ -212,9 +217,11 @@ class OpenClipImageEncoder:
         self._torch = torch
 
     def preprocess(self, image) -> np.ndarray:
+        """A PIL image -> (3, S, S) float32 pixels, with open_clip's own transform."""
         return self.preprocess_fn(image).numpy()
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) pixels -> (N, dim) L2-normalised image embeddings."""
         torch = self._torch
         x = torch.from_numpy(pixels).to(self.device)
         with torch.inference_mode(), _autocast(self.device):
@@ -223,10 +230,12 @@ class OpenClipImageEncoder:
 
 
 def load_text_encoder(config: EncoderConfig) -> TextEncoder:
+    """The configured text encoder, from local or packaged weights (``EncoderLoadError`` otherwise)."""
     return BertTextEncoder(config.text_model, resolve_device(config.device), config.text_max_length)
 
 
 def load_image_encoder(config: EncoderConfig) -> ImageEncoder | None:
+    """The configured image encoder, or None for ``--image-model none`` (``EncoderLoadError`` for an unknown one)."""
     device = resolve_device(config.device)
     if config.image_model == NO_IMAGE_MODEL:
         return None
@@ -243,6 +252,8 @@ def load_image_encoder(config: EncoderConfig) -> ImageEncoder | None:
 
 @dataclass(frozen=True)
 class DecodedImage:
+    """One image URI after the checks and decoding: the image, or why it cannot be used."""
+
     image: object | None  # RGB PIL image, or None when it could not be used
     error: str | None  # why the image was rejected (quarantined), or None
     note: str | None  # a conversion that was applied, e.g. "converted from CMYK"

@@ -33,6 +33,8 @@ CHUNK = 1_000_000
 
 
 def make_items(n_items: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-item attributes as arrays of length ``n_items``: ids from 1, colour/shape/topic/adjective
+    indices, quality noise and a Zipf-like popularity weight."""
     return {
         "item_id": np.arange(1, n_items + 1, dtype=np.int64),
         "color": rng.integers(0, len(COLORS), n_items),
@@ -46,6 +48,7 @@ def make_items(n_items: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def item_texts(items: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """Each item's (title, text), naming its adjective, colour, shape and topic."""
     color_names = list(COLORS)
     titles, texts = [], []
     for c, s, t, a in zip(items["color"], items["shape"], items["topic"], items["adjective"]):
@@ -55,6 +58,7 @@ def item_texts(items: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
 
 
 def draw_image(path: Path, color: int, shape: int, rng: np.random.Generator, size: int = 128) -> None:
+    """Draw the item's shape in its colour on a random light background and save a ``size`` x ``size`` PNG at ``path``."""
     from PIL import Image, ImageDraw
 
     background = tuple(int(v) for v in rng.integers(200, 256, 3))
@@ -88,6 +92,7 @@ def click_logit(user_color: np.ndarray, user_shape: np.ndarray, color: np.ndarra
 
 
 def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int, seed: int) -> dict:
+    """Write items.parquet, events.parquet and the images under ``out``; returns a summary of counts and the positive rate."""
     out.mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed)
     item_seed, user_seed, image_seed, *chunk_seeds = seeds.spawn(3 + (n_events + CHUNK - 1) // CHUNK)
@@ -145,6 +150,7 @@ def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs synth``: generate a synthetic data set (at most 10M events). Returns 0."""
     parser = argparse.ArgumentParser(prog="mmfs synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--users", type=int, default=10_000)

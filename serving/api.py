@@ -24,6 +24,8 @@ def iso_time_only(value):
 
 
 class ScoreRequest(BaseModel):
+    """POST /score: one user's candidate items, scored as of ``at`` (default now)."""
+
     model_config = ConfigDict(extra="forbid")
     user_id: INT64
     item_ids: list[INT64] = Field(min_length=1, description="candidate item ids, at most the server's max_candidates")
@@ -32,10 +34,13 @@ class ScoreRequest(BaseModel):
     @field_validator("at", mode="before")
     @classmethod
     def at_is_text(cls, value):
+        """Refuse a non-string ``at`` (see ``iso_time_only``)."""
         return iso_time_only(value)
 
 
 class ItemScoreOut(BaseModel):
+    """One candidate's click probability and flags, or its error."""
+
     item_id: int
     score: float | None = Field(description="click probability; null with an error")
     flags: list[str] = Field(description="new_item, no_embedding, no_item_stats, stale:<view>")
@@ -43,6 +48,8 @@ class ItemScoreOut(BaseModel):
 
 
 class ScoreResponse(BaseModel):
+    """POST /score's answer: per-candidate scores, user flags, history length, stale count and timings."""
+
     user_id: int
     feature_service: str
     model: str
@@ -54,6 +61,8 @@ class ScoreResponse(BaseModel):
 
 
 class EventIn(BaseModel):
+    """One impression (label 0) or click (label 1) posted to the feedback path."""
+
     model_config = ConfigDict(extra="forbid")
     user_id: INT64
     item_id: INT64
@@ -63,15 +72,20 @@ class EventIn(BaseModel):
     @field_validator("event_timestamp", mode="before")
     @classmethod
     def timestamp_is_text(cls, value):
+        """Refuse a non-string ``event_timestamp`` (see ``iso_time_only``)."""
         return iso_time_only(value)
 
 
 class EventsRequest(BaseModel):
+    """POST /events: between 1 and ``MAX_EVENTS`` events."""
+
     model_config = ConfigDict(extra="forbid")
     events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
 
 
 class EventsResponse(BaseModel):
+    """POST /events's answer: events recorded, duplicates ignored, users and items touched, snapshots written."""
+
     events: int  # newly recorded
     duplicates: int  # already recorded (a retry) or repeated in the request: no-ops
     users: int

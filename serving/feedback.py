@@ -73,6 +73,8 @@ class InvalidEvents(FeedbackError):
 
 @dataclass(frozen=True)
 class Event:
+    """One event as the feedback path records it; ``event_timestamp`` is timezone-aware."""
+
     user_id: int
     item_id: int
     event_timestamp: dt.datetime
@@ -88,6 +90,8 @@ def _from_us(us: int) -> dt.datetime:
 
 
 class FeedbackWriter:
+    """Records events online and offline for one store and table root (``record``); see the module docstring."""
+
     def __init__(self, store, table_root: str | Path, reader: OnlineReader | None = None):
         self.store = store
         self.root = Path(table_root)

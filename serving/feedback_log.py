@@ -93,6 +93,7 @@ def _newest(rows: pa.Table, key: str) -> pd.DataFrame:
 
 
 def fsync(path: Path) -> None:
+    """fsync ``path`` (a file or a directory) so what was written to it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

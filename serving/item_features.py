@@ -53,11 +53,13 @@ class ItemFeatureCache:
             self.clear()
 
     def clear(self) -> None:
+        """Drop every entry and restart the age clock; counted in ``invalidations``."""
         self.entries.clear()
         self.filled_at = time.monotonic()
         self.invalidations += 1
 
     def get_many(self, view: str, ids: list[int]) -> list:
+        """The cached value of (view, id) for each id, None where absent; counts hits and misses."""
         if not self.enabled:
             self.misses += len(ids)
             return [None] * len(ids)
@@ -69,6 +71,7 @@ class ItemFeatureCache:
         return found
 
     def put(self, key, value) -> None:
+        """Cache ``value`` under ``key``, first evicting the oldest tenth when full; a no-op when disabled."""
         if not self.enabled:
             return
         if len(self.entries) >= self.maxsize:  # evict the oldest entries (insertion order)
@@ -77,6 +80,7 @@ class ItemFeatureCache:
         self.entries[key] = value
 
     def discard(self, key) -> None:
+        """Drop ``key`` if cached."""
         self.entries.pop(key, None)
 
 
@@ -109,5 +113,6 @@ class ItemFeatures:
         return [MISSING if t is None else (STALE if t < cutoff else PRESENT) for t in stamps]
 
     def invalidate(self, item_id: int) -> None:
+        """Drop ``item_id``'s cached rows in every item view."""
         for view in self.views:
             self.cache.discard((view, item_id))

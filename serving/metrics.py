@@ -22,12 +22,14 @@ class _Series:
         self.owner, self.key = owner, key
 
     def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (>= 0) to this series."""
         if amount < 0:
             raise ValueError("counters only go up")
         with self.owner.lock:
             self.owner.values[self.key] = self.owner.values.get(self.key, 0.0) + amount
 
     def set(self, value: float) -> None:
+        """Set this series to ``value``."""
         with self.owner.lock:
             self.owner.values[self.key] = float(value)
 
@@ -39,17 +41,21 @@ class _Metric:
         self.values: dict[tuple, float] = {}
 
     def labels(self, *values) -> _Series:
+        """The series for these label values, one per label name."""
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}")
         return _Series(self, tuple(str(v) for v in values))
 
     def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` to the unlabelled series."""
         _Series(self, ()).inc(amount)
 
     def set(self, value: float) -> None:
+        """Set the unlabelled series to ``value``."""
         _Series(self, ()).set(value)
 
     def family(self):
+        """A snapshot of the values as a Prometheus counter or gauge family."""
         cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
         with self.lock:
             items = sorted(self.values.items())
@@ -70,11 +76,13 @@ class _Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
+        """Count ``value`` in its bucket and add it to the sum."""
         with self.lock:
             self.counts[bisect.bisect_left(self.bounds, value)] += 1
             self.total += value
 
     def family(self):
+        """A snapshot as a Prometheus histogram family (cumulative bucket counts, sum)."""
         with self.lock:
             counts, total = list(self.counts), self.total
         cumulative, running = [], 0
@@ -102,6 +110,7 @@ class Metrics:
         self.registry.register(self)
 
     def collect(self):
+        """The collector protocol: one metric family per metric."""
         for metric in (self.requests, self.latency, self.errors, self.stale, self.item_errors, self.ready, self.cache_hits,
                        self.cache_misses):
             yield metric.family()

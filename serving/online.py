@@ -97,6 +97,7 @@ class OnlineReader:
         self.provider = store._get_provider()  # noqa: SLF001 - Feast's own online-store reader
 
     def ttl(self, view: str) -> dt.timedelta | None:
+        """``view``'s TTL, or None when it has none (zero)."""
         ttl = self.views[view][0].ttl
         return ttl if ttl and ttl.total_seconds() > 0 else None
 
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def store_name(reader: OnlineReader) -> str:
+    """The online store's type (sqlite, redis, ...)."""
     return reader.store.config.online_store.type
 
 

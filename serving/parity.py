@@ -33,6 +33,8 @@ TOLERANCE = 1e-6
 
 @dataclass
 class FeatureParity:
+    """Counts of one feature's online/offline comparisons, with a few example disagreements."""
+
     feature: str
     compared: int = 0
     matched: int = 0
@@ -45,6 +47,7 @@ class FeatureParity:
     examples: list = field(default_factory=list)
 
     def rates(self) -> dict:
+        """The counts as rates of ``compared``, for the report."""
         n = max(self.compared, 1)
         return {"feature": self.feature, "compared": self.compared, "both_present": self.both_present, "mismatch_rate": self.mismatched / n,
                 "missing_rate": self.missing / n, "extra_rate": self.extra / n, "stale": self.stale,
@@ -52,6 +55,7 @@ class FeatureParity:
 
     @property
     def ok(self) -> bool:
+        """True when no value mismatched, was missing online or was extra online."""
         return self.mismatched == self.missing == self.extra == 0
 
 
@@ -77,6 +81,8 @@ def _diff(a, b) -> float | None:
 
 
 def compare(result: FeatureParity, key, offline, online, online_status: str) -> None:
+    """Count one comparison of an offline value with the online one into ``result``; the online value
+    counts only when ``online_status`` is present; values agree within ``TOLERANCE``."""
     result.compared += 1
     if online_status == STALE:
         result.stale += 1
@@ -120,6 +126,8 @@ def sample_entities(views: list[training_set.ViewJoin], at: dt.datetime, sample:
 
 
 def run_parity(store, service_name: str, at: dt.datetime, sample: int = 200, seed: int = 0) -> dict:
+    """Compare online with offline values for sampled (user, item) pairs at ``at``, and the request-time
+    similarities; returns the report (per-feature rates, ``ok``)."""
     reader = OnlineReader(store, service_name)
     views = [v for v in training_set.service_views(store, service_name) if v.name in reader.views]
     entity = sample_entities(views, at, sample, seed)
@@ -166,6 +174,7 @@ def run_parity(store, service_name: str, at: dt.datetime, sample: int = 200, see
 
 
 def markdown(report: dict) -> str:
+    """The parity report as a Markdown table."""
     lines = [f"# Online/offline parity: {report['feature_service']} at {report['at']} ({report['online_store']})", "",
              f"{report['pairs']} sampled (user, item) pairs, tolerance {report['tolerance']}. "
              f"Result: **{'OK' if report['ok'] else 'MISMATCH'}**", "",
@@ -178,6 +187,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs parity``: run the comparison, print it, optionally write parity.json/parity.md; 1 when anything disagrees."""
     parser = argparse.ArgumentParser(prog="mmfs parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True)
     parser.add_argument("--at", type=parse_time, required=True, help="compare as of this UTC time")

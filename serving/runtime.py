@@ -13,6 +13,8 @@ log = logging.getLogger("mmfs.serve")
 
 @dataclass(frozen=True)
 class ServeSettings:
+    """``mmfs serve``'s settings: what to load and the server's limits."""
+
     checkpoint: str
     root: str  # table root (feedback files are appended here)
     config: str = "duckdb"  # feature_repo yaml: duckdb (SQLite online) | redis | spark
@@ -51,6 +53,7 @@ class State:
 
     @property
     def ready(self) -> bool:
+        """True once the scorer is loaded and the online store answered the last probe."""
         return self.scorer is not None and self.store_error is None
 
     async def run(self, fn, *args):
@@ -80,6 +83,8 @@ class State:
         self.store_error = None
 
     def load(self) -> None:
+        """Open the store and load the scorer and feedback writer, then probe the store; a failure is kept in
+        ``load_error`` and logged, not raised."""
         from pipelines.store.feast_store import REPO, open_store
         from serving.feedback import FeedbackWriter
         from serving.scorer import ProcessTuning, Scorer, ScorerConfig, tune_for_serving

@@ -64,6 +64,8 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class ScorerConfig:
+    """A ``Scorer``'s limits: candidates per request, the item cache, and how far in the future ``at`` may be."""
+
     max_candidates: int = 2000
     item_cache_size: int = 500_000  # (view, item) entries; 0 disables the cache
     item_cache_max_age_s: float = 300.0
@@ -99,6 +101,8 @@ def tune_for_serving(tuning: ProcessTuning = ProcessTuning()):
 
 @dataclass
 class ItemScore:
+    """One candidate's click probability and logit (None with an error) and flags."""
+
     item_id: int
     score: float | None  # click probability; None with an error
     logit: float | None
@@ -108,6 +112,9 @@ class ItemScore:
 
 @dataclass
 class Prepared:
+    """``Scorer.prepare``'s output: the model's tensors, per-candidate flags, unknown items, user flags,
+    stale count and the similarity time."""
+
     tensors: dict[str, torch.Tensor]
     flags: list[list[str]]
     unknown: np.ndarray  # (C,) bool: neither the store nor the model knows the item
@@ -118,6 +125,8 @@ class Prepared:
 
 @dataclass
 class ScoreResult:
+    """One request's scores, flags, history length, stale feature count and timings in ms."""
+
     user_id: int
     feature_service: str
     items: list[ItemScore]
@@ -128,10 +137,12 @@ class ScoreResult:
 
     @property
     def scores(self) -> list[float | None]:
+        """The candidates' click probabilities in request order, None for an error entry."""
         return [i.score for i in self.items]
 
 
 def store_features(store, service_name: str) -> list[str]:
+    """The ``view:feature`` names a feature service serves."""
     service = store.get_feature_service(service_name)
     return [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
 
@@ -189,15 +200,18 @@ class Scorer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, store, config: ScorerConfig = ScorerConfig()) -> "Scorer":
+        """A scorer for the checkpoint at ``path`` over ``store``."""
         model, meta = load_checkpoint(path)
         return cls(model, meta, store, config)
 
     def invalidate_item(self, item_id: int) -> None:
+        """Drop ``item_id``'s cached item features."""
         self.items.invalidate(item_id)
 
     # -- scoring -----------------------------------------------------------------------------------
 
     def validate(self, user_id, item_ids) -> list[int]:
+        """The candidate ids as ints; ``BadRequest`` for a non-int64 user or item id, no candidates or more than ``max_candidates``."""
         if isinstance(user_id, bool) or not isinstance(user_id, (int, np.integer)):
             raise BadRequest(f"user_id must be an integer, got {user_id!r}")
         if not INT64_MIN <= int(user_id) <= INT64_MAX:
@@ -229,6 +243,8 @@ class Scorer:
         return self._online_from[1]
 
     def check_time(self, now: dt.datetime) -> None:
+        """``BadRequest`` unless ``now`` is aware, not before 1970, not beyond ``future_slack`` ahead, and not
+        before the online store's first materialised interval."""
         if now.tzinfo is None:
             raise BadRequest("at must be timezone-aware (UTC)")
         if now < EARLIEST:
@@ -243,6 +259,8 @@ class Scorer:
 
     @torch.inference_mode()
     def score(self, user_id: int, item_ids: Sequence[int], now: dt.datetime | None = None) -> ScoreResult:
+        """Score ``item_ids`` for ``user_id`` as of ``now`` (default the clock) from the online store; unknown
+        items get an error entry instead of a score."""
         began = time.perf_counter()
         items = self.validate(user_id, item_ids)
         now = now or dt.datetime.now(dt.timezone.utc)

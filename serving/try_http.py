@@ -19,6 +19,7 @@ from pipelines.store.feast_store import parse_time
 
 
 def candidates(root: Path, user: int, at, n: int) -> tuple[list[int], dict[int, str]]:
+    """The ``n`` items with most events before ``at`` that ``user`` has no event for before ``at``, and their titles."""
     import duckdb
 
     con = duckdb.connect()
@@ -33,6 +34,7 @@ def candidates(root: Path, user: int, at, n: int) -> tuple[list[int], dict[int, 
 
 
 def history_titles(root: Path, user: int, at, n: int = 5) -> list[str]:
+    """Titles of the user's last ``n`` clicked items before ``at``, newest first."""
     import duckdb
 
     con = duckdb.connect()
@@ -45,6 +47,8 @@ def history_titles(root: Path, user: int, at, n: int = 5) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs try-serve``: start ``mmfs serve``, score one user's candidates over HTTP, print the top items,
+    stop the server; 1 when it did not stop cleanly."""
     import httpx
     from rich.console import Console
     from rich.table import Table

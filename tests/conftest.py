@@ -1,4 +1,3 @@
-import datetime as dt
 import os
 import time
 
@@ -23,11 +22,6 @@ def spark():
     )
     yield session
     session.stop()
-
-
-def ts(text: str) -> dt.datetime:
-    """A naive UTC datetime from 'YYYY-MM-DD HH:MM:SS[.ffffff]', as Spark's collect() returns them."""
-    return dt.datetime.fromisoformat(text)
 
 
 # Feast fixtures (a tiny adversarial table root and a repo applied over it), shared across packages.

@@ -65,7 +65,7 @@ CONTRACTS, FEATURES, SPARK = "pipelines.contracts", "pipelines.features", "pipel
 ALLOWED = {
     CONTRACTS: set(),
     FEATURES: {CONTRACTS},
-    SPARK: {CONTRACTS, FEATURES},
+    SPARK: {CONTRACTS, FEATURES, "pipelines.encoders"},  # the encode job's inference UDFs run the encoders
     "pipelines.encoders": {CONTRACTS},
     "pipelines.synth": {CONTRACTS},
     "pipelines.jobs": {CONTRACTS, FEATURES, SPARK, "pipelines.encoders", "pipelines.synth"},

@@ -22,6 +22,8 @@ _ARROW = {INT64: pa.int64(), INT32: pa.int32(), FLOAT32: pa.float32(), BOOL: pa.
 
 @dataclass(frozen=True)
 class Column:
+    """One column of a table: name, type, nullability, and whether it is a list of ``type``."""
+
     name: str
     type: str
     nullable: bool = False
@@ -29,6 +31,7 @@ class Column:
     elements_nullable: bool = False
 
     def arrow(self) -> pa.Field:
+        """This column as a pyarrow field (a list column becomes ``list<element: type>``)."""
         base = _ARROW[self.type]
         kind = pa.list_(pa.field("element", base, self.elements_nullable)) if self.list_of else base
         return pa.field(self.name, kind, self.nullable)
@@ -36,14 +39,18 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
+    """A table's name and its columns, in order."""
+
     name: str
     columns: tuple[Column, ...]
 
     @property
     def names(self) -> list[str]:
+        """The column names, in order."""
         return [c.name for c in self.columns]
 
     def arrow(self) -> pa.Schema:
+        """The table's pyarrow schema."""
         return pa.schema([c.arrow() for c in self.columns])
 
     def only(self, *names: str, name: str | None = None) -> "Table":
@@ -116,6 +123,14 @@ USER_STATS = Table("user_stats", (
     _c("user_ctr", FLOAT32),
 ))
 
+# What the encoders produce for one distinct content (title, text, image_uri), keyed by its hash;
+# the same rows with the encoder's key are the encoder cache that incremental runs reuse.
+ENCODED = Table("encoded", (
+    _c("content_hash", STRING), _list("text_emb", FLOAT32), _list("image_emb", FLOAT32, nullable=True),
+    _c("image_error", STRING, True), _c("image_note", STRING, True),
+))
+ENCODER_CACHE = Table("encoder_cache", (_c("encoder_key", STRING), *ENCODED.columns))
+
 QUARANTINE = Table("quarantine", (
     _c("table", STRING), _c("rule", STRING), _c("reason", STRING), _c("row_json", STRING), _c("quarantined_at", TIMESTAMP),
 ))
@@ -124,4 +139,4 @@ QUARANTINE = Table("quarantine", (
 ENTITY = Table("entity", EVENTS.columns)
 
 ALL = (ITEMS, EVENTS, FEEDBACK_EVENTS, ITEM_EMBEDDINGS, SEQUENCES, USER_SEQUENCE_SNAPSHOTS, USER_SEQUENCE_CURRENT,
-       TARGET_SIMILARITY, ITEM_STATS, USER_STATS, QUARANTINE)
+       TARGET_SIMILARITY, ITEM_STATS, USER_STATS, ENCODED, ENCODER_CACHE, QUARANTINE)

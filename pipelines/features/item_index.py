@@ -49,6 +49,7 @@ class ItemEmbeddingIndex:
 
     @property
     def dim(self) -> int:
+        """Vector length D of the stored versions."""
         return int(self.vectors.shape[1])
 
     def lookup(self, item_ids: np.ndarray, as_of_us: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ the text embedding with ``has_image=false``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import json
@@ -23,18 +22,17 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, replace
-from typing import Iterator
 
 import numpy as np
-import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
+from pipelines.features.fusion import pca_artifact
 from pipelines.spark import reports
-from pipelines.encoders import NO_IMAGE_MODEL, NO_IMAGE_ROOT, EncoderConfig, decode_image, load_image_encoder, load_text_encoder
+from pipelines.spark.encoding import CACHE_COLUMNS, PhaseTimer, content_hash, encode, fit_pca, with_mm_emb
+from pipelines.encoders import NO_IMAGE_MODEL, NO_IMAGE_ROOT, EncoderConfig, load_image_encoder, load_text_encoder
 from pipelines.spark.args import add_common_args, spark_from_args
-from pipelines.spark.schemas import ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
+from pipelines.spark.schemas import ENCODED_SCHEMA, ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
 from pipelines.spark.session import task_progress
 from pipelines.spark.table_io import job_main, read_meta, read_side_file, read_table, table_exists, write_table
 from pipelines.spark.validation import Rule, TableRules, assert_valid_output, unit_vector_rule, validate_and_split
@@ -43,195 +41,9 @@ log = logging.getLogger("mmfs.encode_items")
 
 DEFAULT_MM_DIM = 64
 
-# What the encoders produce for one distinct content (title, text, image_uri), keyed by its hash.
-# The same rows, with the encoder's key, are the encoder cache that incremental runs reuse.
-ENCODED_SCHEMA = T.StructType([
-    T.StructField("content_hash", T.StringType(), False),
-    T.StructField("text_emb", T.ArrayType(T.FloatType(), False), False),
-    T.StructField("image_emb", T.ArrayType(T.FloatType(), False), True),
-    T.StructField("image_error", T.StringType(), True),
-    T.StructField("image_note", T.StringType(), True),
-])
-CACHE_COLUMNS = ["encoder_key", "content_hash", "text_emb", "image_emb", "image_error", "image_note"]
-
-_WORKER_ENCODERS: dict[EncoderConfig, tuple] = {}
-
-
-class PhaseTimer:
-    """Logs and keeps how long each step of the job took: long work shows where its time goes."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def phase(self, name: str):
-        start = time.perf_counter()
-        log.info("%s ...", name)
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 2)
-        log.info("%s: %.1fs", name, self.seconds[name])
-
-
-def _worker_encoders(config: EncoderConfig) -> tuple:
-    """Load the models once per Python worker and keep them for every later batch."""
-    if config not in _WORKER_ENCODERS:
-        if config.torch_threads:
-            import torch
-
-            torch.set_num_threads(config.torch_threads)
-        _WORKER_ENCODERS[config] = (load_text_encoder(config), load_image_encoder(config))
-    return _WORKER_ENCODERS[config]
-
-
-def item_text(title: object, text: object) -> str:
-    """What the text encoder reads: title and text joined."""
-    parts = [str(p).strip() for p in (title, text) if isinstance(p, str) and p.strip()]
-    return ". ".join(parts)
-
-
-def encode_batch(batch: pd.DataFrame, config: EncoderConfig) -> pd.DataFrame:
-    """Encode one batch of items rows. Image failures are per row, never raised."""
-    text_encoder, image_encoder = _worker_encoders(config)
-    texts = [item_text(t, x) for t, x in zip(batch["title"], batch["text"])]
-    text_emb = text_encoder.encode(texts)  # (N, Dt)
-    image_emb: list = [None] * len(batch)
-    errors: list = [None] * len(batch)
-    notes: list = [None] * len(batch)
-    if image_encoder is not None:
-        pixels, rows = [], []
-        for i, uri in enumerate(batch["image_uri"]):
-            if not isinstance(uri, str) or not uri:
-                continue
-            decoded = decode_image(uri, config.image_roots, config.max_image_pixels, config.max_image_bytes)
-            errors[i], notes[i] = decoded.error, decoded.note
-            if decoded.image is not None:
-                pixels.append(image_encoder.preprocess(decoded.image))
-                rows.append(i)
-        if rows:
-            vectors = image_encoder.encode(np.stack(pixels))  # (n, Di)
-            for row, vector in zip(rows, vectors):
-                image_emb[row] = vector
-    return pd.DataFrame({
-        "content_hash": batch["content_hash"].to_numpy(),
-        "text_emb": list(text_emb),
-        "image_emb": image_emb,
-        "image_error": errors,
-        "image_note": notes,
-    })
-
-
-def encode_partition(batches: Iterator[pd.DataFrame], config: EncoderConfig) -> Iterator[pd.DataFrame]:
-    _worker_encoders(config)  # load before the clock starts: the rate below is encoding only
-    done, start = 0, time.perf_counter()
-    for frame in batches:
-        for lo in range(0, len(frame), config.batch_size):
-            out = encode_batch(frame.iloc[lo: lo + config.batch_size], config)
-            done += len(out)
-            yield out
-        print(f"[encode_items] worker {os.getpid()}: {done} items, {done / (time.perf_counter() - start):.1f} items/s",
-              file=sys.stderr, flush=True)
-
-
-def content_hash() -> Column:
-    """SHA-256 of what the encoders read (title, text, image_uri); nulls and empty strings differ.
-
-    The image is identified by its URI: images are assumed immutable at a URI (a changed picture
-    gets a new URI, as object stores and CDNs version them)."""
-    parts = [F.coalesce(F.concat(F.lit("s:"), F.col(c)), F.lit("null")) for c in ("title", "text", "image_uri")]
-    return F.sha2(F.concat_ws("\x1f", *parts), 256)
-
-
-def encode(contents: DataFrame, config: EncoderConfig, partitions: int) -> DataFrame:
-    """Run the encoders inside Spark on distinct contents; the models load once per worker."""
-    source = contents.select("content_hash", "title", "text", "image_uri")
-    return source.repartition(partitions, "content_hash").mapInPandas(
-        lambda batches: encode_partition(batches, config), schema=ENCODED_SCHEMA
-    )
-
-
-# -- PCA fitted in Spark -----------------------------------------------------------------------
-
-def fit_pca(df: DataFrame, column: str, k: int) -> dict[str, np.ndarray]:
-    """Centred PCA of an array column: returns mean (D,) and components (D, k), signs fixed.
-
-    Spark's PCA finds the components of the covariance; we keep the mean so projections are
-    centred, and flip each component so its largest-magnitude entry is positive, which makes
-    re-runs give the same vectors.
-    """
-    from pyspark.ml.feature import PCA
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.ml.stat import Summarizer
-
-    vectors = df.select(array_to_vector(F.col(column)).alias("v"))
-    dim = len(df.select(column).first()[0])
-    k = min(k, dim)
-    mean = np.asarray(vectors.select(Summarizer.mean(F.col("v"))).first()[0].toArray(), dtype=np.float64)
-    model = PCA(k=k, inputCol="v", outputCol="p").fit(vectors)
-    components = np.array(model.pc.toArray(), dtype=np.float64)  # (D, k), a writable copy
-    flip = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
-    components *= np.where(flip == 0, 1.0, flip)
-    return {"mean": mean, "components": components, "explained_variance": np.asarray(model.explainedVariance.toArray())}
-
-
-def fuse(text_emb: np.ndarray, image_emb: np.ndarray | None, has_image: np.ndarray, pca: dict) -> np.ndarray:
-    """(N, Dt), (N, Di) -> (N, mm_dim): unit-norm PCA parts concatenated, then unit-normalised.
-
-    An item without an image gets zeros in the image part, so its mm_emb is its text part.
-    """
-    def part(x: np.ndarray, name: str) -> np.ndarray:
-        projected = (x.astype(np.float64) - pca[f"{name}_mean"]) @ pca[f"{name}_components"]  # (N, k)
-        return projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
-
-    parts = [part(text_emb, "text")]
-    if "image_components" in pca:
-        image_part = np.zeros((len(text_emb), pca["image_components"].shape[1]))
-        if has_image.any():
-            image_part[has_image] = part(image_emb[has_image], "image")
-        parts.append(image_part)
-    fused = np.concatenate(parts, axis=1)
-    return (fused / np.maximum(np.linalg.norm(fused, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def pca_artifact(pca: dict) -> tuple[bytes, str]:
-    """The PCA as .npz bytes, and a checksum of its arrays (stable across re-saves)."""
-    digest = hashlib.sha256()
-    for key in sorted(pca):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(pca[key]).tobytes())
-    buffer = io.BytesIO()
-    np.savez(buffer, **pca)
-    return buffer.getvalue(), digest.hexdigest()
-
-
-def fuse_partition(batches: Iterator[pd.DataFrame], pca: dict) -> Iterator[pd.DataFrame]:
-    for frame in batches:
-        text = np.stack(frame["text_emb"].to_numpy()) if len(frame) else np.zeros((0, 1))
-        has_image = frame["image_emb"].notna().to_numpy()
-        image = None
-        if has_image.any():
-            dim = len(frame["image_emb"][has_image].iloc[0])
-            image = np.zeros((len(frame), dim), dtype=np.float32)
-            image[has_image] = np.stack(frame["image_emb"][has_image].to_numpy())
-        frame = frame.assign(mm_emb=list(fuse(text, image, has_image, pca)) if len(frame) else [])
-        yield frame
-
-
-def with_mm_emb(encoded: DataFrame, pca: dict, encoder_id: str) -> DataFrame:
-    schema = T.StructType(encoded.schema.fields + [T.StructField("mm_emb", T.ArrayType(T.FloatType(), False), False)])
-    fused = encoded.mapInPandas(lambda batches: fuse_partition(batches, pca), schema=schema)
-    return fused.select(
-        "item_id",
-        "text_emb",
-        "image_emb",
-        "mm_emb",
-        F.col("image_emb").isNotNull().alias("has_image"),
-        F.lit(encoder_id).alias("encoder_id"),
-        F.col("updated_at").alias("event_timestamp"),
-        "created_timestamp",
-    ).select(*columns(ITEM_EMBEDDINGS_SCHEMA))
-
-
 def embedding_rules(text_dim: int, image_dim: int | None, mm_dim: int) -> TableRules:
+    """Output rules of ``item_embeddings``: unit-norm vectors of the given sizes, ``has_image`` consistent
+    with ``image_emb``, one row per (item_id, event_timestamp)."""
     rules = [unit_vector_rule("text_emb", text_dim), unit_vector_rule("mm_emb", mm_dim)]
     if image_dim:
         rules.append(unit_vector_rule("image_emb", image_dim, nullable=True))
@@ -240,6 +52,7 @@ def embedding_rules(text_dim: int, image_dim: int | None, mm_dim: int) -> TableR
 
 
 def image_quarantine(encoded: DataFrame) -> DataFrame:
+    """Quarantine rows (``QUARANTINE_SCHEMA``) for the items whose image could not be used."""
     return encoded.filter(F.col("image_error").isNotNull()).select(
         F.lit("item_images").alias("table"),
         F.lit("image_decode").alias("rule"),
@@ -264,6 +77,8 @@ def identity_of(config: EncoderConfig, mm_dim: int, text_dim_pca: int, image_dim
 
 
 class EncoderChanged(RuntimeError):
+    """An incremental run found encoders other than the ones that wrote the table."""
+
     pass
 
 
@@ -354,6 +169,7 @@ def image_roots_of(spark: SparkSession, root: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The ``mmfs encode-items`` command line."""
     parser = argparse.ArgumentParser(prog="mmfs encode-items", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")
     defaults = EncoderConfig()
@@ -381,6 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs encode-items``: encode ``<root>/items`` into ``<root>/item_embeddings`` (or ``--table``),
+    write the quarantines and update the encoder cache. Returns 0."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmfs").setLevel(logging.INFO)
     args = parse_args(argv)

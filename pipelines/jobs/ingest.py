@@ -19,7 +19,8 @@ from pyspark.sql import functions as F
 from pipelines.spark import reports
 from pipelines.features.event_rules import EARLIEST, EVENT_KEY, latest_allowed, reason, sql_time
 from pipelines.spark.args import add_common_args, spark_from_args
-from pipelines.spark.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS, columns
+from pipelines.spark.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, columns
+from pipelines.spark.sources import read_files, read_movielens
 from pipelines.spark.table_io import job_main, write_table
 from pipelines.spark.validation import (
     Rule,
@@ -43,6 +44,7 @@ def timestamp_sql(column: str) -> str:
 
 
 def item_rules(now: dt.datetime) -> TableRules:
+    """The raw items' rules at run time ``now``: ids, timestamps in range, one row per (item, version)."""
     latest = _latest_allowed(now)
     return TableRules(
         table="items",
@@ -88,6 +90,7 @@ def event_rules(now: dt.datetime) -> TableRules:
 
 
 def canonical_item_rules() -> TableRules:
+    """What the written items table must hold (checked on the output, never quarantined)."""
     return TableRules(
         table="items",
         rules=(
@@ -98,6 +101,7 @@ def canonical_item_rules() -> TableRules:
 
 
 def canonical_event_rules() -> TableRules:
+    """What the written events table must hold (checked on the output, never quarantined)."""
     return TableRules(
         table="events",
         rules=(Rule("label_in_0_1", "label IN (0, 1)", "label must be 0 or 1"),),
@@ -105,65 +109,10 @@ def canonical_event_rules() -> TableRules:
     )
 
 
-# -- adapters: each returns (raw items, raw events) with the raw contract's columns ------------
-
-def read_movielens(spark: SparkSession, input_dir: str) -> tuple[DataFrame, DataFrame]:
-    """MovieLens ml-latest-small: text = genres, label = rating >= 4, no images.
-
-    MovieLens has no item timestamps: an item's ``updated_at`` is the first time it was rated
-    or tagged (items never seen get the newest timestamp in the data).
-    """
-    csv = spark.read.option("header", True).option("quote", '"').option("escape", '"')
-    movies = csv.csv(f"{input_dir}/movies.csv")
-    ratings = csv.csv(f"{input_dir}/ratings.csv")
-    tags = csv.csv(f"{input_dir}/tags.csv")
-    seen = ratings.select("movieId", "timestamp").unionByName(tags.select("movieId", "timestamp"))
-    first_seen = seen.groupBy("movieId").agg(F.min(F.col("timestamp").cast("long")).alias("first_seen"))
-    newest = seen.agg(F.max(F.col("timestamp").cast("long"))).first()[0]
-    genres = F.when(F.col("genres") == "(no genres listed)", F.lit("")).otherwise(
-        F.concat(F.lit("Genres: "), F.regexp_replace("genres", r"\|", ", "))
-    )
-    items = movies.join(first_seen, on="movieId", how="left").select(
-        F.col("movieId").alias("item_id"),
-        F.col("title"),
-        genres.alias("text"),
-        F.lit(None).cast("string").alias("image_uri"),
-        F.timestamp_seconds(F.coalesce(F.col("first_seen"), F.lit(newest))).alias("updated_at"),
-    )
-    events = ratings.select(
-        F.col("userId").alias("user_id"),
-        F.col("movieId").alias("item_id"),
-        F.timestamp_seconds(F.col("timestamp").cast("long")).alias("event_timestamp"),
-        F.when(F.col("rating").cast("double") >= 4.0, F.lit(1)).otherwise(F.lit(0)).alias("label"),
-    )
-    return items, events
-
-
-def read_table_file(spark: SparkSession, path: str, required: list[str], what: str) -> DataFrame:
-    if path.endswith(".csv") or path.endswith(".csv.gz"):
-        df = spark.read.option("header", True).option("quote", '"').option("escape", '"').csv(path)
-    else:
-        df = spark.read.parquet(path)
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise SystemExit(f"{what} file {path} lacks required column(s) {missing}; it has {df.columns}")
-    return df
-
-
-def read_files(spark: SparkSession, items_path: str, events_path: str) -> tuple[DataFrame, DataFrame]:
-    """Your own items/events in CSV or parquet with the raw contract's columns.
-
-    Items may carry ``created_at`` (when the version became known); it defaults to ``updated_at``.
-    """
-    items = read_table_file(spark, items_path, RAW_ITEM_COLUMNS, "items")
-    events = read_table_file(spark, events_path, RAW_EVENT_COLUMNS, "events")
-    keep_items = RAW_ITEM_COLUMNS + (["created_at"] if "created_at" in items.columns else [])
-    return items.select(*keep_items), events.select(*RAW_EVENT_COLUMNS)
-
-
 # -- transforms --------------------------------------------------------------------------------
 
 def parse_items(raw_items: DataFrame) -> DataFrame:
+    """Raw items with parsed ``_item_id``, ``_updated_at``, ``_created_timestamp`` and ``_has_text`` columns beside them."""
     created = F.col("created_at") if "created_at" in raw_items.columns else F.col("updated_at")
     return raw_items.withColumn("_created_raw", created.cast("string")).select(
         "*",
@@ -175,6 +124,7 @@ def parse_items(raw_items: DataFrame) -> DataFrame:
 
 
 def parse_events(raw_events: DataFrame, known_item_ids: DataFrame) -> DataFrame:
+    """Raw events with parsed ``_user_id``, ``_item_id``, ``_event_timestamp``, ``_label`` and ``_item_known``."""
     label = F.expr(
         "CASE lower(trim(cast(label AS STRING))) WHEN 'true' THEN 1 WHEN 'false' THEN 0 "
         f"ELSE {integral_sql('label')} END"
@@ -193,6 +143,7 @@ def parse_events(raw_events: DataFrame, known_item_ids: DataFrame) -> DataFrame:
 
 
 def to_canonical_items(valid: DataFrame) -> DataFrame:
+    """Valid parsed items -> the items table's columns."""
     return valid.select(
         F.col("_item_id").alias("item_id"),
         F.col("title").cast("string").alias("title"),
@@ -205,6 +156,7 @@ def to_canonical_items(valid: DataFrame) -> DataFrame:
 
 
 def to_canonical_events(valid: DataFrame) -> DataFrame:
+    """Valid parsed events -> the events table's columns."""
     return valid.select(
         F.col("_user_id").alias("user_id"),
         F.col("_item_id").alias("item_id"),
@@ -263,6 +215,7 @@ def with_feedback(spark: SparkSession, events: DataFrame, out: str) -> DataFrame
 
 
 def write_outputs(result: dict, out: str, source: str, image_root: str | None = None) -> list[ValidationReport]:
+    """Check the canonical tables, then write them and the quarantine under ``out``; returns every report."""
     reports_ = list(result["reports"])
     for name, rules in (("items", canonical_item_rules()), ("events", canonical_event_rules())):
         reports_.append(assert_valid_output(result[name], rules))
@@ -301,6 +254,7 @@ def source_argv(args: argparse.Namespace) -> list[str]:
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs ingest``: read the source, transform, write."""
     parser = argparse.ArgumentParser(prog="mmfs ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(parser)
     parser.add_argument("--image-root", default=None,

@@ -28,6 +28,7 @@ from pipelines.spark.validation import Rule, TableRules, assert_valid_output
 
 
 def output_rules() -> TableRules:
+    """Output rules of ``item_stats``: consistent counts, smoothed ctr in (0, 1), one row per (item_id, event_timestamp)."""
     return TableRules(
         table="item_stats",
         rules=(
@@ -57,11 +58,13 @@ def running_stats(events: DataFrame, key: str, prior_ctr: float = PRIOR_CTR, pri
 
 
 def transform(events: DataFrame, prior_ctr: float = PRIOR_CTR, prior_weight: float = PRIOR_WEIGHT) -> DataFrame:
+    """Events -> ``item_stats`` rows (``running_stats`` keyed by item_id)."""
     return running_stats(events, "item_id", prior_ctr, prior_weight).select(*columns(ITEM_STATS_SCHEMA))
 
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs item-stats``: compute, validate and write ``<root>/item_stats``. Returns 0."""
     parser = argparse.ArgumentParser(prog="mmfs item-stats", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")
     parser.add_argument("--prior-ctr", type=float, default=PRIOR_CTR)

@@ -19,6 +19,7 @@ console = Console()
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs pipeline``: run every Spark stage in order with its defaults and print each stage's time. Returns 0."""
     parser = argparse.ArgumentParser(prog="mmfs pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ingest.add_source_args(parser)
     parser.add_argument("--image-model", default=None, help="passed to encode-items")

@@ -28,6 +28,7 @@ from pipelines.spark.validation import Rule, TableRules, assert_valid_output
 
 
 def output_rules() -> TableRules:
+    """Output rules of ``target_similarity``: similarities in [-1, 1], one per history item, one row per event key."""
     return TableRules(
         table="target_similarity",
         rules=(
@@ -47,6 +48,8 @@ def build_index(item_embeddings: DataFrame) -> ItemEmbeddingIndex:
 
 
 def transform(sequences: DataFrame, item_embeddings: DataFrame, encoder_id: str) -> DataFrame:
+    """Sequences -> ``target_similarity`` rows: each row's ``hist_sim`` and ``target_has_emb`` from the
+    point-in-time mm_emb index (broadcast to the workers), tagged with ``encoder_id``."""
     spark: SparkSession = sequences.sparkSession
     index = spark.sparkContext.broadcast(build_index(item_embeddings))
     schema = TARGET_SIMILARITY_SCHEMA
@@ -64,6 +67,7 @@ def transform(sequences: DataFrame, item_embeddings: DataFrame, encoder_id: str)
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs target-similarity``: compute, validate and write ``<root>/target_similarity[_<version>]``. Returns 0."""
     parser = argparse.ArgumentParser(prog="mmfs target-similarity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root with sequences and item_embeddings")
     parser.add_argument("--version", default="", help="a backfilled encoder's tables: v2 reads item_embeddings_v2 "

@@ -53,6 +53,7 @@ def _history_rules(table: str, max_len: int, key: tuple[str, ...], min_len: int)
 
 
 def output_rules(max_len: int) -> dict[str, TableRules]:
+    """Output rules of the three tables, by table name: histories strictly before the row, oldest first, of length <= ``max_len``."""
     return {
         "sequences": _history_rules("sequences", max_len, ("user_id", "item_id", "event_timestamp"), 0),
         "user_sequence_snapshots": _history_rules("user_sequence_snapshots", max_len, ("user_id", "event_timestamp"), 1),
@@ -108,6 +109,7 @@ def build_sequences(events: DataFrame, snapshots: DataFrame) -> DataFrame:
 
 
 def build_current(snapshots: DataFrame) -> DataFrame:
+    """The newest snapshot per user (``user_sequence_current``)."""
     newest = Window.partitionBy("user_id").orderBy(F.col("event_timestamp").desc())
     return snapshots.withColumn("_rank", F.row_number().over(newest)).filter(F.col("_rank") == 1).select(
         *columns(SNAPSHOT_SCHEMA)
@@ -115,6 +117,7 @@ def build_current(snapshots: DataFrame) -> DataFrame:
 
 
 def transform(events: DataFrame, max_len: int = DEFAULT_MAX_LEN) -> dict[str, DataFrame]:
+    """Events -> ``sequences``, ``user_sequence_snapshots`` and ``user_sequence_current``, by table name."""
     events = events.select("user_id", "item_id", "event_timestamp", "label")
     snapshots = build_snapshots(events, max_len)
     return {
@@ -155,6 +158,8 @@ STATE_TABLE = "user_sequences_state"
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs user-sequences``: compute (in full or incrementally), validate and write the three tables
+    and the per-user state. Returns 0."""
     parser = argparse.ArgumentParser(prog="mmfs user-sequences", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")
     parser.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help="history length N (default %(default)s)")

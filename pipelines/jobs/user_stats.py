@@ -27,6 +27,7 @@ from pipelines.spark.validation import Rule, TableRules, assert_valid_output
 
 
 def output_rules() -> TableRules:
+    """Output rules of ``user_stats``: consistent counts, smoothed user_ctr in (0, 1), one row per (user_id, event_timestamp)."""
     return TableRules(
         table="user_stats",
         rules=(
@@ -39,6 +40,7 @@ def output_rules() -> TableRules:
 
 
 def transform(events: DataFrame, prior_ctr: float = PRIOR_CTR, prior_weight: float = PRIOR_WEIGHT) -> DataFrame:
+    """Events -> ``user_stats`` rows (``running_stats`` keyed by user_id, columns renamed ``user_*``)."""
     stats = running_stats(events, "user_id", prior_ctr, prior_weight)
     return stats.select(
         "user_id", "event_timestamp",
@@ -48,6 +50,7 @@ def transform(events: DataFrame, prior_ctr: float = PRIOR_CTR, prior_weight: flo
 
 @job_main
 def main(argv: list[str] | None = None) -> int:
+    """``mmfs user-stats``: compute, validate and write ``<root>/user_stats``. Returns 0."""
     parser = argparse.ArgumentParser(prog="mmfs user-stats", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")
     parser.add_argument("--prior-ctr", type=float, default=PRIOR_CTR)

@@ -10,6 +10,7 @@ from pipelines.spark.validation import DEFAULT_MAX_INVALID_FRACTION
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--master``, ``--conf KEY=VALUE`` and ``--max-invalid-fraction`` to ``parser``."""
     parser.add_argument("--master", default=None, help="Spark master URL (default: spark-submit's, else local[*])")
     parser.add_argument(
         "--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark config, repeatable"
@@ -23,6 +24,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def spark_from_args(args: argparse.Namespace, app_name: str) -> SparkSession:
+    """The Spark session those options describe; exits on a ``--conf`` without ``=``."""
     conf = {}
     for item in args.conf:
         key, sep, value = item.partition("=")

@@ -10,6 +10,7 @@ console = Console(stderr=False)
 
 
 def print_reports(reports: list[ValidationReport], out_paths: dict[str, str]) -> None:
+    """Print one table of every report's rule results, then where each output was written."""
     table = Table(title="validation summary", show_lines=False)
     for column in ("table", "stage", "rows", "rule", "failed rows", "status"):
         table.add_column(column)

@@ -30,8 +30,11 @@ SNAPSHOT_SCHEMA = spark_schema(C.USER_SEQUENCE_SNAPSHOTS)
 TARGET_SIMILARITY_SCHEMA = spark_schema(C.TARGET_SIMILARITY)
 ITEM_STATS_SCHEMA = spark_schema(C.ITEM_STATS)
 USER_STATS_SCHEMA = spark_schema(C.USER_STATS)
+ENCODED_SCHEMA = spark_schema(C.ENCODED)
+ENCODER_CACHE_SCHEMA = spark_schema(C.ENCODER_CACHE)
 QUARANTINE_SCHEMA = spark_schema(C.QUARANTINE)
 
 
 def columns(schema: T.StructType) -> list[str]:
+    """The schema's column names, in order."""
     return [field.name for field in schema.fields]

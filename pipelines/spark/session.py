@@ -73,6 +73,7 @@ QUIET_LOGGERS = ("org.apache.spark.sql.execution.CacheManager", "org.apache.spar
 
 
 def quiet_known_noise(spark: SparkSession) -> None:
+    """Set the ``QUIET_LOGGERS`` to ERROR in the driver JVM; a no-op when ``MMFS_SPARK_LOG_LEVEL`` is set or log4j 2 is absent."""
     if os.environ.get("MMFS_SPARK_LOG_LEVEL"):
         return  # the user asked for a level: leave every logger at it
     try:

@@ -20,6 +20,8 @@ from pipelines.contracts.names import META_FILE  # _mmfs_meta.json: a leading un
 
 
 class TableWriteError(RuntimeError):
+    """A table's new output could not be swapped in."""
+
     pass
 
 
@@ -163,6 +165,7 @@ def write_table(
 
 
 def read_table(spark: SparkSession, path: str) -> DataFrame:
+    """The parquet table at ``path``, after repairing an interrupted swap; FileNotFoundError if it does not exist."""
     recover(spark, path)
     fs, live = _fs_and_path(spark, path)
     if not fs.exists(live):
@@ -172,6 +175,7 @@ def read_table(spark: SparkSession, path: str) -> DataFrame:
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
+    """Whether the table at ``path`` exists, after repairing an interrupted swap."""
     recover(spark, path)
     fs, live = _fs_and_path(spark, path)
     return bool(fs.exists(live))
@@ -191,6 +195,7 @@ def read_side_file(spark: SparkSession, path: str, name: str) -> bytes:
 
 
 def read_meta(spark: SparkSession, path: str) -> dict[str, Any]:
+    """The table's ``_mmfs_meta.json``, parsed."""
     return json.loads(read_side_file(spark, path, META_FILE).decode("utf-8"))
 
 

@@ -25,16 +25,21 @@ DEFAULT_MAX_INVALID_FRACTION = 0.05
 
 @dataclass(frozen=True)
 class Rule:
+    """One row rule: a name, a Spark SQL predicate true for valid rows, and the reason shown for failures."""
+
     name: str
     valid_sql: str  # Spark SQL, true for a valid row; null counts as invalid
     reason: str
 
     def invalid(self):
+        """Column that is true for rows failing the rule (a null predicate counts as failing)."""
         return ~F.coalesce(F.expr(self.valid_sql), F.lit(False))
 
 
 @dataclass(frozen=True)
 class TableRules:
+    """A table's rules and the key its rows must be unique on (empty: no uniqueness rule)."""
+
     table: str
     rules: tuple[Rule, ...]
     unique_key: tuple[str, ...] = ()
@@ -42,6 +47,8 @@ class TableRules:
 
 @dataclass
 class RuleResult:
+    """One rule's outcome: failed rows (-1 when the expectation itself errored)."""
+
     rule: str
     reason: str
     failed: int
@@ -49,6 +56,8 @@ class RuleResult:
 
 @dataclass
 class ValidationReport:
+    """A table's rule results at one stage ("input" or "output")."""
+
     table: str
     stage: str  # "input" or "output"
     rows: int
@@ -56,13 +65,16 @@ class ValidationReport:
 
     @property
     def failed_rows_by_rule(self) -> dict[str, int]:
+        """Failed row count per rule name."""
         return {r.rule: r.failed for r in self.results}
 
     @property
     def success(self) -> bool:
+        """True when every rule passed: no failed rows and no errored expectation."""
         return all(r.failed == 0 for r in self.results)
 
     def to_dict(self) -> dict:
+        """The report as a JSON-ready dict (as kept in a table's metadata)."""
         return {
             "table": self.table,
             "stage": self.stage,
@@ -85,6 +97,7 @@ def integral_sql(column: str) -> str:
 
 
 def unit_vector_rule(column: str, dim: int, tolerance: float = 1e-3, nullable: bool = False) -> Rule:
+    """Rule: ``column`` holds ``dim`` finite floats with L2 norm 1 within ``tolerance`` (or is null, when ``nullable``)."""
     norm = f"sqrt(aggregate({column}, 0D, (acc, x) -> acc + cast(x AS DOUBLE) * x))"
     body = (
         f"size({column}) = {dim} AND forall({column}, x -> x IS NOT NULL AND NOT isnan(x) "

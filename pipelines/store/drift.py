@@ -18,6 +18,8 @@ class SchemaDriftError(ValueError):
 
 @dataclass(frozen=True)
 class FieldCheck:
+    """One mismatch between a feature view and its table, by view, table and column."""
+
     view: str
     table: str
     column: str
@@ -103,6 +105,7 @@ def check_views(views) -> list[FieldCheck]:
 
 
 def assert_no_drift(views) -> None:
+    """Raise SchemaDriftError listing every problem ``check_views`` finds in ``views``."""
     problems = check_views(views)
     if problems:
         lines = "\n".join(f"  - view {p.view}, table {p.table}, column {p.column}: {p.problem}" for p in problems)

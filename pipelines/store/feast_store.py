@@ -37,6 +37,7 @@ def embedding_view(view_names) -> str | None:
 
 
 def yaml_path(config: str = "duckdb", repo: Path | str = REPO) -> Path:
+    """The Feast config file for ``config`` (a name in ``CONFIGS`` or a yaml file name) in ``repo``."""
     name = CONFIGS.get(config, config)
     path = Path(repo) / name
     if not path.is_file():
@@ -45,6 +46,7 @@ def yaml_path(config: str = "duckdb", repo: Path | str = REPO) -> Path:
 
 
 def offline_store_type(fs_yaml: Path) -> str:
+    """The ``offline_store.type`` of a Feast config file (default duckdb)."""
     return (yaml.safe_load(fs_yaml.read_text()).get("offline_store") or {}).get("type", "duckdb")
 
 
@@ -234,6 +236,7 @@ def _iso(value: dt.datetime) -> str:
 
 
 def parse_time(text: str) -> dt.datetime:
+    """An ISO time with a zone (``Z`` allowed) -> aware datetime; argparse type, refuses naive times."""
     value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no time zone; write e.g. {text}Z or {text}+00:00")
@@ -249,6 +252,7 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
 
 
 def main_apply(argv: list[str] | None = None) -> int:
+    """``mmfs apply``: check the tables, then ``feast apply``; returns 2 on schema drift, else 0."""
     args = _parser("mmfs apply", "Check the tables against the feature views, then `feast apply`.").parse_args(argv)
     try:
         output = apply(args.config, args.repo, args.root)
@@ -261,6 +265,7 @@ def main_apply(argv: list[str] | None = None) -> int:
 
 
 def main_materialize(argv: list[str] | None = None) -> int:
+    """``mmfs materialize``: materialise into the config's online store and print what was written as JSON. Returns 0."""
     parser = _parser("mmfs materialize", "`feast materialize-incremental` into the config's online store.")
     parser.add_argument("--end", type=parse_time, default=None, help="materialise up to this UTC time (default now)")
     parser.add_argument("--start", type=parse_time, default=None, help="with --end: `feast materialize START END`")

@@ -66,6 +66,8 @@ def write_partition(batches: Iterator[pa.RecordBatch], config_bytes: bytes, view
 
 def materialize_view(spark: SparkSession, store, view, table_dir: str, start: dt.datetime, end: dt.datetime,
                      partitions: int) -> int:
+    """Write the newest row per entity in [start, end] of ``view``'s table into the online store from
+    Spark tasks, then record the materialisation in the registry. Returns the rows written."""
     from pipelines.spark.table_io import read_table
 
     source = view.batch_source

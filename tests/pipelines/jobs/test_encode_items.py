@@ -4,7 +4,7 @@ import pytest
 from pipelines.jobs import encode_items
 from pipelines.encoders import EncoderConfig, EncoderLoadError
 from pipelines.spark.schemas import ITEMS_SCHEMA
-from tests.conftest import ts
+from tests.support.times import ts
 from tests.support.images import image_roots, make_image_files
 
 T0 = ts("2020-01-01 00:00:00")

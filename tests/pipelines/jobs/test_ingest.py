@@ -5,8 +5,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from pipelines.jobs import ingest
+from pipelines.spark.sources import read_files
 from pipelines.spark.validation import ValidationError
-from tests.conftest import ts
+from tests.support.times import ts
 
 NOW = dt.datetime(2026, 1, 1)
 
@@ -107,9 +108,9 @@ def test_files_adapter_reads_csv_and_names_missing_columns(spark, tmp_path):
     events_csv = tmp_path / "events.csv"
     events_csv.write_text("user_id,item_id,event_timestamp\n1,1,2021-01-01T00:00:00Z\n")
     with pytest.raises(SystemExit, match=r"lacks required column\(s\) \['label'\]"):
-        ingest.read_files(spark, str(items_csv), str(events_csv))
+        read_files(spark, str(items_csv), str(events_csv))
     events_csv.write_text("user_id,item_id,event_timestamp,label\n1,1,2021-01-01T00:00:00Z,1\n")
-    items, events = ingest.read_files(spark, str(items_csv), str(events_csv))
+    items, events = read_files(spark, str(items_csv), str(events_csv))
     result = ingest.transform(items, events, NOW, 0.0)
     assert [r.title for r in result["items"].collect()] == ["Alien, the film"]
     assert result["events"].count() == 1

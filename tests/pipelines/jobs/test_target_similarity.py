@@ -4,7 +4,7 @@ from pyspark.sql import Row
 from pipelines.spark.schemas import ITEM_EMBEDDINGS_SCHEMA, SEQUENCES_SCHEMA
 from pipelines.jobs.target_similarity import output_rules, transform
 from pipelines.spark.validation import assert_valid_output
-from tests.conftest import ts
+from tests.support.times import ts
 
 
 def emb(item_id, vector, event, created=None):

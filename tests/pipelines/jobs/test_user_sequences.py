@@ -4,7 +4,7 @@ from pyspark.sql import Row
 from pipelines.spark.schemas import EVENTS_SCHEMA
 from pipelines.jobs.user_sequences import output_rules, transform
 from pipelines.spark.validation import assert_valid_output
-from tests.conftest import ts
+from tests.support.times import ts
 
 
 def events_df(spark, rows):

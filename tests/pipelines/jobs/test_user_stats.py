@@ -5,7 +5,7 @@ from pyspark.sql import Row
 from pipelines.spark.schemas import EVENTS_SCHEMA
 from pipelines.jobs.user_stats import output_rules, transform
 from pipelines.spark.validation import assert_valid_output
-from tests.conftest import ts
+from tests.support.times import ts
 
 EVENTS = [
     (1, 10, "2020-01-01 00:00:00", 1),

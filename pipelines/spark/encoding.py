@@ -1,0 +1,176 @@
+"""The encode job's Spark steps: the encoders run inside Spark (``mapInPandas``, models loaded
+once per Python worker: the UDFs of model inference), and the PCA is fitted in Spark and applied
+to every partition (``pipelines.features.fusion``)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines.contracts.tables import ENCODER_CACHE
+from pipelines.encoders import EncoderConfig, decode_image, load_image_encoder, load_text_encoder
+from pipelines.features.fusion import fuse
+from pipelines.spark.schemas import ENCODED_SCHEMA, ITEM_EMBEDDINGS_SCHEMA, columns
+
+log = logging.getLogger("mmfs.encode_items")
+CACHE_COLUMNS = ENCODER_CACHE.names  # the encoder cache: ENCODED's rows with the encoder's key
+
+
+class PhaseTimer:
+    """Logs and keeps how long each step of the job took: long work shows where its time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Context manager: log and time the block as step ``name``, keeping its seconds in ``self.seconds``."""
+        start = time.perf_counter()
+        log.info("%s ...", name)
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        log.info("%s: %.1fs", name, self.seconds[name])
+
+
+_WORKER_ENCODERS: dict[EncoderConfig, tuple] = {}
+
+
+def _worker_encoders(config: EncoderConfig) -> tuple:
+    """Load the models once per Python worker and keep them for every later batch."""
+    if config not in _WORKER_ENCODERS:
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+        _WORKER_ENCODERS[config] = (load_text_encoder(config), load_image_encoder(config))
+    return _WORKER_ENCODERS[config]
+
+
+def item_text(title: object, text: object) -> str:
+    """What the text encoder reads: title and text joined."""
+    parts = [str(p).strip() for p in (title, text) if isinstance(p, str) and p.strip()]
+    return ". ".join(parts)
+
+
+def encode_batch(batch: pd.DataFrame, config: EncoderConfig) -> pd.DataFrame:
+    """Encode one batch of items rows. Image failures are per row, never raised."""
+    text_encoder, image_encoder = _worker_encoders(config)
+    texts = [item_text(t, x) for t, x in zip(batch["title"], batch["text"])]
+    text_emb = text_encoder.encode(texts)  # (N, Dt)
+    image_emb: list = [None] * len(batch)
+    errors: list = [None] * len(batch)
+    notes: list = [None] * len(batch)
+    if image_encoder is not None:
+        pixels, rows = [], []
+        for i, uri in enumerate(batch["image_uri"]):
+            if not isinstance(uri, str) or not uri:
+                continue
+            decoded = decode_image(uri, config.image_roots, config.max_image_pixels, config.max_image_bytes)
+            errors[i], notes[i] = decoded.error, decoded.note
+            if decoded.image is not None:
+                pixels.append(image_encoder.preprocess(decoded.image))
+                rows.append(i)
+        if rows:
+            vectors = image_encoder.encode(np.stack(pixels))  # (n, Di)
+            for row, vector in zip(rows, vectors):
+                image_emb[row] = vector
+    return pd.DataFrame({
+        "content_hash": batch["content_hash"].to_numpy(),
+        "text_emb": list(text_emb),
+        "image_emb": image_emb,
+        "image_error": errors,
+        "image_note": notes,
+    })
+
+
+def encode_partition(batches: Iterator[pd.DataFrame], config: EncoderConfig) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body: encode one partition's rows in ``config.batch_size`` batches (``ENCODED`` columns),
+    logging the worker's rate to stderr."""
+    _worker_encoders(config)  # load before the clock starts: the rate below is encoding only
+    done, start = 0, time.perf_counter()
+    for frame in batches:
+        for lo in range(0, len(frame), config.batch_size):
+            out = encode_batch(frame.iloc[lo: lo + config.batch_size], config)
+            done += len(out)
+            yield out
+        print(f"[encode_items] worker {os.getpid()}: {done} items, {done / (time.perf_counter() - start):.1f} items/s",
+              file=sys.stderr, flush=True)
+
+
+def content_hash() -> Column:
+    """SHA-256 of what the encoders read (title, text, image_uri); nulls and empty strings differ.
+
+    The image is identified by its URI: images are assumed immutable at a URI (a changed picture
+    gets a new URI, as object stores and CDNs version them)."""
+    parts = [F.coalesce(F.concat(F.lit("s:"), F.col(c)), F.lit("null")) for c in ("title", "text", "image_uri")]
+    return F.sha2(F.concat_ws("\x1f", *parts), 256)
+
+
+def encode(contents: DataFrame, config: EncoderConfig, partitions: int) -> DataFrame:
+    """Run the encoders inside Spark on distinct contents; the models load once per worker."""
+    source = contents.select("content_hash", "title", "text", "image_uri")
+    return source.repartition(partitions, "content_hash").mapInPandas(
+        lambda batches: encode_partition(batches, config), schema=ENCODED_SCHEMA
+    )
+
+
+def fit_pca(df: DataFrame, column: str, k: int) -> dict[str, np.ndarray]:
+    """Centred PCA of an array column: returns mean (D,) and components (D, k), signs fixed.
+
+    Spark's PCA finds the components of the covariance; we keep the mean so projections are
+    centred, and flip each component so its largest-magnitude entry is positive, which makes
+    re-runs give the same vectors.
+    """
+    from pyspark.ml.feature import PCA
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.ml.stat import Summarizer
+
+    vectors = df.select(array_to_vector(F.col(column)).alias("v"))
+    dim = len(df.select(column).first()[0])
+    k = min(k, dim)
+    mean = np.asarray(vectors.select(Summarizer.mean(F.col("v"))).first()[0].toArray(), dtype=np.float64)
+    model = PCA(k=k, inputCol="v", outputCol="p").fit(vectors)
+    components = np.array(model.pc.toArray(), dtype=np.float64)  # (D, k), a writable copy
+    flip = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
+    components *= np.where(flip == 0, 1.0, flip)
+    return {"mean": mean, "components": components, "explained_variance": np.asarray(model.explainedVariance.toArray())}
+
+
+def fuse_partition(batches: Iterator[pd.DataFrame], pca: dict) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body: add ``mm_emb`` (the fused PCA projection of text_emb and image_emb) to each batch."""
+    for frame in batches:
+        text = np.stack(frame["text_emb"].to_numpy()) if len(frame) else np.zeros((0, 1))
+        has_image = frame["image_emb"].notna().to_numpy()
+        image = None
+        if has_image.any():
+            dim = len(frame["image_emb"][has_image].iloc[0])
+            image = np.zeros((len(frame), dim), dtype=np.float32)
+            image[has_image] = np.stack(frame["image_emb"][has_image].to_numpy())
+        frame = frame.assign(mm_emb=list(fuse(text, image, has_image, pca)) if len(frame) else [])
+        yield frame
+
+
+def with_mm_emb(encoded: DataFrame, pca: dict, encoder_id: str) -> DataFrame:
+    """Encoded items -> ``item_embeddings`` rows: fused ``mm_emb``, ``has_image``, ``encoder_id``, and
+    ``event_timestamp`` taken from updated_at."""
+    schema = T.StructType(encoded.schema.fields + [T.StructField("mm_emb", T.ArrayType(T.FloatType(), False), False)])
+    fused = encoded.mapInPandas(lambda batches: fuse_partition(batches, pca), schema=schema)
+    return fused.select(
+        "item_id",
+        "text_emb",
+        "image_emb",
+        "mm_emb",
+        F.col("image_emb").isNotNull().alias("has_image"),
+        F.lit(encoder_id).alias("encoder_id"),
+        F.col("updated_at").alias("event_timestamp"),
+        "created_timestamp",
+    ).select(*columns(ITEM_EMBEDDINGS_SCHEMA))
