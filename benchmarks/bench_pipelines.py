@@ -22,7 +22,8 @@ import torch
 from benchmarks.resources import machine_description, measured
 from pipelines.jobs import encode_items, ingest, target_similarity, user_sequences
 from pipelines import synth
-from pipelines.encoders import EncoderConfig, decode_image, load_image_encoder, load_text_encoder
+from pipelines.encoders import EncoderConfig, load_image_encoder, load_text_encoder
+from pipelines.images import decode_image
 from pipelines.spark.encoding import item_text
 from pipelines.spark.session import build_spark
 

@@ -114,7 +114,8 @@ def score_main(argv: list[str]) -> int:
     import numpy as np
 
     from pipelines.store import feast_store
-    from serving.scorer import Scorer, tune_for_serving
+    from serving.scorer import Scorer
+    from serving.tuning import tune_for_serving
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)

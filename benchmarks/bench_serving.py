@@ -110,7 +110,8 @@ def feast_request(store, scorer, user: int, items: list[int], at: dt.datetime):
 
 
 def bench_in_process(store, checkpoint: Path, user: int, items: list[int], at: dt.datetime, base: int, with_feast: bool) -> list[dict]:
-    from serving.scorer import Scorer, ScorerConfig, tune_for_serving
+    from serving.scorer import Scorer, ScorerConfig
+    from serving.tuning import tune_for_serving
 
     warm = Scorer.from_checkpoint(checkpoint, store)
     cold = Scorer.from_checkpoint(checkpoint, store, ScorerConfig(item_cache_size=0))

@@ -11,11 +11,15 @@ Keys (B rows, L history positions, D vector dim):
 - ``hist_sim`` / ``hist_sim_mask`` (B, L): s_j = cos(m_t, m_j) where known (``similarity_fields``);
 - ``dense`` / ``dense_mask`` and ``user_dense`` / ``user_dense_mask``: the item's and the user's
   running stats (``stats_fields``).
+
+``perturb_for_training`` is the train-time noise on these tensors (history dropout, OOV swaps).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from model.layers import OOV
 
 ITEM_STATS_COLUMNS = ("impressions", "clicks", "ctr")
 USER_STATS_COLUMNS = ("user_impressions", "user_clicks", "user_ctr")
@@ -60,4 +64,32 @@ def with_vocab_indices(batch: dict[str, torch.Tensor], vocab) -> dict[str, torch
     batch = dict(batch)
     batch["item_idx"] = vocab.index(batch["item_id"])
     batch["hist_idx"] = vocab.index(batch["hist_item_ids"], batch["hist_mask"])
+    return batch
+
+
+def history_masks(batch: dict) -> list[str]:
+    """The batch's per-position history masks besides ``hist_mask`` (each implies it)."""
+    return [k for k in batch if k.startswith("hist_") and (k.endswith("_found") or k == "hist_sim_mask")]
+
+
+def perturb_for_training(batch: dict, hist_dropout: float, oov_dropout: float, generator: torch.Generator) -> dict:
+    """Train-time noise that makes a model rely less on one user's exact history and one item's id:
+    drop history positions (masked out everywhere, as padding) and swap ids for the OOV row, which
+    is then trained like the ids the model will meet for the first time at test time."""
+    if not (hist_dropout or oov_dropout):
+        return batch
+    batch = dict(batch)
+    mask = batch["hist_mask"]
+    if hist_dropout:
+        keep = torch.rand(mask.shape, generator=generator) >= hist_dropout  # (B, L)
+        mask = mask & keep.to(mask.device)
+        batch["hist_mask"] = mask
+        batch["hist_idx"] = batch["hist_idx"] * mask
+        for key in history_masks(batch):
+            batch[key] = batch[key] & mask
+    if oov_dropout:
+        swap = (torch.rand(batch["item_idx"].shape, generator=generator) < oov_dropout).to(mask.device)
+        batch["item_idx"] = torch.where(swap & (batch["item_idx"] > OOV), OOV, batch["item_idx"])
+        swap = (torch.rand(mask.shape, generator=generator) < oov_dropout).to(mask.device) & mask
+        batch["hist_idx"] = torch.where(swap & (batch["hist_idx"] > OOV), OOV, batch["hist_idx"])
     return batch

@@ -1,6 +1,6 @@
 """Checkpoints as the scorer and the benchmarks read them: no trainer, no Spark.
 
-``load_checkpoint`` rebuilds the model from what ``model.train.save`` wrote (tensors and strings
+``save_checkpoint`` writes a trained model and ``load_checkpoint`` rebuilds it (tensors and strings
 only, so ``torch.load(..., weights_only=True)`` refuses anything else); ``model_vectors`` names
 the embedding vectors a model family reads from its feature service.
 """
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from model.config import DataSpec, ModelConfig
+from dataclasses import asdict
 
+from model.config import DataSpec, ModelConfig
 from model.models import build_model
 from model.vocab import IdVocab
 
@@ -41,3 +42,17 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.
             "encoder_identity": json.loads(checkpoint["encoder_identity"]), "vocab": IdVocab(checkpoint["vocab"].numpy()),
             "features": json.loads(checkpoint["features"]) if "features" in checkpoint else None, "data_spec": spec}
     return model, meta
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict, vocab: IdVocab, spec: DataSpec, manifest: dict) -> None:
+    """Write what ``load_checkpoint`` reads: the weights, the resolved training config, the data
+    spec, the feature service, its features and encoder identity, and the vocabulary."""
+    torch.save({
+        "state_dict": model.state_dict(),
+        "config": json.dumps(config),
+        "data_spec": json.dumps(asdict(spec)),
+        "feature_service": manifest["feature_service"],
+        "encoder_identity": json.dumps(manifest.get("encoder_identity") or {}),
+        "features": json.dumps(manifest["features"]),
+        "vocab": torch.from_numpy(vocab.ids),
+    }, Path(path))

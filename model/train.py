@@ -29,11 +29,11 @@ import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from model.checkpoint import model_vectors
+from model.checkpoint import model_vectors, save_checkpoint
 from model.data import LoaderConfig, TrainingSetDataset, read_manifest
-from model.layers import OOV, IdEmbedding
+from model.layers import IdEmbedding
 from model.metrics import all_metrics, auc
-from model.batch import with_vocab_indices
+from model.batch import perturb_for_training, with_vocab_indices
 from model.config import DataSpec
 from model.report import plot_curve
 from model.train_config import TrainConfig, options_help, resolve_config, with_overrides  # noqa: F401 - mmfs train's config
@@ -46,34 +46,6 @@ from model.vocab import IdVocab
 def prepare(batch: dict, vocab: IdVocab, device: torch.device) -> dict:
     """A loader batch with its vocabulary indices, on ``device``."""
     return {k: v.to(device, non_blocking=True) for k, v in with_vocab_indices(batch, vocab).items()}
-
-
-def history_masks(batch: dict) -> list[str]:
-    """The batch's per-position history masks besides ``hist_mask`` (each implies it)."""
-    return [k for k in batch if k.startswith("hist_") and (k.endswith("_found") or k == "hist_sim_mask")]
-
-
-def perturb_for_training(batch: dict, hist_dropout: float, oov_dropout: float, generator: torch.Generator) -> dict:
-    """Train-time noise that makes a model rely less on one user's exact history and one item's id:
-    drop history positions (masked out everywhere, as padding) and swap ids for the OOV row, which
-    is then trained like the ids the model will meet for the first time at test time."""
-    if not (hist_dropout or oov_dropout):
-        return batch
-    batch = dict(batch)
-    mask = batch["hist_mask"]
-    if hist_dropout:
-        keep = torch.rand(mask.shape, generator=generator) >= hist_dropout  # (B, L)
-        mask = mask & keep.to(mask.device)
-        batch["hist_mask"] = mask
-        batch["hist_idx"] = batch["hist_idx"] * mask
-        for key in history_masks(batch):
-            batch[key] = batch[key] & mask
-    if oov_dropout:
-        swap = (torch.rand(batch["item_idx"].shape, generator=generator) < oov_dropout).to(mask.device)
-        batch["item_idx"] = torch.where(swap & (batch["item_idx"] > OOV), OOV, batch["item_idx"])
-        swap = (torch.rand(mask.shape, generator=generator) < oov_dropout).to(mask.device) & mask
-        batch["hist_idx"] = torch.where(swap & (batch["hist_idx"] > OOV), OOV, batch["hist_idx"])
-    return batch
 
 
 def optimiser_for(model: torch.nn.Module, config: "TrainConfig") -> torch.optim.Optimizer:
@@ -296,19 +268,10 @@ def run_distributed(config: TrainConfig, num_processes: int) -> dict:
 
 
 def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: dict, metrics: dict) -> None:
-    """Write ``checkpoint.pt`` (tensors and strings only), ``metrics.json`` and ``curve.png`` under ``config.output_dir``."""
+    """Write ``checkpoint.pt`` (``model.checkpoint.save_checkpoint``), ``metrics.json`` and ``curve.png`` under ``config.output_dir``."""
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = {
-        "state_dict": model.state_dict(),
-        "config": json.dumps(asdict(config)),
-        "data_spec": json.dumps(asdict(spec)),
-        "feature_service": manifest["feature_service"],
-        "encoder_identity": json.dumps(manifest.get("encoder_identity") or {}),
-        "features": json.dumps(manifest["features"]),
-        "vocab": torch.from_numpy(vocab.ids),
-    }
-    torch.save(checkpoint, out / "checkpoint.pt")
+    save_checkpoint(out / "checkpoint.pt", model, asdict(config), vocab, spec, manifest)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curve(metrics["history"], out / "curve.png", config.model.name)
 

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pipelines.contracts.tables import EVENTS
+
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
           "purple": (140, 60, 180), "orange": (240, 140, 30), "black": (20, 20, 20), "pink": (240, 130, 190)}
 SHAPES = ["circle", "square", "triangle", "star", "ring", "cross"]
@@ -121,9 +123,7 @@ def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int
     probability = items["popularity"] / items["popularity"].sum()
     by_color = [np.flatnonzero(items["color"] == k) for k in range(len(COLORS))]  # items of each colour
     positives = 0
-    with pq.ParquetWriter(out / "events.parquet", pa.schema([
-        ("user_id", pa.int64()), ("item_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")), ("label", pa.int32()),
-    ])) as writer:
+    with pq.ParquetWriter(out / "events.parquet", EVENTS.arrow()) as writer:
         for c, chunk_seed in enumerate(tqdm(chunk_seeds, desc="events", unit="M rows", disable=len(chunk_seeds) < 3)):
             rng = np.random.default_rng(chunk_seed)
             n = min(CHUNK, n_events - c * CHUNK)
@@ -144,7 +144,7 @@ def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int
                 "item_id": items["item_id"][shown],
                 "event_timestamp": pa.array(stamp, pa.timestamp("us", tz="UTC")),
                 "label": label,
-            }))
+            }, schema=EVENTS.arrow()))
     return {"users": n_users, "items": n_items, "events": n_events, "images": min(n_images, n_items),
             "positive_rate": positives / max(n_events, 1)}
 

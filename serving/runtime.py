@@ -87,7 +87,8 @@ class State:
         ``load_error`` and logged, not raised."""
         from pipelines.store.feast_store import REPO, open_store
         from serving.feedback import FeedbackWriter
-        from serving.scorer import ProcessTuning, Scorer, ScorerConfig, tune_for_serving
+        from serving.scorer import Scorer, ScorerConfig
+        from serving.tuning import ProcessTuning, tune_for_serving
 
         try:
             s = self.settings

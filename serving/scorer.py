@@ -29,33 +29,29 @@ unknown, as in training).
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields, with_vocab_indices
 from model.checkpoint import load_checkpoint, model_vectors
 from pipelines.store.feast_store import EMBEDDING_VIEW
 from pipelines.store.feast_store import embedding_view as embedding_view_of
 from pipelines.features.similarity import target_similarity
+from serving.contract import StoreMismatch, check_store, store_features  # noqa: F401 - StoreMismatch: what Scorer() raises
 from serving.item_features import ItemFeatureCache, ItemFeatures
+from serving.results import ItemScore, Prepared, ScoreResult
 from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows
 
 SEQUENCE_VIEW = "user_sequence"
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # the tables' validated range starts here
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 USER_STATS_VIEW = "user_stats"
-
-
-class StoreMismatch(RuntimeError):
-    """The online store does not serve what the checkpoint was trained on."""
 
 
 class BadRequest(ValueError):
@@ -70,104 +66,6 @@ class ScorerConfig:
     item_cache_size: int = 500_000  # (view, item) entries; 0 disables the cache
     item_cache_max_age_s: float = 300.0
     future_slack: dt.timedelta | None = dt.timedelta(days=1)  # an `at` later than now + this is refused; None: no bound (replays)
-
-
-@dataclass(frozen=True)
-class ProcessTuning:
-    """What a serving process sets for itself, once, after loading (``tune_for_serving``). These are
-    process-wide, so a ``Scorer`` never sets them: an embedding application or a test keeps its own."""
-    torch_threads: int = 0  # 0: torch's default
-    blas_threads: int = 1  # numpy's BLAS pool
-    freeze_gc: bool = True  # gc.freeze(): the long-lived objects loaded so far leave the collector's scans
-
-
-def tune_for_serving(tuning: ProcessTuning = ProcessTuning()):
-    """Tune the whole process for low-latency scoring; returns the BLAS limit (keep it alive).
-
-    - numpy's BLAS threads (the similarity's matrix product) spin after each call and starve
-      torch's intra-op threads: on 2 cores that turned p99 at C=500 from 16 ms into 120 ms.
-      Requests are small; one BLAS thread is enough.
-    - Feast, torch and pyspark leave ~10^6 long-lived objects; a full collection walking them took
-      170 ms in the middle of a C=1200 request. Freezing them keeps them out of the collector's scans.
-    """
-    if tuning.torch_threads:
-        torch.set_num_threads(tuning.torch_threads)
-    limit = threadpool_limits(limits=tuning.blas_threads, user_api="blas")
-    if tuning.freeze_gc:
-        gc.collect()
-        gc.freeze()
-    return limit
-
-
-@dataclass
-class ItemScore:
-    """One candidate's click probability and logit (None with an error) and flags."""
-
-    item_id: int
-    score: float | None  # click probability; None with an error
-    logit: float | None
-    flags: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass
-class Prepared:
-    """``Scorer.prepare``'s output: the model's tensors, per-candidate flags, unknown items, user flags,
-    stale count and the similarity time."""
-
-    tensors: dict[str, torch.Tensor]
-    flags: list[list[str]]
-    unknown: np.ndarray  # (C,) bool: neither the store nor the model knows the item
-    user_flags: list[str]
-    stale: int
-    similarity_ms: float
-
-
-@dataclass
-class ScoreResult:
-    """One request's scores, flags, history length, stale feature count and timings in ms."""
-
-    user_id: int
-    feature_service: str
-    items: list[ItemScore]
-    user_flags: list[str]
-    history_len: int
-    stale_features: int
-    timings_ms: dict[str, float]
-
-    @property
-    def scores(self) -> list[float | None]:
-        """The candidates' click probabilities in request order, None for an error entry."""
-        return [i.score for i in self.items]
-
-
-def store_features(store, service_name: str) -> list[str]:
-    """The ``view:feature`` names a feature service serves."""
-    service = store.get_feature_service(service_name)
-    return [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
-
-
-def check_store(store, meta: dict) -> None:
-    """Raise ``StoreMismatch`` unless ``store`` serves the checkpoint's feature service as trained."""
-    name = meta["feature_service"]
-    available = sorted(s.name for s in store.list_feature_services())
-    if name not in available:
-        raise StoreMismatch(f"the checkpoint was trained on feature service {name!r}, which this store does not have "
-                            f"(it has {available}); apply the feature repo that declares it, or serve a checkpoint trained on one of these")
-    if meta.get("features") is not None:
-        served, trained = set(store_features(store, name)), set(meta["features"])
-        if served != trained:
-            raise StoreMismatch(f"feature service {name!r} differs from the one the checkpoint was trained on: "
-                                f"missing online {sorted(trained - served)}, not in training {sorted(served - trained)}; "
-                                "a changed service needs a new version name and a retrained model")
-    embedding_view = embedding_view_of(p.name for p in store.get_feature_service(name).feature_view_projections)
-    if embedding_view:
-        trained_id = (meta.get("encoder_identity") or {}).get("encoder_id") or ""
-        served_id = store.get_feature_view(embedding_view).tags.get("encoder_id", "")
-        if trained_id != served_id:
-            raise StoreMismatch(f"encoder identity differs: the checkpoint's embeddings came from encoder {trained_id or '(none)'!r}, "
-                                f"the store's {embedding_view} from {served_id or '(none)'!r}; similarities and vectors would not "
-                                "mean what the model learned. Serve a model trained on this encoder's tables")
 
 
 class Scorer:

@@ -62,7 +62,7 @@ MUTANTS = (
            "        return [r[inverse.flip(0)].reshape(B, L, -1) for r in reps]",
            ("tests/model/test_models.py::test_diffmsin_per_version_history_reps_equal_per_position",)),
     Mutant("image root check skipped",
-           "pipelines/encoders.py",
+           "pipelines/images.py",
            "        if not _inside(file, roots):",
            "        if False:",
            ("tests/pipelines/test_encoders.py::test_hostile_images_are_refused_before_decoding",)),

@@ -65,10 +65,11 @@ CONTRACTS, FEATURES, SPARK = "pipelines.contracts", "pipelines.features", "pipel
 ALLOWED = {
     CONTRACTS: set(),
     FEATURES: {CONTRACTS},
-    SPARK: {CONTRACTS, FEATURES, "pipelines.encoders"},  # the encode job's inference UDFs run the encoders
-    "pipelines.encoders": {CONTRACTS},
+    SPARK: {CONTRACTS, FEATURES, "pipelines.encoders", "pipelines.images"},  # the encode job's inference UDFs
+    "pipelines.images": set(),
+    "pipelines.encoders": {CONTRACTS, "pipelines.images"},
     "pipelines.synth": {CONTRACTS},
-    "pipelines.jobs": {CONTRACTS, FEATURES, SPARK, "pipelines.encoders", "pipelines.synth"},
+    "pipelines.jobs": {CONTRACTS, FEATURES, SPARK, "pipelines.encoders", "pipelines.images", "pipelines.synth"},
     "pipelines.store": {CONTRACTS, FEATURES, SPARK},  # Spark only for materialize(engine="spark")
     "model": {CONTRACTS, FEATURES, SPARK},  # Spark only for train --distributed (TorchDistributor)
     "serving": {CONTRACTS, FEATURES, "pipelines.store", "model"},

@@ -30,7 +30,8 @@ from pyspark.sql import functions as F
 from pipelines.features.fusion import pca_artifact
 from pipelines.spark import reports
 from pipelines.spark.encoding import CACHE_COLUMNS, PhaseTimer, content_hash, encode, fit_pca, with_mm_emb
-from pipelines.encoders import NO_IMAGE_MODEL, NO_IMAGE_ROOT, EncoderConfig, load_image_encoder, load_text_encoder
+from pipelines.encoders import NO_IMAGE_MODEL, EncoderConfig, load_image_encoder, load_text_encoder
+from pipelines.images import NO_IMAGE_ROOT
 from pipelines.spark.args import add_common_args, spark_from_args
 from pipelines.spark.schemas import ENCODED_SCHEMA, ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
 from pipelines.spark.session import task_progress
@@ -196,6 +197,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @job_main
+def encoder_config(args: argparse.Namespace, recorded_roots: list[str], parallelism: int, local: bool) -> EncoderConfig:
+    """The encoders as the command line asks; images may come only from ``--image-root`` (else the
+    root ingest recorded)."""
+    return EncoderConfig(
+        text_model=args.text_model,
+        image_model=args.image_model,
+        clip_weights=args.clip_weights,
+        allow_random_weights=args.allow_random_clip_weights,
+        text_max_length=args.text_max_length,
+        batch_size=args.batch_size,
+        device=args.device,
+        image_roots=tuple(args.image_root or recorded_roots),
+        max_image_pixels=args.max_image_pixels,
+        # Local mode runs one Python worker per core: one torch thread each avoids oversubscription.
+        torch_threads=max(1, (os.cpu_count() or 1) // parallelism) if local else 0,
+    )
+
+
+def previous_run(spark: SparkSession, table_path: str) -> tuple[dict, str]:
+    """An incremental run's inputs from the last good output: its PCA and its encoder key."""
+    if not table_exists(spark, table_path):
+        raise SystemExit(f"--incremental needs an earlier run's {table_path}: run encode-items without it first")
+    expected_key = read_meta(spark, table_path)["encoder_identity"].get("encoder_key")
+    if expected_key is None:
+        raise SystemExit(f"{table_path} predates the encoder cache: run encode-items once without --incremental")
+    with np.load(io.BytesIO(read_side_file(spark, table_path, "_pca.npz"))) as saved:
+        return {k: saved[k] for k in saved.files}, expected_key
+
+
 def main(argv: list[str] | None = None) -> int:
     """``mmfs encode-items``: encode ``<root>/items`` into ``<root>/item_embeddings`` (or ``--table``),
     write the quarantines and update the encoder cache. Returns 0."""
@@ -205,35 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     spark = spark_from_args(args, "mmfs-encode-items")
     parallelism = spark.sparkContext.defaultParallelism
     local = spark.sparkContext.master.startswith("local")
-    config = EncoderConfig(
-        text_model=args.text_model,
-        image_model=args.image_model,
-        clip_weights=args.clip_weights,
-        allow_random_weights=args.allow_random_clip_weights,
-        text_max_length=args.text_max_length,
-        batch_size=args.batch_size,
-        device=args.device,
-        image_roots=tuple(args.image_root or image_roots_of(spark, args.root)),
-        max_image_pixels=args.max_image_pixels,
-        # Local mode runs one Python worker per core: one torch thread each avoids oversubscription.
-        torch_threads=max(1, (os.cpu_count() or 1) // parallelism) if local else 0,
-    )
+    config = encoder_config(args, image_roots_of(spark, args.root), parallelism, local)
     staging = f"{args.root}/_staging/encode-{uuid.uuid4().hex[:12]}"
     timer = PhaseTimer()
     phase = timer.phase
     start = time.perf_counter()
     table_path, cache_path = f"{args.root}/{args.table}", f"{args.root}/encoder_cache"
     cache = read_table(spark, cache_path) if table_exists(spark, cache_path) else None
-    pca, expected_key = None, None
-    if args.incremental:
-        if not table_exists(spark, table_path):
-            raise SystemExit(f"--incremental needs an earlier run's {table_path}: run encode-items without it first")
-        previous = read_meta(spark, table_path)["encoder_identity"]
-        expected_key = previous.get("encoder_key")
-        if expected_key is None:
-            raise SystemExit(f"{table_path} predates the encoder cache: run encode-items once without --incremental")
-        with np.load(io.BytesIO(read_side_file(spark, table_path, "_pca.npz"))) as saved:
-            pca = {k: saved[k] for k in saved.files}
+    pca, expected_key = previous_run(spark, table_path) if args.incremental else (None, None)
     try:
         result = transform(spark, read_table(spark, f"{args.root}/items"), config, args.mm_dim, staging,
                            args.partitions or parallelism, args.max_invalid_fraction, timer,

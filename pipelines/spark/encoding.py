@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.contracts.tables import ENCODER_CACHE
-from pipelines.encoders import EncoderConfig, decode_image, load_image_encoder, load_text_encoder
+from pipelines.encoders import EncoderConfig, load_image_encoder, load_text_encoder
+from pipelines.images import decode_image
 from pipelines.features.fusion import fuse
 from pipelines.spark.schemas import ENCODED_SCHEMA, ITEM_EMBEDDINGS_SCHEMA, columns
 

@@ -4,10 +4,10 @@ import pytest
 from pipelines.encoders import (
     EncoderConfig,
     EncoderLoadError,
-    decode_image,
     load_image_encoder,
     load_text_encoder,
 )
+from pipelines.images import decode_image
 from tests.support.images import image_roots, make_image_files
 
 

@@ -13,7 +13,8 @@ from model.config import ModelConfig
 from model.checkpoint import load_checkpoint
 from model.train import TrainConfig, prepare, train
 from pipelines.store import feast_store, training_set
-from serving.scorer import BadRequest, Scorer, ScorerConfig, StoreMismatch, check_store
+from serving.contract import StoreMismatch, check_store
+from serving.scorer import BadRequest, Scorer, ScorerConfig
 from tests.support.feast_tables import copy_repo, write_tables
 
 UTC = dt.timezone.utc
@@ -164,7 +165,7 @@ def test_a_scorer_leaves_the_process_alone_and_the_server_tunes_it(served):
 
     from threadpoolctl import threadpool_info
 
-    from serving.scorer import ProcessTuning, tune_for_serving
+    from serving.tuning import ProcessTuning, tune_for_serving
 
     def blas():
         return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
@@ -362,7 +363,7 @@ def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_pat
     store = feast_store.open_store("duckdb", repo, root)
     services = {s.name for s in store.list_feature_services()}
     assert {"ctr_dmf_v1", "ctr_dmf_v2"} <= services
-    from serving.scorer import store_features
+    from serving.contract import store_features
 
     assert store_features(store, "ctr_dmf_v1") == store_features(served["store"], "ctr_dmf_v1")
     assert {f.split(":")[0] for f in store_features(store, "ctr_dmf_v2")} == {"user_sequence", "user_stats", "item_stats", "target_similarity_v2", "item_embeddings_v2"}
