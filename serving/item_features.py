@@ -116,3 +116,38 @@ class ItemFeatures:
         """Drop ``item_id``'s cached rows in every item view."""
         for view in self.views:
             self.cache.discard((view, item_id))
+
+
+class UserSideCache:
+    """The user side of a request, per user: the history's vectors (as the model reads them) and,
+    for DMF, its ``encode_user`` state, so that repeated requests for one user only score
+    candidates (M-FALCON's reuse of the target-independent work).
+
+    Keyed by (user, the sequence snapshot's stamp and status, the item cache's invalidation count):
+    a new click writes a new snapshot, a materialisation or an expiry of the item cache clears it
+    (the history's vectors may have changed). Bounded; the oldest entries go first."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self.entries: dict = {}
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        """The cached user side for ``key``, or None (counted as a hit or a miss)."""
+        if key is None or self.maxsize <= 0:
+            return None
+        found = self.entries.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def put(self, key, value) -> None:
+        """Keep ``value`` for ``key``, evicting the oldest tenth when full."""
+        if key is None or self.maxsize <= 0:
+            return
+        if len(self.entries) >= self.maxsize:
+            for old in list(self.entries)[: max(1, self.maxsize // 10)]:
+                del self.entries[old]
+        self.entries[key] = value

@@ -44,7 +44,7 @@ from pipelines.store.feast_store import EMBEDDING_VIEW
 from pipelines.store.feast_store import embedding_view as embedding_view_of
 from pipelines.features.similarity import target_similarity
 from serving.contract import StoreMismatch, check_store, store_features  # noqa: F401 - StoreMismatch: what Scorer() raises
-from serving.item_features import ItemFeatureCache, ItemFeatures
+from serving.item_features import ItemFeatureCache, ItemFeatures, UserSideCache
 from serving.results import ItemScore, Prepared, ScoreResult
 from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows
 
@@ -65,6 +65,7 @@ class ScorerConfig:
     max_candidates: int = 2000
     item_cache_size: int = 500_000  # (view, item) entries; 0 disables the cache
     item_cache_max_age_s: float = 300.0
+    user_cache_size: int = 10_000  # users whose history vectors and DMF user state are kept (UserSideCache); 0: off
     future_slack: dt.timedelta | None = dt.timedelta(days=1)  # an `at` later than now + this is refused; None: no bound (replays)
 
 
@@ -95,6 +96,9 @@ class Scorer:
         self.embedding_view = embedding_view_of(self.item_views) or EMBEDDING_VIEW
         self._online_from: tuple[int, dt.datetime | None] | None = None  # (cache invalidations, first materialised time)
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
+        # The user side is reusable only while the history's vectors cannot age out (no TTL on the embedding view).
+        cacheable = not self.vectors or self.reader.ttl(self.embedding_view) is None
+        self.user_cache = UserSideCache(config.user_cache_size if cacheable else 0)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, store, config: ScorerConfig = ScorerConfig()) -> "Scorer":
@@ -170,14 +174,21 @@ class Scorer:
         t_user = time.perf_counter()
         hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status == PRESENT else []
         user_stats = self.reader.read(USER_STATS_VIEW, [int(user_id)], now) if USER_STATS_VIEW in self.reader.views else None
-        # Item features: candidates and history items, through the cache.
-        rows = {view: self.items.read(view, list(dict.fromkeys(items + hist)) if view == self.embedding_view else list(dict.fromkeys(items)))
+        key = (int(user_id), seq.event_timestamps[0], status, self.cache.invalidations)
+        side = self.user_cache.get(key)  # the history's vectors and DMF's user state, when this user was just scored
+        # Item features: candidates (and history items unless the user side is cached), through the cache.
+        wanted = items if side is not None else items + hist
+        rows = {view: self.items.read(view, list(dict.fromkeys(wanted)) if view == self.embedding_view else list(dict.fromkeys(items)))
                 for view in self.item_views}
         t_items = time.perf_counter()
-        prepared = self.prepare(items, status, hist, rows, now, user_stats)
+        prepared = self.prepare(items, status, hist, rows, now, user_stats, side)
         t_assemble = time.perf_counter()
-        logits = self.forward(prepared.tensors, len(items)).float().numpy()
+        logits, state = self.forward(prepared.tensors, len(items), side["state"] if side is not None else None)
+        logits = logits.float().numpy()
         t_model = time.perf_counter()
+        if side is None:
+            self.user_cache.put(key, {**{k: v for k, v in prepared.tensors.items() if k in self._user_keys(prepared.tensors)},
+                                      "state": state})
         results = []
         for c, item in enumerate(items):
             if prepared.unknown[c]:
@@ -192,11 +203,12 @@ class Scorer:
         return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings)
 
     def prepare(self, items: list[int], status: str, hist: list[int], rows: dict, now: dt.datetime,
-                user_stats: ViewRows | None = None) -> "Prepared":
+                user_stats: ViewRows | None = None, side: dict | None = None) -> "Prepared":
         """The model's tensors for one user's C candidates, from online rows: ``rows[view][item] =
         (features or None, event timestamp)``; ``hist`` the user's (truncated) history, ``status``
         its sequence's status; ``user_stats`` the user's online stats row, if the service has them.
-        The same tensors, built by the same ``model.batch`` functions, as the training loader's."""
+        The same tensors, built by the same ``model.batch`` functions, as the training loader's. With
+        ``side`` (a cached user side) the history's vectors come from it, not from ``rows``."""
         user_flags, stale = self._user_flags(status, user_stats)
         C, L = len(items), max(len(hist), 1)
         hist_ids = np.zeros((1, L), np.int64)
@@ -206,7 +218,7 @@ class Scorer:
         statuses = {view: self.items.statuses(view, [rows[view][item][1] for item in items], now) for view in self.item_views}
         flags, known_any, item_stale = self._item_flags(statuses, C)
         batch: dict[str, np.ndarray] = {"item_id": np.asarray(items, np.int64), "hist_item_ids": hist_ids, "hist_mask": hist_mask}
-        batch.update(self._vector_fields(items, hist, rows, statuses, now, L))
+        batch.update(self._vector_fields(items, hist, rows, statuses, now, L, side))
         similarity_ms = 0.0
         if "mm_emb" in batch:
             t_sim0 = time.perf_counter()
@@ -252,19 +264,25 @@ class Scorer:
                     flags[c].append("no_embedding" if view == self.embedding_view else f"no_{view}")
         return flags, known_any, stale
 
-    def _vector_fields(self, items: list[int], hist: list[int], rows: dict, statuses: dict, now: dt.datetime, L: int) -> dict:
-        """Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere."""
+    def _vector_fields(self, items: list[int], hist: list[int], rows: dict, statuses: dict, now: dt.datetime, L: int,
+                       side: dict | None = None) -> dict:
+        """Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere. The
+        history's come from ``side`` when the user side is cached."""
         if not self.vectors:
             return {}
         emb = rows[self.embedding_view]
-        hist_statuses = self.items.statuses(self.embedding_view, [emb[item][1] for item in hist], now)
+        if side is None:
+            hist_statuses = self.items.statuses(self.embedding_view, [emb[item][1] for item in hist], now)
         out = {}
         for vector in self.vectors:
             target, found = self._vectors(emb, items, statuses[self.embedding_view], vector)  # (C, D), (C,)
-            hist_vec, hist_found = self._vectors(emb, hist, hist_statuses, vector)  # (len(hist), D)
-            h = np.zeros((1, L, target.shape[1]), np.float32)  # (1, L, D)
-            hf = np.zeros((1, L), bool)
-            h[0, :len(hist)], hf[0, :len(hist)] = hist_vec, hist_found
+            if side is not None:
+                h, hf = side[f"hist_{vector}"].numpy(), side[f"hist_{vector}_found"].numpy()  # (1, L, D), (1, L)
+            else:
+                hist_vec, hist_found = self._vectors(emb, hist, hist_statuses, vector)  # (len(hist), D)
+                h = np.zeros((1, L, target.shape[1]), np.float32)  # (1, L, D)
+                hf = np.zeros((1, L), bool)
+                h[0, :len(hist)], hf[0, :len(hist)] = hist_vec, hist_found
             out.update(vector_fields(vector, target, found, h, hf))
         return out
 
@@ -278,16 +296,23 @@ class Scorer:
                 impressions[c], clicks[c], ctr[c], known[c] = values["impressions"], values["clicks"], values["ctr"], True
         return stats_fields(ITEM_STATS_COLUMNS, impressions, clicks, ctr, known)
 
-    def forward(self, tensors: dict[str, torch.Tensor], C: int) -> torch.Tensor:
-        """Logits (C,). DMF: encode_user once (U = 1), score_candidates for all C at once."""
-        user_keys = [k for k in tensors if k.startswith("hist_") and k not in ("hist_sim", "hist_sim_mask")]
+    @staticmethod
+    def _user_keys(tensors: dict) -> list[str]:
+        """The tensors of the user's side (the history), as opposed to the candidates'."""
+        return [k for k in tensors if k.startswith("hist_") and k not in ("hist_sim", "hist_sim_mask")]
+
+    def forward(self, tensors: dict[str, torch.Tensor], C: int, state=None) -> tuple[torch.Tensor, object]:
+        """(logits (C,), the user state). DMF: encode_user once (U = 1), or ``state`` when cached,
+        then score_candidates for all C at once."""
+        user_keys = self._user_keys(tensors)
         if self.decoupled:
-            user = self.model.encode_user({k: tensors[k] for k in user_keys})
-            return self.model.score_candidates(user, tensors)
+            if state is None:
+                state = self.model.encode_user({k: tensors[k] for k in user_keys})
+            return self.model.score_candidates(state, tensors), state
         batch = dict(tensors)
         for k in user_keys:  # one user's history, broadcast to the C rows (views, no copies)
             batch[k] = tensors[k].expand(C, *tensors[k].shape[1:])
-        return self.model(batch)
+        return self.model(batch), None
 
     def _vectors(self, rows: dict, ids: list[int], statuses: list[str], vector: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) fresh vectors, zeros where missing or stale, and the (N,) found mask."""

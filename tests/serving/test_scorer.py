@@ -4,6 +4,7 @@ import math
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pyspark.sql import Row
@@ -156,6 +157,33 @@ def test_item_cache_is_cleared_by_materialisation(served):
     store.materialize(start_date=START - dt.timedelta(days=60), end_date=at)  # records an interval in the registry
     scorer.score(1, [1, 2], now=at)
     assert scorer.cache.invalidations == invalidations + 1
+
+
+def test_the_user_side_is_cached_per_snapshot_and_scores_the_same(served, tmp_path):
+    """Repeated requests for one user reuse the history's vectors and DMF's encode_user state
+    (M-FALCON): the same logits as a scorer that recomputes them, and a new click (a new
+    snapshot) is a miss that sees the new history."""
+    repo = copy_repo(tmp_path)  # an online store of its own: this test writes a new snapshot
+    feast_store.apply("duckdb", repo, served["root"])
+    store = feast_store.open_store("duckdb", repo, served["root"])
+    at = START + dt.timedelta(days=31)
+    store.materialize(start_date=START - dt.timedelta(days=60), end_date=at)
+    cached = Scorer.from_checkpoint(served["checkpoint"], store)
+    fresh = Scorer.from_checkpoint(served["checkpoint"], store, ScorerConfig(user_cache_size=0))
+    first = cached.score(1, [1, 2, 3], now=at)
+    again = cached.score(1, [4, 2, 6, 7], now=at)  # other candidates: only they are scored
+    assert (cached.user_cache.hits, cached.user_cache.misses) == (1, 1) and first.history_len > 0
+    assert [i.logit for i in again.items] == pytest.approx([i.logit for i in fresh.score(1, [4, 2, 6, 7], now=at).items], abs=1e-6)
+    assert fresh.user_cache.hits == 0 and not fresh.user_cache.entries
+
+    stamp = at + dt.timedelta(seconds=1)  # a click on item 9: the feedback path writes a new snapshot like this
+    hist = list(cached.reader.read("user_sequence", [1], at).values["hist_item_ids"][0]) + [9]
+    store.write_to_online_store("user_sequence", pd.DataFrame({
+        "user_id": [1], "event_timestamp": [stamp], "hist_item_ids": [hist], "hist_ts_us": [list(range(len(hist)))], "hist_len": [len(hist)]}))
+    later = at + dt.timedelta(seconds=2)
+    moved = cached.score(1, [4, 2, 6, 7], now=later)
+    assert cached.user_cache.misses == 2 and moved.history_len == first.history_len + 1
+    assert [i.logit for i in moved.items] == pytest.approx([i.logit for i in fresh.score(1, [4, 2, 6, 7], now=later).items], abs=1e-6)
 
 
 def test_a_scorer_leaves_the_process_alone_and_the_server_tunes_it(served):
