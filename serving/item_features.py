@@ -13,7 +13,15 @@ import os
 import time
 from pathlib import Path
 
-from serving.online import MISSING, PRESENT, STALE, OnlineReader, decode
+from serving.online import OnlineReader, decode
+
+
+def put_bounded(entries: dict, maxsize: int, key, value) -> None:
+    """``entries[key] = value``, first evicting the oldest tenth (insertion order) when full."""
+    if len(entries) >= maxsize:
+        for old in list(entries)[: max(1, maxsize // 10)]:
+            del entries[old]
+    entries[key] = value
 
 
 class ItemFeatureCache:
@@ -71,13 +79,9 @@ class ItemFeatureCache:
         return found
 
     def put(self, key, value) -> None:
-        """Cache ``value`` under ``key``, first evicting the oldest tenth when full; a no-op when disabled."""
-        if not self.enabled:
-            return
-        if len(self.entries) >= self.maxsize:  # evict the oldest entries (insertion order)
-            for old in list(self.entries)[: max(1, self.maxsize // 10)]:
-                del self.entries[old]
-        self.entries[key] = value
+        """Cache ``value`` under ``key`` (``put_bounded``); a no-op when disabled."""
+        if self.enabled:
+            put_bounded(self.entries, self.maxsize, key, value)
 
     def discard(self, key) -> None:
         """Drop ``key`` if cached."""
@@ -105,12 +109,8 @@ class ItemFeatures:
         return out
 
     def statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
-        """present | stale (older than the view's TTL at ``now``) | missing, per timestamp."""
-        ttl = self.reader.ttl(view)
-        if ttl is None:
-            return [MISSING if t is None else PRESENT for t in stamps]
-        cutoff = now - ttl
-        return [MISSING if t is None else (STALE if t < cutoff else PRESENT) for t in stamps]
+        """present | stale | missing per timestamp, by the reader's one TTL rule."""
+        return self.reader.statuses(view, stamps, now)
 
     def invalidate(self, item_id: int) -> None:
         """Drop ``item_id``'s cached rows in every item view."""
@@ -134,7 +134,7 @@ class UserSideCache:
 
     def get(self, key):
         """The cached user side for ``key``, or None (counted as a hit or a miss)."""
-        if key is None or self.maxsize <= 0:
+        if self.maxsize <= 0:
             return None
         found = self.entries.get(key)
         if found is None:
@@ -144,10 +144,6 @@ class UserSideCache:
         return found
 
     def put(self, key, value) -> None:
-        """Keep ``value`` for ``key``, evicting the oldest tenth when full."""
-        if key is None or self.maxsize <= 0:
-            return
-        if len(self.entries) >= self.maxsize:
-            for old in list(self.entries)[: max(1, self.maxsize // 10)]:
-                del self.entries[old]
-        self.entries[key] = value
+        """Keep ``value`` for ``key`` (``put_bounded``); a no-op when disabled."""
+        if self.maxsize > 0:
+            put_bounded(self.entries, self.maxsize, key, value)

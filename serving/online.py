@@ -124,22 +124,22 @@ class OnlineReader:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware (UTC)")
         rows = self.read_rows(view, keys)
-        ttl = self.ttl(view)
         values = {f: [] for f in features}
-        status, stamps = [], []
+        stamps = []
         for event_ts, data in rows:
-            if data is None:
-                status.append(MISSING)
-                stamps.append(None)
-                for f in features:
-                    values[f].append(None)
-                continue
             stamps.append(event_ts)
-            status.append(STALE if ttl is not None and event_ts < now - ttl else PRESENT)
             for f in features:
-                proto = data.get(f)
+                proto = data.get(f) if data is not None else None
                 values[f].append(None if proto is None or proto.WhichOneof("val") is None else decode(proto))
-        return ViewRows(view, values, status, stamps)
+        return ViewRows(view, values, self.statuses(view, stamps, now), stamps)
+
+    def statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
+        """present | stale (older than the view's TTL at ``now``) | missing (no row), per row stamp."""
+        ttl = self.ttl(view)
+        if ttl is None:
+            return [MISSING if t is None else PRESENT for t in stamps]
+        cutoff = now - ttl
+        return [MISSING if t is None else (STALE if t < cutoff else PRESENT) for t in stamps]
 
 
 def row_or_missing(event_ts, data) -> tuple[dt.datetime | None, dict | None]:

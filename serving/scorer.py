@@ -187,8 +187,7 @@ class Scorer:
         logits = logits.float().numpy()
         t_model = time.perf_counter()
         if side is None:
-            self.user_cache.put(key, {**{k: v for k, v in prepared.tensors.items() if k in self._user_keys(prepared.tensors)},
-                                      "state": state})
+            self.user_cache.put(key, {**{k: prepared.tensors[k] for k in self._user_keys(prepared.tensors)}, "state": state})
         results = []
         for c, item in enumerate(items):
             if prepared.unknown[c]:

@@ -62,22 +62,29 @@ def transform(events: DataFrame, prior_ctr: float = PRIOR_CTR, prior_weight: flo
     return running_stats(events, "item_id", prior_ctr, prior_weight).select(*columns(ITEM_STATS_SCHEMA))
 
 
-@job_main
-def main(argv: list[str] | None = None) -> int:
-    """``mmfs item-stats``: compute, validate and write ``<root>/item_stats``. Returns 0."""
-    parser = argparse.ArgumentParser(prog="mmfs item-stats", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_stats_job(argv: list[str] | None, table: str, transform_fn, rules: TableRules, doc: str) -> int:
+    """The running-stats jobs' one ``main`` (item_stats, user_stats): read ``<root>/events``,
+    ``transform_fn(events, prior_ctr, prior_weight)``, validate with ``rules``, write ``<root>/<table>``."""
+    name = table.replace("_", "-")
+    parser = argparse.ArgumentParser(prog=f"mmfs {name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root written by ingest")
     parser.add_argument("--prior-ctr", type=float, default=PRIOR_CTR)
     parser.add_argument("--prior-weight", type=float, default=PRIOR_WEIGHT)
     add_common_args(parser)
     args = parser.parse_args(argv)
-    spark = spark_from_args(args, "mmfs-item-stats")
-    stats = transform(read_table(spark, f"{args.root}/events"), args.prior_ctr, args.prior_weight).persist()
-    report = assert_valid_output(stats, output_rules())
-    write_table(stats, f"{args.root}/item_stats", meta={
-        "job": "item_stats", "prior_ctr": args.prior_ctr, "prior_weight": args.prior_weight, "validation": report.to_dict()})
-    reports.print_reports([report], {"item_stats": f"{args.root}/item_stats"})
+    spark = spark_from_args(args, f"mmfs-{name}")
+    stats = transform_fn(read_table(spark, f"{args.root}/events"), args.prior_ctr, args.prior_weight).persist()
+    report = assert_valid_output(stats, rules)
+    write_table(stats, f"{args.root}/{table}", meta={
+        "job": table, "prior_ctr": args.prior_ctr, "prior_weight": args.prior_weight, "validation": report.to_dict()})
+    reports.print_reports([report], {table: f"{args.root}/{table}"})
     return 0
+
+
+@job_main
+def main(argv: list[str] | None = None) -> int:
+    """``mmfs item-stats``: compute, validate and write ``<root>/item_stats``. Returns 0."""
+    return run_stats_job(argv, "item_stats", transform, output_rules(), __doc__)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,16 @@ can (docs/models.md).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.spark import reports
 from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT
-from pipelines.jobs.item_stats import running_stats
-from pipelines.spark.args import add_common_args, spark_from_args
+from pipelines.jobs.item_stats import run_stats_job, running_stats
 from pipelines.spark.schemas import USER_STATS_SCHEMA, columns
-from pipelines.spark.table_io import job_main, read_table, write_table
-from pipelines.spark.validation import Rule, TableRules, assert_valid_output
+from pipelines.spark.table_io import job_main
+from pipelines.spark.validation import Rule, TableRules
 
 
 def output_rules() -> TableRules:
@@ -51,19 +48,7 @@ def transform(events: DataFrame, prior_ctr: float = PRIOR_CTR, prior_weight: flo
 @job_main
 def main(argv: list[str] | None = None) -> int:
     """``mmfs user-stats``: compute, validate and write ``<root>/user_stats``. Returns 0."""
-    parser = argparse.ArgumentParser(prog="mmfs user-stats", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="table root written by ingest")
-    parser.add_argument("--prior-ctr", type=float, default=PRIOR_CTR)
-    parser.add_argument("--prior-weight", type=float, default=PRIOR_WEIGHT)
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    spark = spark_from_args(args, "mmfs-user-stats")
-    stats = transform(read_table(spark, f"{args.root}/events"), args.prior_ctr, args.prior_weight).persist()
-    report = assert_valid_output(stats, output_rules())
-    write_table(stats, f"{args.root}/user_stats", meta={
-        "job": "user_stats", "prior_ctr": args.prior_ctr, "prior_weight": args.prior_weight, "validation": report.to_dict()})
-    reports.print_reports([report], {"user_stats": f"{args.root}/user_stats"})
-    return 0
+    return run_stats_job(argv, "user_stats", transform, output_rules(), __doc__)
 
 
 if __name__ == "__main__":
