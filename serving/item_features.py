@@ -1,5 +1,10 @@
-"""Item features online: one read path for the candidates' and the history items' rows, through a
-bounded cache.
+"""Item features online, columnar: one read path for the candidates' and the history items' rows,
+through a bounded cache that keeps them as arrays.
+
+A request's item ids become slots in per-view arrays (one dict lookup per id, done in C by
+``map``); vectors, stats and event times are then gathered with numpy, so no Python loop runs per
+candidate once the items are cached. Ids the cache lacks are read in one online read per view
+and decoded straight into arrays.
 
 Item features change only when they are materialised, so the cache is cleared when the Feast
 registry changes (materialisation records its interval there) and entries also expire after
@@ -11,9 +16,81 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 
-from serving.online import OnlineReader, decode
+import numpy as np
+
+from feast.protos.feast.types.Value_pb2 import FloatList, Value as ValueProto
+
+from serving.online import MISSING_US, OnlineReader, float_list
+from serving.online_fast import RawRows
+
+
+@dataclass
+class ItemRows:
+    """One item view's rows for a list of ids, in the ids' order (duplicates allowed)."""
+
+    values: dict[str, np.ndarray]  # vector feature -> (N, D) float32, zeros where absent; scalar -> (N,) float64, 0 where absent
+    found: dict[str, np.ndarray]  # feature -> (N,) bool: the row holds the feature (a vector of the expected length)
+    stamps_us: np.ndarray  # (N,) int64 event time, microseconds since the epoch; MISSING_US where the store has no row
+
+    def take(self, index: np.ndarray) -> "ItemRows":
+        """The rows at ``index``, in that order."""
+        return ItemRows({f: v[index] for f, v in self.values.items()}, {f: m[index] for f, m in self.found.items()},
+                        self.stamps_us[index])
+
+
+def decode_rows(raw: RawRows, features: dict[str, int]) -> ItemRows:
+    """A view's ``RawRows`` -> ``ItemRows``; ``features`` maps each wanted feature to its vector
+    length (0 for a scalar)."""
+    values, found = {}, {}
+    for f, dim in features.items():
+        values[f], found[f] = float_lists(raw.values[f], dim) if dim else scalars(raw.values[f])
+    return ItemRows(values, found, np.asarray(raw.stamps_us, np.int64))
+
+
+@lru_cache(maxsize=64)
+def _float_list_header(dim: int) -> bytes:
+    """The bytes before the floats in a serialised ValueProto holding ``dim`` floats."""
+    return ValueProto(float_list_val=FloatList(val=[0.0] * dim)).SerializeToString()[: -4 * dim]
+
+
+def float_lists(blobs: list[bytes | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, dim) float32 vectors and their (N,) found mask from serialised ``float_list_val``
+    ValueProtos, decoded together: every blob of the expected size and header is one row of one
+    byte matrix, its floats read in place. Anything else is parsed alone; a vector of another
+    length is not found."""
+    n = len(blobs)
+    out, found = np.zeros((n, dim), np.float32), np.zeros(n, bool)
+    header = _float_list_header(dim)
+    size = len(header) + 4 * dim
+    lengths = np.fromiter((len(b) if b is not None else 0 for b in blobs), np.int64, n)
+    at = np.flatnonzero(lengths == size)
+    if at.size:
+        block = np.frombuffer(b"".join([blobs[k] for k in at.tolist()]), np.uint8).reshape(at.size, size)  # (m, size)
+        ok = (block[:, : len(header)] == np.frombuffer(header, np.uint8)).all(axis=1)
+        out[at[ok]] = block[ok, len(header):].copy().view(np.float32)  # (m, dim)
+        found[at[ok]] = True
+    for k in np.flatnonzero((lengths > 0) & ~found).tolist():  # another encoding or length: parsed alone
+        vector = float_list(ValueProto.FromString(blobs[k]))
+        if vector is not None and vector.shape[0] == dim:
+            out[k], found[k] = vector, True
+    return out, found
+
+
+def scalars(blobs: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) float64 values and their found mask from serialised scalar ValueProtos."""
+    values, found = np.zeros(len(blobs)), np.zeros(len(blobs), bool)
+    for k, blob in enumerate(blobs):
+        if blob:
+            proto = ValueProto.FromString(blob)
+            kind = proto.WhichOneof("val")
+            if kind is not None and not kind.endswith("_list_val"):
+                values[k], found[k] = getattr(proto, kind), True
+    return values, found
 
 
 def put_bounded(entries: dict, maxsize: int, key, value) -> None:
@@ -24,8 +101,69 @@ def put_bounded(entries: dict, maxsize: int, key, value) -> None:
     entries[key] = value
 
 
+class ItemColumns:
+    """One item view's cached rows as arrays: a slot per item, reused first-in first-out once
+    ``capacity`` items are held. The arrays grow by doubling up to ``capacity``."""
+
+    def __init__(self, features: dict[str, int], capacity: int):
+        self.features, self.capacity = features, capacity
+        self.slot: dict[int, int] = {}
+        self.size = self.cursor = 0
+        self._allocate(min(capacity, 1024))
+
+    def _allocate(self, rows: int) -> None:
+        old = getattr(self, "rows", None)
+        fresh = decode_rows(RawRows([MISSING_US] * rows, {f: [None] * rows for f in self.features}), self.features)
+        if old is not None:
+            n = len(old.stamps_us)
+            for f in self.features:
+                fresh.values[f][:n], fresh.found[f][:n] = old.values[f], old.found[f]
+            fresh.stamps_us[:n] = old.stamps_us
+            fresh_owner = np.full(rows, -1, np.int64)
+            fresh_owner[:n] = self.owner
+            self.owner = fresh_owner
+        else:
+            self.owner = np.full(rows, -1, np.int64)
+        self.rows = fresh
+
+    def lookup(self, ids: list[int]) -> np.ndarray:
+        """(N,) slots of ``ids``, -1 where not cached."""
+        return np.fromiter(map(self.slot.get, ids, repeat(-1)), np.int64, len(ids))
+
+    def insert(self, ids: list[int], rows: ItemRows) -> None:
+        """Cache ``rows`` (aligned with the distinct ``ids``), evicting the oldest items when full."""
+        if len(ids) > self.capacity:
+            ids, rows = ids[-self.capacity:], rows.take(np.arange(len(ids) - self.capacity, len(ids)))
+        n = len(ids)
+        if self.size + n > len(self.rows.stamps_us) and len(self.rows.stamps_us) < self.capacity:
+            self._allocate(min(self.capacity, max(2 * len(self.rows.stamps_us), self.size + n)))
+        if self.size + n <= self.capacity:
+            slots = np.arange(self.size, self.size + n)
+            self.size += n
+        else:  # full: reuse the oldest slots, and forget the items that held them
+            slots = (self.cursor + np.arange(n)) % self.capacity
+            self.cursor = int((self.cursor + n) % self.capacity)
+            for old, s in zip(self.owner[slots].tolist(), slots.tolist()):
+                if self.slot.get(old) == s:  # not re-cached elsewhere since
+                    del self.slot[old]
+        for f in self.features:
+            self.rows.values[f][slots], self.rows.found[f][slots] = rows.values[f], rows.found[f]
+        self.rows.stamps_us[slots] = rows.stamps_us
+        self.owner[slots] = ids
+        self.slot.update(zip(ids, slots.tolist()))
+
+    def discard(self, item: int) -> None:
+        """Forget ``item`` (its slot is reused in its turn)."""
+        self.slot.pop(item, None)
+
+    def clear(self) -> None:
+        """Forget every item; the arrays stay allocated."""
+        self.slot.clear()
+        self.size = self.cursor = 0
+
+
 class ItemFeatureCache:
-    """Bounded cache of item rows as read from the online store (FIFO eviction, plain dict lookups).
+    """The item views' cached rows (one ``ItemColumns`` per view), with hit, miss and invalidation counts.
 
     Cleared when the Feast registry file changes (materialisation records its interval there) and
     when older than ``max_age_s`` (the bound for registries that are not a local file)."""
@@ -34,7 +172,7 @@ class ItemFeatureCache:
         self.enabled = maxsize > 0
         self.maxsize = maxsize
         self.max_age_s = max_age_s
-        self.entries: dict = {}
+        self.columns: dict[str, ItemColumns] = {}
         self.filled_at = time.monotonic()
         registry = store.config.registry
         path = Path(getattr(registry, "path", "") or "")
@@ -62,60 +200,72 @@ class ItemFeatureCache:
 
     def clear(self) -> None:
         """Drop every entry and restart the age clock; counted in ``invalidations``."""
-        self.entries.clear()
+        for columns in self.columns.values():
+            columns.clear()
         self.filled_at = time.monotonic()
         self.invalidations += 1
 
-    def get_many(self, view: str, ids: list[int]) -> list:
-        """The cached value of (view, id) for each id, None where absent; counts hits and misses."""
+    def view(self, view: str, features: dict[str, int]) -> ItemColumns | None:
+        """``view``'s columns (made on first use); None when the cache is disabled."""
         if not self.enabled:
-            self.misses += len(ids)
-            return [None] * len(ids)
-        get = self.entries.get
-        found = [get((view, i)) for i in ids]
-        missed = found.count(None)
-        self.misses += missed
-        self.hits += len(ids) - missed
-        return found
+            return None
+        if view not in self.columns:
+            self.columns[view] = ItemColumns(features, self.maxsize)
+        return self.columns[view]
 
-    def put(self, key, value) -> None:
-        """Cache ``value`` under ``key`` (``put_bounded``); a no-op when disabled."""
-        if self.enabled:
-            put_bounded(self.entries, self.maxsize, key, value)
-
-    def discard(self, key) -> None:
-        """Drop ``key`` if cached."""
-        self.entries.pop(key, None)
+    def discard(self, item: int) -> None:
+        """Drop ``item`` from every view."""
+        for columns in self.columns.values():
+            columns.discard(item)
 
 
 class ItemFeatures:
-    """The item views of a service, read by item id: cached rows first, the rest in one online read."""
+    """The item views of a service, read by item id: cached rows first, the rest in one online read
+    per view. ``features[view]`` names the features wanted from each view with their vector length
+    (0: a scalar); every other view gives its rows' event times only (for statuses)."""
 
-    def __init__(self, reader: OnlineReader, cache: ItemFeatureCache):
+    def __init__(self, reader: OnlineReader, cache: ItemFeatureCache, features: dict[str, dict[str, int]]):
         self.reader, self.cache = reader, cache
         self.views = [v for v, (fv, _) in reader.views.items() if tuple(fv.join_keys) == ("item_id",)]
+        self.features = {view: dict(features.get(view, {})) for view in self.views}
 
-    def read(self, view: str, ids: list[int]) -> dict[int, tuple[dict | None, dt.datetime | None]]:
-        """item -> (decoded features or None, event timestamp)."""
-        _, features = self.reader.views[view]
-        cached = self.cache.get_many(view, ids)
-        out = {item: hit for item, hit in zip(ids, cached) if hit is not None}
-        misses = [item for item, hit in zip(ids, cached) if hit is None]
-        if misses:
-            for item, (event_ts, data) in zip(misses, self.reader.read_rows(view, misses)):
-                value = (None if data is None else {f: decode(data[f], arrays=True) if f in data else None for f in features}, event_ts)
-                out[item] = value
-                self.cache.put((view, item), value)
+    def read(self, view: str, ids: list[int]) -> ItemRows:
+        """``view``'s rows for ``ids`` (in order, duplicates allowed)."""
+        features = self.features[view]
+        columns = self.cache.view(view, features)
+        if columns is None:
+            distinct = list(dict.fromkeys(ids))
+            self.cache.misses += len(ids)
+            rows = decode_rows(self.reader.read_raw(view, distinct, list(features) or None), features)
+            return rows if len(distinct) == len(ids) else rows.take(self._positions(distinct, ids))
+        slots = columns.lookup(ids)
+        missed = slots < 0
+        n_missed = int(missed.sum())
+        self.cache.misses += n_missed
+        self.cache.hits += len(ids) - n_missed
+        if not n_missed:
+            return columns.rows.take(slots)
+        # Answer first (cached rows, then the ones just read), then cache what was read.
+        lost = np.flatnonzero(missed)
+        missed_ids = np.asarray(ids, np.int64)[lost].tolist()
+        distinct = list(dict.fromkeys(missed_ids))
+        fresh = decode_rows(self.reader.read_raw(view, distinct, list(features) or None), features)
+        out = columns.rows.take(np.maximum(slots, 0))
+        part = fresh.take(self._positions(distinct, missed_ids))
+        for f in features:
+            out.values[f][lost], out.found[f][lost] = part.values[f], part.found[f]
+        out.stamps_us[lost] = part.stamps_us
+        columns.insert(distinct, fresh)
         return out
 
-    def statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
-        """present | stale | missing per timestamp, by the reader's one TTL rule."""
-        return self.reader.statuses(view, stamps, now)
+    @staticmethod
+    def _positions(distinct: list[int], ids: list[int]) -> np.ndarray:
+        at = {item: k for k, item in enumerate(distinct)}
+        return np.fromiter(map(at.__getitem__, ids), np.int64, len(ids))
 
     def invalidate(self, item_id: int) -> None:
         """Drop ``item_id``'s cached rows in every item view."""
-        for view in self.views:
-            self.cache.discard((view, item_id))
+        self.cache.discard(item_id)
 
 
 class UserSideCache:

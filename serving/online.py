@@ -17,7 +17,33 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
+from serving.online_fast import RawRows, fast_rows
+
 PRESENT, MISSING, STALE = "present", "missing", "stale"
+STATUS_NAMES = (PRESENT, STALE, MISSING)  # indexed by the codes of OnlineReader.status_codes
+PRESENT_CODE, STALE_CODE, MISSING_CODE = 0, 1, 2
+MISSING_US = np.iinfo(np.int64).min  # the event time of a row the store does not hold
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+ONE_US = dt.timedelta(microseconds=1)
+
+
+def stamp_us(ts: dt.datetime | None) -> int:
+    """An aware timestamp as microseconds since the epoch; ``MISSING_US`` for None."""
+    return MISSING_US if ts is None else (ts - EPOCH) // ONE_US
+
+
+def float_list(proto: ValueProto) -> np.ndarray | None:
+    """A ``float_list_val`` as a float32 array read straight from its packed bytes (no Python list
+    in between); None for another kind."""
+    if proto.WhichOneof("val") != "float_list_val":
+        return None
+    packed = proto.float_list_val.SerializeToString()  # field 1, wire type 2: 0x0a, varint length, the floats
+    if not packed:
+        return np.zeros(0, np.float32)
+    start = 1
+    while packed[start] & 0x80:
+        start += 1
+    return np.frombuffer(packed, np.float32, offset=start + 1)
 
 
 class StoreUnavailable(RuntimeError):
@@ -95,25 +121,51 @@ class OnlineReader:
             else:
                 self.offline_only.append(fv.name)
         self.provider = store._get_provider()  # noqa: SLF001 - Feast's own online-store reader
+        self.fast = fast_rows(store, self.provider.online_store)
 
     def ttl(self, view: str) -> dt.timedelta | None:
         """``view``'s TTL, or None when it has none (zero)."""
         ttl = self.views[view][0].ttl
         return ttl if ttl and ttl.total_seconds() > 0 else None
 
-    def read_rows(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]]) -> list[tuple[dt.datetime | None, dict | None]]:
-        """The one online read: ``view``'s raw rows for ``keys`` (an int, or a tuple per join key),
-        each (aware timestamp, {feature: ValueProto}) or (None, None) where the key is absent."""
-        fv, features = self.views[view]
+    def read_raw(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]], features: Sequence[str] | None = None) -> RawRows:
+        """The one online read: ``view``'s rows for ``keys`` (an int, or a tuple per join key) as
+        stored, each wanted feature's serialised ValueProto and each row's event time in us
+        (``RawRows``). ``features``: a subset of the projection's (default all). SQLite and Redis
+        are read by ``serving.online_fast`` (Feast's layout, fewer steps); any other store through
+        Feast's provider ``online_read``."""
+        fv, projected = self.views[view]
+        features = list(projected if features is None else features)
         join_keys = list(fv.join_keys)
-        entity_keys = []
-        for key in keys:
-            parts = key if isinstance(key, tuple) else (key,)
-            if len(parts) != len(join_keys):
+        tuples = [key if isinstance(key, tuple) else (key,) for key in keys]
+        for key in tuples:
+            if len(key) != len(join_keys):
                 raise ValueError(f"{view} is keyed by {join_keys}, got key {key!r}")
-            entity_keys.append(EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(int64_val=int(p)) for p in parts]))
+        if self.fast is not None:
+            return self.fast.raw(fv, features, tuples)
+        entity_keys = [EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(int64_val=int(p)) for p in key]) for key in tuples]
         rows = self.provider.online_read(config=self.store.config, table=fv, entity_keys=entity_keys,
                                           requested_features=list(features))  # Redis appends to the list it gets
+        values: dict[str, list] = {f: [] for f in features}
+        stamps = []
+        for event_ts, data in (row_or_missing(ts, d) for ts, d in rows):
+            stamps.append(stamp_us(event_ts))
+            for f in features:
+                proto = data.get(f) if data is not None else None
+                values[f].append(proto.SerializeToString() if proto is not None and proto.WhichOneof("val") else None)
+        return RawRows(stamps, values)
+
+    def read_rows(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]],
+                  features: Sequence[str] | None = None) -> list[tuple[dt.datetime | None, dict | None]]:
+        """``read_raw``'s rows as Feast's ``online_read`` gives them: (aware timestamp, {feature:
+        ValueProto}) or (None, None) where the key is absent."""
+        return [row_or_missing(event_ts, data) for event_ts, data in self.read_raw(view, keys, features).rows()]
+
+    def feast_rows(self, view: str, keys: Sequence[int]) -> list[tuple[dt.datetime | None, dict | None]]:
+        """``view``'s rows through Feast's provider ``online_read`` itself (what ``read_rows`` must equal)."""
+        fv, features = self.views[view]
+        entity_keys = [EntityKeyProto(join_keys=list(fv.join_keys), entity_values=[ValueProto(int64_val=int(k))]) for k in keys]
+        rows = self.provider.online_read(config=self.store.config, table=fv, entity_keys=entity_keys, requested_features=list(features))
         return [row_or_missing(event_ts, data) for event_ts, data in rows]
 
     def read(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]], now: dt.datetime | None = None) -> ViewRows:
@@ -133,13 +185,20 @@ class OnlineReader:
                 values[f].append(None if proto is None or proto.WhichOneof("val") is None else decode(proto))
         return ViewRows(view, values, self.statuses(view, stamps, now), stamps)
 
-    def statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
-        """present | stale (older than the view's TTL at ``now``) | missing (no row), per row stamp."""
+    def status_codes(self, view: str, stamps_us: np.ndarray, now: dt.datetime) -> np.ndarray:
+        """The one TTL rule, per row: ``PRESENT_CODE``, ``STALE_CODE`` (older than the view's TTL at
+        ``now``) or ``MISSING_CODE`` (no row, ``MISSING_US``), for (N,) int64 event times."""
+        stamps_us = np.asarray(stamps_us, np.int64)
+        codes = np.where(stamps_us == MISSING_US, MISSING_CODE, PRESENT_CODE).astype(np.int8)
         ttl = self.ttl(view)
-        if ttl is None:
-            return [MISSING if t is None else PRESENT for t in stamps]
-        cutoff = now - ttl
-        return [MISSING if t is None else (STALE if t < cutoff else PRESENT) for t in stamps]
+        if ttl is not None:
+            codes[(codes == PRESENT_CODE) & (stamps_us < stamp_us(now - ttl))] = STALE_CODE
+        return codes
+
+    def statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
+        """present | stale | missing per row stamp, by ``status_codes``."""
+        codes = self.status_codes(view, np.fromiter(map(stamp_us, stamps), np.int64, len(stamps)), now)
+        return [STATUS_NAMES[c] for c in codes.tolist()]
 
 
 def row_or_missing(event_ts, data) -> tuple[dt.datetime | None, dict | None]:
@@ -157,7 +216,7 @@ def decode(proto: ValueProto, arrays: bool = False):
     if kind is None:
         return None
     if arrays and kind == "float_list_val":
-        return np.asarray(proto.float_list_val.val, dtype=np.float32)
+        return float_list(proto)
     if kind.endswith("_list_val"):
         return list(getattr(proto, kind).val)
     if kind in ("unix_timestamp_val", "string_val", "bytes_val"):

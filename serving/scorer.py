@@ -29,7 +29,6 @@ unknown, as in training).
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +43,9 @@ from pipelines.store.feast_store import EMBEDDING_VIEW
 from pipelines.store.feast_store import embedding_view as embedding_view_of
 from pipelines.features.similarity import target_similarity
 from serving.contract import StoreMismatch, check_store, store_features  # noqa: F401 - StoreMismatch: what Scorer() raises
-from serving.item_features import ItemFeatureCache, ItemFeatures, UserSideCache
+from serving.item_features import ItemFeatureCache, ItemFeatures, ItemRows, UserSideCache
 from serving.results import ItemScore, Prepared, ScoreResult
-from serving.online import MISSING, PRESENT, STALE, OnlineReader, ViewRows
+from serving.online import MISSING, MISSING_CODE, PRESENT, PRESENT_CODE, STALE, STALE_CODE, OnlineReader, ViewRows
 
 SEQUENCE_VIEW = "user_sequence"
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # the tables' validated range starts here
@@ -89,11 +88,12 @@ class Scorer:
         spec = meta["data_spec"]
         self.dims = {"mm_emb": spec.mm_dim, **dict(spec.modal_dims)}
         self.vectors = tuple(v for v in self.vectors if self.dims.get(v))
-        self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
-        self.items = ItemFeatures(self.reader, self.cache)
-        self.item_views = self.items.views
         # item_embeddings, or a backfilled encoder's item_embeddings_v2 for a ctr_dmf_v2 checkpoint
-        self.embedding_view = embedding_view_of(self.item_views) or EMBEDDING_VIEW
+        self.embedding_view = embedding_view_of(self.reader.views) or EMBEDDING_VIEW
+        wanted = {self.embedding_view: {v: self.dims[v] for v in self.vectors}, "item_stats": dict.fromkeys(ITEM_STATS_COLUMNS, 0)}
+        self.cache = ItemFeatureCache(store, config.item_cache_size, config.item_cache_max_age_s)
+        self.items = ItemFeatures(self.reader, self.cache, wanted)
+        self.item_views = self.items.views
         self._online_from: tuple[int, dt.datetime | None] | None = None  # (cache invalidations, first materialised time)
         self.decoupled = hasattr(model, "encode_user") and hasattr(model, "score_candidates")
         # The user side is reusable only while the history's vectors cannot age out (no TTL on the embedding view).
@@ -123,7 +123,13 @@ class Scorer:
             raise BadRequest("item_ids is empty: send at least one candidate")
         if len(items) > self.config.max_candidates:
             raise BadRequest(f"{len(items)} candidates is more than the limit of {self.config.max_candidates}")
-        for i, item in enumerate(items):
+        if set(map(type, items)) <= {int}:  # the common case, checked without a Python loop per id
+            try:
+                np.asarray(items, np.int64)
+                return items
+            except OverflowError:
+                pass
+        for i, item in enumerate(items):  # name the first bad id
             if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
                 raise BadRequest(f"item_ids[{i}] must be an integer, got {item!r}")
             if not INT64_MIN <= int(item) <= INT64_MAX:
@@ -176,62 +182,66 @@ class Scorer:
         user_stats = self.reader.read(USER_STATS_VIEW, [int(user_id)], now) if USER_STATS_VIEW in self.reader.views else None
         key = (int(user_id), seq.event_timestamps[0], status, self.cache.invalidations)
         side = self.user_cache.get(key)  # the history's vectors and DMF's user state, when this user was just scored
-        # Item features: candidates (and history items unless the user side is cached), through the cache.
-        wanted = items if side is not None else items + hist
-        rows = {view: self.items.read(view, list(dict.fromkeys(wanted)) if view == self.embedding_view else list(dict.fromkeys(items)))
+        # Item features, one read per view: the candidates, then (embedding view, user side not cached) the history.
+        rows = {view: self.items.read(view, items + hist if view == self.embedding_view and side is None else items)
                 for view in self.item_views}
         t_items = time.perf_counter()
         prepared = self.prepare(items, status, hist, rows, now, user_stats, side)
         t_assemble = time.perf_counter()
         logits, state = self.forward(prepared.tensors, len(items), side["state"] if side is not None else None)
-        logits = logits.float().numpy()
+        logits = logits.float().numpy().astype(np.float64)  # (C,)
         t_model = time.perf_counter()
         if side is None:
             self.user_cache.put(key, {**{k: prepared.tensors[k] for k in self._user_keys(prepared.tensors)}, "state": state})
-        results = []
-        for c, item in enumerate(items):
-            if prepared.unknown[c]:
-                results.append(ItemScore(item, None, None, prepared.flags[c], "unknown item: not in the online store and never seen in training"))
-                continue
-            logit = float(logits[c])
-            results.append(ItemScore(item, 1.0 / (1.0 + math.exp(-logit)), logit, prepared.flags[c]))
+        results = self._results(items, logits, prepared)
         ms = lambda a, b: round((b - a) * 1e3, 4)  # noqa: E731
         timings = {"read_user": ms(began, t_user), "read_items": ms(t_user, t_items), "similarity": round(prepared.similarity_ms, 4),
                    "assemble": round(ms(t_items, t_assemble) - prepared.similarity_ms, 4), "model": ms(t_assemble, t_model),
                    "total": ms(began, t_model)}
         return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings)
 
-    def prepare(self, items: list[int], status: str, hist: list[int], rows: dict, now: dt.datetime,
+    @staticmethod
+    def _results(items: list[int], logits: np.ndarray, prepared: Prepared) -> list[ItemScore]:
+        """One ``ItemScore`` per candidate; an error entry for an unknown item."""
+        probabilities = (1.0 / (1.0 + np.exp(-logits))).tolist()
+        results = [ItemScore(item, p, logit, flags) for item, p, logit, flags in zip(items, probabilities, logits.tolist(), prepared.flags)]
+        for c in np.flatnonzero(prepared.unknown).tolist():
+            results[c] = ItemScore(items[c], None, None, prepared.flags[c], "unknown item: not in the online store and never seen in training")
+        return results
+
+    def prepare(self, items: list[int], status: str, hist: list[int], rows: dict[str, ItemRows], now: dt.datetime,
                 user_stats: ViewRows | None = None, side: dict | None = None) -> "Prepared":
-        """The model's tensors for one user's C candidates, from online rows: ``rows[view][item] =
-        (features or None, event timestamp)``; ``hist`` the user's (truncated) history, ``status``
-        its sequence's status; ``user_stats`` the user's online stats row, if the service has them.
-        The same tensors, built by the same ``model.batch`` functions, as the training loader's. With
-        ``side`` (a cached user side) the history's vectors come from it, not from ``rows``."""
+        """The model's tensors for one user's C candidates, from online rows: ``rows[view]`` holds
+        the view's rows for the C candidates, followed in the embedding view by the user's
+        (truncated) ``hist`` unless ``side`` (a cached user side) gives the history's vectors.
+        ``status`` is the sequence's status, ``user_stats`` the user's online stats row, if the
+        service has them. The same tensors, built by the same ``model.batch`` functions, as the
+        training loader's."""
         user_flags, stale = self._user_flags(status, user_stats)
         C, L = len(items), max(len(hist), 1)
         hist_ids = np.zeros((1, L), np.int64)
         hist_mask = np.zeros((1, L), bool)
         hist_ids[0, :len(hist)] = hist
         hist_mask[0, :len(hist)] = True
-        statuses = {view: self.items.statuses(view, [rows[view][item][1] for item in items], now) for view in self.item_views}
-        flags, known_any, item_stale = self._item_flags(statuses, C)
+        codes = {view: self.reader.status_codes(view, rows[view].stamps_us[:C], now) for view in self.item_views}  # (C,) each
+        flags, known_any, item_stale = self._item_flags(codes, C)
         batch: dict[str, np.ndarray] = {"item_id": np.asarray(items, np.int64), "hist_item_ids": hist_ids, "hist_mask": hist_mask}
-        batch.update(self._vector_fields(items, hist, rows, statuses, now, L, side))
+        batch.update(self._vector_fields(C, len(hist), rows, codes, now, L, side))
         similarity_ms = 0.0
         if "mm_emb" in batch:
             t_sim0 = time.perf_counter()
             sims = target_similarity(batch["mm_emb"], batch["hist_mm_emb"], batch["hist_mm_emb_found"])  # (C, L)
             batch.update(similarity_fields(sims, batch["mm_emb_found"][:, None] & batch["hist_mm_emb_found"]))  # (C, L)
             similarity_ms = (time.perf_counter() - t_sim0) * 1e3
-        batch.update(self._item_stats(items, rows, statuses))
+        batch.update(self._item_stats(C, rows, codes))
         user_known = user_stats is not None and user_stats.status[0] == PRESENT
         user_values = [float(user_stats.values[f][0]) if user_known else 0.0 for f in USER_STATS_COLUMNS]
         user = stats_fields(USER_STATS_COLUMNS, *(np.full(1, v) for v in user_values), np.array([user_known]))
         batch.update({k: np.repeat(v, C, axis=0) for k, v in user.items()})  # one user, C rows
         tensors = with_vocab_indices(to_tensors(batch), self.vocab)
         in_vocab = tensors["item_idx"].numpy() > 1
-        flags = [f + ([] if in_vocab[c] else ["new_item"]) for c, f in enumerate(flags)]
+        for c in np.flatnonzero(~in_vocab).tolist():
+            flags[c] = flags[c] + ["new_item"]
         return Prepared(tensors, flags, ~known_any & ~in_vocab, user_flags, stale + item_stale, similarity_ms)
 
     @staticmethod
@@ -250,50 +260,54 @@ class Scorer:
             flags.append(f"no_{USER_STATS_VIEW}")
         return flags, stale
 
-    def _item_flags(self, statuses: dict[str, list[str]], C: int) -> tuple[list[list[str]], np.ndarray, int]:
-        """Each candidate's flags, whether any item view knows it, and the count of stale values."""
-        flags, known_any, stale = [[] for _ in range(C)], np.zeros(C, bool), 0
-        for view, sts in statuses.items():
-            known_any |= np.fromiter((st != MISSING for st in sts), bool, C)
-            for c in (c for c, st in enumerate(sts) if st != PRESENT):
-                if sts[c] == STALE:
-                    flags[c].append(f"stale:{view}")
-                    stale += 1
-                else:
-                    flags[c].append("no_embedding" if view == self.embedding_view else f"no_{view}")
+    def _item_flags(self, codes: dict[str, np.ndarray], C: int) -> tuple[list[list[str]], np.ndarray, int]:
+        """Each candidate's flags, whether any item view knows it, and the count of stale values;
+        only the candidates with a stale or missing value are visited."""
+        flags: list[list[str]] = [[] for _ in range(C)]
+        known_any, stale = np.zeros(C, bool), 0
+        for view, code in codes.items():
+            known_any |= code != MISSING_CODE
+            for c in np.flatnonzero(code == STALE_CODE).tolist():
+                flags[c].append(f"stale:{view}")
+            stale += int((code == STALE_CODE).sum())
+            missing = "no_embedding" if view == self.embedding_view else f"no_{view}"
+            for c in np.flatnonzero(code == MISSING_CODE).tolist():
+                flags[c].append(missing)
         return flags, known_any, stale
 
-    def _vector_fields(self, items: list[int], hist: list[int], rows: dict, statuses: dict, now: dt.datetime, L: int,
+    def _vector_fields(self, C: int, H: int, rows: dict[str, ItemRows], codes: dict[str, np.ndarray], now: dt.datetime, L: int,
                        side: dict | None = None) -> dict:
         """Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere. The
-        history's come from ``side`` when the user side is cached."""
+        history's come from ``side`` when the user side is cached, else from rows C..C+H of the
+        embedding view."""
         if not self.vectors:
             return {}
         emb = rows[self.embedding_view]
+        fresh = codes[self.embedding_view] == PRESENT_CODE  # (C,)
         if side is None:
-            hist_statuses = self.items.statuses(self.embedding_view, [emb[item][1] for item in hist], now)
+            hist_fresh = self.reader.status_codes(self.embedding_view, emb.stamps_us[C:C + H], now) == PRESENT_CODE  # (H,)
         out = {}
         for vector in self.vectors:
-            target, found = self._vectors(emb, items, statuses[self.embedding_view], vector)  # (C, D), (C,)
+            found = emb.found[vector][:C] & fresh  # (C,)
+            target = np.where(found[:, None], emb.values[vector][:C], np.float32(0))  # (C, D)
             if side is not None:
                 h, hf = side[f"hist_{vector}"].numpy(), side[f"hist_{vector}_found"].numpy()  # (1, L, D), (1, L)
             else:
-                hist_vec, hist_found = self._vectors(emb, hist, hist_statuses, vector)  # (len(hist), D)
                 h = np.zeros((1, L, target.shape[1]), np.float32)  # (1, L, D)
                 hf = np.zeros((1, L), bool)
-                h[0, :len(hist)], hf[0, :len(hist)] = hist_vec, hist_found
+                hf[0, :H] = emb.found[vector][C:C + H] & hist_fresh
+                h[0, :H] = np.where(hf[0, :H, None], emb.values[vector][C:C + H], np.float32(0))
             out.update(vector_fields(vector, target, found, h, hf))
         return out
 
-    def _item_stats(self, items: list[int], rows: dict, statuses: dict) -> dict:
+    def _item_stats(self, C: int, rows: dict[str, ItemRows], codes: dict[str, np.ndarray]) -> dict:
         """The candidates' item stats block (all unknown for a service without item_stats)."""
-        C = len(items)
-        impressions, clicks, ctr, known = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C, bool)
-        if "item_stats" in self.item_views:
-            for c in (c for c, st in enumerate(statuses["item_stats"]) if st == PRESENT):
-                values = rows["item_stats"][items[c]][0]
-                impressions[c], clicks[c], ctr[c], known[c] = values["impressions"], values["clicks"], values["ctr"], True
-        return stats_fields(ITEM_STATS_COLUMNS, impressions, clicks, ctr, known)
+        if "item_stats" not in self.item_views:
+            return stats_fields(ITEM_STATS_COLUMNS, np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C, bool))
+        stats = rows["item_stats"]
+        known = codes["item_stats"] == PRESENT_CODE  # (C,)
+        values = [np.where(known, stats.values[f][:C], 0.0) for f in ITEM_STATS_COLUMNS]
+        return stats_fields(ITEM_STATS_COLUMNS, *values, known)
 
     @staticmethod
     def _user_keys(tensors: dict) -> list[str]:
@@ -312,15 +326,3 @@ class Scorer:
         for k in user_keys:  # one user's history, broadcast to the C rows (views, no copies)
             batch[k] = tensors[k].expand(C, *tensors[k].shape[1:])
         return self.model(batch), None
-
-    def _vectors(self, rows: dict, ids: list[int], statuses: list[str], vector: str) -> tuple[np.ndarray, np.ndarray]:
-        """(N, D) fresh vectors, zeros where missing or stale, and the (N,) found mask."""
-        D = self.dims[vector]
-        out = np.zeros((len(ids), D), np.float32)
-        found = np.zeros(len(ids), bool)
-        values = [rows[item][0][vector] if st == PRESENT else None for item, st in zip(ids, statuses)]
-        at = [n for n, v in enumerate(values) if v is not None and len(v) == D]
-        if at:
-            out[at] = np.stack([values[n] for n in at])
-            found[at] = True
-        return out, found

@@ -34,6 +34,18 @@ def check_store(store):
     emb = reader.read("item_embeddings", [10, 13], now=AFTER_ALL)
     assert emb.status == [PRESENT, MISSING] and emb.values["mm_emb"][0] == pytest.approx([-1.0, 0.0], abs=1e-6)
 
+    # The fast read (serving.online_fast) answers what Feast's own online_read answers, row for row:
+    # every key of every online view, absent keys and a key asked twice included.
+    keys = [*range(0, 20), 999, 10, 1]
+    for view, (_, features) in reader.views.items():
+        ours, feasts = reader.read_rows(view, keys), reader.feast_rows(view, keys)
+        assert sum(stamp is not None for stamp, _ in ours) >= 3, view
+        for key, (stamp, data), (their_stamp, theirs) in zip(keys, ours, feasts):
+            assert stamp == their_stamp, (view, key)
+            assert (data is None) == (theirs is None), (view, key)
+            if data is not None:
+                assert {f: data[f] for f in features} == {f: theirs.get(f, type(data[f])()) for f in features}, (view, key)
+
     # TTL: twenty years on the values are still in the store but reported stale, never fresh.
     later = reader.read("user_sequence", [1], now=AFTER_ALL + dt.timedelta(days=365 * 20))
     assert later.status == [STALE] and later.values["hist_item_ids"][0] == [10, 11, 12, 14] and later.fresh("hist_item_ids") == [None]
