@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.support.serve_process import serving_process  # noqa: F401 - the benchmarks' server, shared with the tests
+
 
 @dataclass
 class Measurement:
@@ -96,35 +98,3 @@ def write_section(report: Path, text: str, section: str, end: str) -> None:
     report.write_text(current)
 
 
-@contextmanager
-def serving_process(checkpoint, root, repo=None, ready_timeout_s: float = 180):
-    """``mmfs serve`` in a process of its own on a free loopback port, yielded as (process, base
-    URL) once ``/ready`` answers 200; terminated on the way out if it still runs."""
-    import httpx
-
-    from tests.support.redis_server import free_port
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", str(checkpoint), "--root", str(root),
-           *(["--repo", str(repo)] if repo else []), "--port", str(port), "--log-level", "warning"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + ready_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mmfs serve did not become ready: {server.stdout.read().decode()[-2000:]}")
-            time.sleep(0.5)
-        yield server, base
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
+import json
 import logging
+import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -101,7 +104,7 @@ def _status_routes(app: FastAPI, state: State, count) -> None:
     @app.get("/health")
     async def health():
         count("/health", 200)
-        return {"status": "ok"}
+        return {"status": "ok", "pid": os.getpid()}  # which --workers process answered
 
     @app.get("/ready")
     async def ready():
@@ -117,6 +120,8 @@ def _status_routes(app: FastAPI, state: State, count) -> None:
         if state.scorer is not None:
             state.metrics.cache_hits.set(state.scorer.cache.hits)
             state.metrics.cache_misses.set(state.scorer.cache.misses)
+            state.metrics.user_cache_hits.set(state.scorer.user_cache.hits)
+            state.metrics.user_cache_misses.set(state.scorer.user_cache.misses)
         return PlainTextResponse(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/docs", response_class=HTMLResponse)
@@ -187,7 +192,8 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
         batch = [Event(e.user_id, e.item_id, e.event_timestamp.astimezone(dt.timezone.utc), e.label) for e in request.events]
 
         def record():
-            done = state.feedback.record(batch)
+            with state.feedback_lock():  # one writer at a time across --workers processes
+                done = state.feedback.record(batch)
             for item in {e.item_id for e in batch}:
                 state.scorer.invalidate_item(item)
             return done
@@ -197,6 +203,14 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
             return error
         count("/events", 200)
         return EventsResponse(**{k: done[k] for k in ("events", "duplicates", "users", "items", "snapshots")})
+
+
+SETTINGS_ENV = "MMFS_SERVE_SETTINGS"  # mmfs serve --workers N hands its settings to the worker processes here
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``mmfs serve --workers N`` process, from the settings its parent wrote to ``SETTINGS_ENV``."""
+    return create_app(ServeSettings(**json.loads(os.environ[SETTINGS_ENV])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,11 +230,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-bytes", type=int, default=ServeSettings.max_body_bytes, help="larger request bodies get 413")
     parser.add_argument("--max-queue", type=int, default=ServeSettings.max_queue,
                         help="requests waiting beyond this are shed with 503 and Retry-After (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port and the online store, each with its own scorer and caches "
+                             "(default %(default)s; one per core uses them all)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(ServeSettings(checkpoint=args.checkpoint, root=args.root, config=args.config, repo=args.repo,
-                                   max_candidates=args.max_candidates, item_cache_size=args.item_cache_size,
-                                   torch_threads=args.torch_threads, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    settings = ServeSettings(checkpoint=args.checkpoint, root=args.root, config=args.config, repo=args.repo,
+                             max_candidates=args.max_candidates, item_cache_size=args.item_cache_size,
+                             # several processes on few cores: one torch thread each unless told otherwise
+                             torch_threads=args.torch_threads or (1 if args.workers > 1 else 0),
+                             max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, workers=args.workers)
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    else:  # uvicorn starts the processes; each builds its app from the settings in the environment
+        os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+        uvicorn.run("serving.app:app_from_environment", factory=True, workers=args.workers, host=args.host, port=args.port,
+                    log_level=args.log_level, access_log=False)
     return 0

@@ -106,6 +106,7 @@ class FeedbackWriter:
         self._index: tuple | None = None  # (table stamp, index, encoder id)
         self._items: tuple | None = None  # (table, stamp, known item ids)
         self.recover()
+        self._read_files: set[str] = set()
         self._keys = self._recorded_keys()  # (user, item, event µs) -> label, for every event feedback recorded
 
     @property
@@ -135,6 +136,7 @@ class FeedbackWriter:
         if not events:
             return {"events": 0, "duplicates": 0, "users": 0, "items": 0, "snapshots": 0, "files": {}}
         self._validate(events, now or dt.datetime.now(dt.timezone.utc))
+        self._keys.update(self._recorded_keys())  # what other server processes recorded since
         events, duplicates = self._new_events(events)
         if not events:
             return {"events": 0, "duplicates": duplicates, "users": 0, "items": 0, "snapshots": 0, "files": {}}
@@ -266,13 +268,18 @@ class FeedbackWriter:
         return fresh, duplicates
 
     def _recorded_keys(self) -> dict:
-        files = sorted((self.root / "feedback_events").glob("*.parquet"))
+        """(user, item, event us) -> label of every event in ``feedback_events`` not read yet; the
+        files read are remembered, so a call after another process wrote reads only its files."""
+        files = {f.name for f in (self.root / "feedback_events").glob("*.parquet")} - self._read_files
         if not files:
             return {}
-        recorded = pq.ParquetDataset([str(f) for f in files]).read(columns=["user_id", "item_id", "event_timestamp", "label"])
+        self._read_files |= files
+        recorded = pq.ParquetDataset([str(self.root / "feedback_events" / f) for f in sorted(files)]).read(
+            columns=["user_id", "item_id", "event_timestamp", "label"])
         ts = recorded.column("event_timestamp").cast(pa.int64()).to_pylist()  # µs
         return {(u, i, t): label for u, i, t, label in zip(recorded.column("user_id").to_pylist(), recorded.column("item_id").to_pylist(),
                                                           ts, recorded.column("label").to_pylist())}
+
 
 def _table(table: C.Table, rows: list[tuple]) -> pa.Table:
     """Rows (tuples in the table's column order) as an Arrow table with the table's own schema."""

@@ -81,15 +81,37 @@ def float_lists(blobs: list[bytes | None], dim: int) -> tuple[np.ndarray, np.nda
     return out, found
 
 
+FIXED_SCALARS = {0x35: (5, np.float32), 0x29: (9, np.float64)}  # float_val, double_val: tag byte -> (size, dtype)
+NUMERIC_KINDS = ("int64_val", "int32_val", "float_val", "double_val", "bool_val")
+VARINT_SCALARS = (0x20, 0x18, 0x38)  # int64_val, int32_val, bool_val (field numbers 4, 3, 7, wire type 0)
+
+
 def scalars(blobs: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) float64 values and their found mask from serialised scalar ValueProtos."""
-    values, found = np.zeros(len(blobs)), np.zeros(len(blobs), bool)
-    for k, blob in enumerate(blobs):
-        if blob:
-            proto = ValueProto.FromString(blob)
-            kind = proto.WhichOneof("val")
-            if kind is not None and not kind.endswith("_list_val"):
-                values[k], found[k] = getattr(proto, kind), True
+    """(N,) float64 values and their found mask from serialised scalar ValueProtos, decoded
+    together by their tag byte and size (one numpy pass per kind and length). Anything else is
+    parsed alone; a list or a string is not a scalar."""
+    n = len(blobs)
+    values, found = np.zeros(n), np.zeros(n, bool)
+    lengths = np.fromiter((len(b) if b is not None else 0 for b in blobs), np.int64, n)
+    tags = np.fromiter((b[0] if b else 0 for b in blobs), np.int64, n)
+    for size in np.unique(lengths[lengths > 1]).tolist():
+        at = np.flatnonzero(lengths == size)
+        block = np.frombuffer(b"".join([blobs[k] for k in at.tolist()]), np.uint8).reshape(at.size, size)  # (m, size)
+        for tag, (fixed, dtype) in FIXED_SCALARS.items():
+            rows = at[block[:, 0] == tag] if fixed == size else at[:0]
+            if rows.size:
+                values[rows] = block[block[:, 0] == tag, 1:].copy().view(dtype)[:, 0]
+                found[rows] = True
+        varint = np.isin(block[:, 0], VARINT_SCALARS) & (block[:, -1] < 0x80) & (block[:, 1:-1] >= 0x80).all(axis=1)
+        if varint.any():  # base-128 digits, low first; ten bytes: a negative int64
+            digits = (block[varint, 1:].astype(np.uint64) & np.uint64(0x7F)) << (np.uint64(7) * np.arange(size - 1, dtype=np.uint64))
+            values[at[varint]] = np.bitwise_or.reduce(digits, axis=1).view(np.int64)
+            found[at[varint]] = True
+    for k in np.flatnonzero((lengths > 0) & ~found).tolist():  # another kind or encoding: parsed alone
+        proto = ValueProto.FromString(blobs[k])
+        kind = proto.WhichOneof("val")
+        if kind in NUMERIC_KINDS:
+            values[k], found[k] = getattr(proto, kind), True
     return values, found
 
 

@@ -106,11 +106,13 @@ class Metrics:
         self.ready = _Metric("gauge", "mmfs_ready", "1 when the model and store are loaded")
         self.cache_hits = _Metric("gauge", "mmfs_item_cache_hits", "item feature cache hits")
         self.cache_misses = _Metric("gauge", "mmfs_item_cache_misses", "item feature cache misses")
+        self.user_cache_hits = _Metric("gauge", "mmfs_user_cache_hits", "requests whose user side (history vectors, DMF user state) was cached")
+        self.user_cache_misses = _Metric("gauge", "mmfs_user_cache_misses", "requests whose user side was computed")
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
     def collect(self):
         """The collector protocol: one metric family per metric."""
         for metric in (self.requests, self.latency, self.errors, self.stale, self.item_errors, self.ready, self.cache_hits,
-                       self.cache_misses):
+                       self.cache_misses, self.user_cache_hits, self.user_cache_misses):
             yield metric.family()

@@ -122,11 +122,18 @@ class OnlineReader:
                 self.offline_only.append(fv.name)
         self.provider = store._get_provider()  # noqa: SLF001 - Feast's own online-store reader
         self.fast = fast_rows(store, self.provider.online_store)
+        # Read once: Feast's properties re-check their types on every access (typeguard).
+        self.join_keys = {view: tuple(fv.join_keys) for view, (fv, _) in self.views.items()}
+        self._ttl = {view: self._view_ttl(fv) for view, (fv, _) in self.views.items()}
+
+    @staticmethod
+    def _view_ttl(fv) -> dt.timedelta | None:
+        ttl = fv.ttl
+        return ttl if ttl and ttl.total_seconds() > 0 else None
 
     def ttl(self, view: str) -> dt.timedelta | None:
         """``view``'s TTL, or None when it has none (zero)."""
-        ttl = self.views[view][0].ttl
-        return ttl if ttl and ttl.total_seconds() > 0 else None
+        return self._ttl[view]
 
     def read_raw(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]], features: Sequence[str] | None = None) -> RawRows:
         """The one online read: ``view``'s rows for ``keys`` (an int, or a tuple per join key) as
@@ -136,14 +143,14 @@ class OnlineReader:
         Feast's provider ``online_read``."""
         fv, projected = self.views[view]
         features = list(projected if features is None else features)
-        join_keys = list(fv.join_keys)
+        join_keys = self.join_keys[view]
         tuples = [key if isinstance(key, tuple) else (key,) for key in keys]
         for key in tuples:
             if len(key) != len(join_keys):
-                raise ValueError(f"{view} is keyed by {join_keys}, got key {key!r}")
+                raise ValueError(f"{view} is keyed by {list(join_keys)}, got key {key!r}")
         if self.fast is not None:
-            return self.fast.raw(fv, features, tuples)
-        entity_keys = [EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(int64_val=int(p)) for p in key]) for key in tuples]
+            return self.fast.raw(fv, join_keys, features, tuples)
+        entity_keys = [EntityKeyProto(join_keys=list(join_keys), entity_values=[ValueProto(int64_val=int(p)) for p in key]) for key in tuples]
         rows = self.provider.online_read(config=self.store.config, table=fv, entity_keys=entity_keys,
                                           requested_features=list(features))  # Redis appends to the list it gets
         values: dict[str, list] = {f: [] for f in features}

@@ -21,6 +21,8 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 UTC = dt.timezone.utc
+CACHE_KIB = 256 * 1024  # SQLite page cache per connection, filled on demand
+MMAP_BYTES = 1 << 30  # read the file through a memory map, up to 1 GiB
 
 
 class EntityKeys:
@@ -79,9 +81,28 @@ class SqliteRows:
         self.config, self.online = store.config, online_store
         self.keys = EntityKeys(store.config.entity_key_serialization_version)
         versioned = store.config.registry.enable_online_feature_view_versioning
-        self.table = lambda fv: _quote_id(_table_id(store.config.project, fv, versioned))
+        self.tables: dict[str, str] = {}
+        self._tuned = None
+        self._names: dict[str, set[str]] = {}
+        self.table = lambda fv: self.tables.get(fv.name) or self.tables.setdefault(fv.name, _quote_id(_table_id(store.config.project, fv, versioned)))
 
-    def raw(self, fv, features: list[str], keys: list[tuple[int, ...]]) -> RawRows:
+    def feature_names(self, fv) -> set[str]:
+        """The view's feature names (read once per view)."""
+        if fv.name not in self._names:
+            self._names[fv.name] = {f.name for f in fv.features}
+        return self._names[fv.name]
+
+    def connection(self):
+        """Feast's own connection, given a page cache and a memory map the first time it is seen:
+        SQLite's default 2 MiB cache re-reads the embedding pages on every request."""
+        conn = self.online._get_conn(self.config)  # noqa: SLF001 - Feast's own connection (reopened after a failure)
+        if conn is not self._tuned:
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+            self._tuned = conn
+        return conn
+
+    def raw(self, fv, join_keys: tuple[str, ...], features: list[str], keys: list[tuple[int, ...]]) -> RawRows:
         """The wanted features' bytes and the rows' event times, per key.
 
         Feast's SQLite store keeps event times as whole seconds since the epoch; its own reader
@@ -91,17 +112,21 @@ class SqliteRows:
         stamps = [MISSING_US] * len(keys)
         if not keys:
             return RawRows(stamps, values)
-        serialised = self.keys.serialised(tuple(fv.join_keys), keys)
+        serialised = self.keys.serialised(join_keys, keys)
         position = {key: n for n, key in enumerate(serialised)}
-        cursor = self.online._get_conn(self.config).cursor()  # noqa: SLF001 - Feast's own connection
+        cursor = self.connection().cursor()
         # CAST: the epoch seconds as Feast wrote them, not converted into a datetime once per feature row.
+        # Naming the features costs a probe per (key, feature): only done when some are not wanted.
+        every = set(features) >= self.feature_names(fv)
         cursor.execute(f"SELECT entity_key, feature_name, value, CAST(event_ts AS INTEGER) FROM {self.table(fv)} "
-                       f"WHERE entity_key IN ({','.join('?' * len(serialised))}) AND feature_name IN ({','.join('?' * len(features))})",
-                       [*serialised, *features])
+                       f"WHERE entity_key IN ({','.join('?' * len(serialised))})"
+                       + ("" if every else f" AND feature_name IN ({','.join('?' * len(features))})"),
+                       serialised if every else [*serialised, *features])
         for entity, feature, value, seconds in cursor.fetchall():
             n = position[entity]
-            values[feature][n] = value
             stamps[n] = seconds * 1_000_000
+            if feature in values:
+                values[feature][n] = value
         if len(position) < len(serialised):  # a key asked twice: copy the first answer
             for n, key in enumerate(serialised):
                 first = position[key]
@@ -118,19 +143,29 @@ class RedisRows:
     def __init__(self, store, online_store):
         self.config, self.online = store.config, online_store
         self.keys = EntityKeys(store.config.entity_key_serialization_version, store.config.project.encode("utf-8"))
+        self._fields: dict = {}
 
-    def raw(self, fv, features: list[str], keys: list[tuple[int, ...]]) -> RawRows:
-        """The wanted features' bytes and the rows' event times (Feast's ``_ts:<view>`` field), per key."""
+    def fields(self, fv, features: tuple[str, ...]) -> tuple[str, list]:
+        """The view's stored name and the hash fields of ``features`` plus its timestamp field (Feast's)."""
         from feast.infra.online_stores.redis import _versioned_fv_name
+
+        key = (fv.name, features)
+        if key not in self._fields:
+            name = _versioned_fv_name(fv, self.config)
+            _, fields = self.online._generate_hset_keys_for_features(fv, list(features), fv_name_override=name)  # noqa: SLF001
+            self._fields[key] = (name, fields)
+        return self._fields[key]
+
+    def raw(self, fv, join_keys: tuple[str, ...], features: list[str], keys: list[tuple[int, ...]]) -> RawRows:
+        """The wanted features' bytes and the rows' event times (Feast's ``_ts:<view>`` field), per key."""
         from google.protobuf.timestamp_pb2 import Timestamp
 
         values: dict[str, list] = {f: [None] * len(keys) for f in features}
         stamps = [MISSING_US] * len(keys)
         if not keys:
             return RawRows(stamps, values)
-        name = _versioned_fv_name(fv, self.config)
-        _, fields = self.online._generate_hset_keys_for_features(fv, list(features), fv_name_override=name)  # noqa: SLF001
-        serialised = self.keys.serialised(tuple(fv.join_keys), keys)
+        name, fields = self.fields(fv, tuple(features))
+        serialised = self.keys.serialised(join_keys, keys)
         replies = self.online._read_hash_fields(self.config, [(key, fields) for key in serialised])  # noqa: SLF001
         for n, reply in enumerate(replies):
             if not any(reply[:-1]):

@@ -3,8 +3,10 @@ thread, the queue bound, the store's health as last probed) and the body-size li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from serving.metrics import Metrics
 
@@ -26,6 +28,23 @@ class ServeSettings:
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies are refused (413) before they are parsed
     max_queue: int = 32  # requests waiting for the scoring worker beyond this are shed (503, Retry-After)
     probe_interval_s: float = 2.0  # how often readiness re-checks the online store
+    workers: int = 1  # server processes (mmfs serve --workers); feedback writes then take a lock across them
+
+
+FEEDBACK_LOCK = "_feedback.lock"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if absent), held for the block."""
+    import fcntl
+
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Shed(Exception):
@@ -50,6 +69,14 @@ class State:
         self.waiting = 0  # requests queued for or running on the worker (touched on the loop only)
         self.metrics = Metrics()
         self.injected = None  # a Scorer given to create_app
+
+    def feedback_lock(self):
+        """A lock held while feedback is written: with several worker processes, an exclusive lock on
+        ``<root>/_feedback.lock`` (two processes extending one user's sequence would each lose the
+        other's click); with one process, nothing (its one worker thread already serialises)."""
+        if self.settings.workers <= 1:
+            return contextlib.nullcontext()
+        return file_lock(Path(self.settings.root) / FEEDBACK_LOCK)
 
     @property
     def ready(self) -> bool:

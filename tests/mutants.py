@@ -116,6 +116,22 @@ MUTANTS = (
            "from pipelines.features.similarity import similarity_batch",
            "from pipelines.jobs.target_similarity import similarity_batch",
            ("tests/test_imports.py",)),
+    Mutant("mmfs serve --workers: feedback written by two processes at once (no cross-process lock)",
+           "serving/runtime.py",
+           "        if self.settings.workers <= 1:\n            return contextlib.nullcontext()",
+           "        if True:\n            return contextlib.nullcontext()",
+           ("tests/serving/test_workers.py",)),
+    Mutant("the fast SQLite read takes Feast's epoch seconds for milliseconds",
+           "serving/online_fast.py",
+           "            stamps[n] = seconds * 1_000_000",
+           "            stamps[n] = seconds * 1_000",
+           ("tests/serving/test_online_parity.py::test_sqlite_materialise_ttl_and_parity",)),
+    Mutant("the TTL rule never marks a value stale",
+           "serving/online.py",
+           "            codes[(codes == PRESENT_CODE) & (stamps_us < stamp_us(now - ttl))] = STALE_CODE",
+           "            codes[(codes == PRESENT_CODE) & (stamps_us < stamp_us(now - ttl))] = PRESENT_CODE",
+           ("tests/serving/test_online_parity.py::test_sqlite_materialise_ttl_and_parity",
+            "tests/serving/test_scorer.py::test_cold_start_unknown_items_and_stale_features")),
 )
 
 

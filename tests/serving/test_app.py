@@ -72,7 +72,9 @@ def test_bad_requests_are_4xx_and_never_make_the_server_unready(served, own_stor
         assert {(d["field"], d["rule"]) for d in future.json()["detail"]} == {("events.0.event_timestamp", "event_timestamp_in_range")}
         assert client.get("/ready").status_code == 200
         assert client.post("/score", json={"user_id": 1, "item_ids": [1], "at": AT}).status_code == 200
+        assert client.post("/score", json={"user_id": 1, "item_ids": [1, 2], "at": AT}).status_code == 200  # the same user side
         metrics = client.get("/metrics").text
+        assert "mmfs_user_cache_hits 1.0" in metrics and "mmfs_user_cache_misses 1.0" in metrics
         assert 'mmfs_errors_total{endpoint="/score",kind="invalid_request"}' in metrics
         assert 'mmfs_errors_total{endpoint="/score",kind="body_too_large"} 2.0' in metrics
         docs = client.get("/docs")
