@@ -10,10 +10,14 @@ with the online store materialised up to AS_OF, for one real user with a 50-item
   the same similarity, tensors and forward; the speed-up is measured side by side;
 - DMF's decoupled path against early fusion at C = 1200 with sequence lengths 50 and 200
   (random weights: speed only), with the time split into per-user and per-candidate work;
-- HTTP: ``mmfs serve`` in a subprocess, a load generator in a second process on loopback
-  (fixed concurrency, request count and time limit), client-side p50/p99, errors, server RSS
-  before and after;
+- the forward-only ceiling of the machine's cores (``benchmarks/serving_peers.py``);
+- HTTP: ``mmfs serve`` with 1 worker and one per core, in a subprocess, a load generator in a
+  second process on loopback (fixed concurrency, request count and time limit), client-side
+  p50/p99, errors and 503s, server RSS; ``feast serve`` on the same repo returning the same
+  features (pre-computed on Redis), 1 user + C items per request;
 - the in-process figures again with a real redis-server as the online store.
+
+The goals and their ratios, met or not, head the section (``benchmarks/serving_report.py``).
 
 Writes the "Online scoring" section of docs/benchmarks.md and docs/serving_latency.png.
 """
@@ -24,6 +28,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,12 +39,11 @@ import numpy as np
 import torch
 
 from benchmarks.resources import machine_description, write_section
+from benchmarks.serving_report import END, SECTION, chart, section
 from pipelines.store import feast_store
 from pipelines.store.feast_store import parse_time
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTION = "## Online scoring (serving/)"
-END = "<!-- end serving section -->"
 SIZES = (1, 100, 500, 1200)
 
 
@@ -67,9 +71,13 @@ def repeats(C: int, base: int) -> int:
 # -- set-up ----------------------------------------------------------------------------------------
 
 def prepare_store(work: Path, root: Path, config: str = "duckdb", port: int | None = None) -> Path:
+    """A copy of the repo with the benchmark's Feast services (pre-computed on Redis), applied over ``root``."""
+    from benchmarks.serving_peers import add_bench_services
+
     repo = work / f"repo_{config}" / "feature_repo"
     shutil.rmtree(repo.parent, ignore_errors=True)
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    add_bench_services(repo, precompute=config == "redis")
     if port is not None:
         path = repo / "feature_store.redis.yaml"
         path.write_text(path.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
@@ -92,18 +100,24 @@ def pick_user_and_items(root: Path, at: dt.datetime, max_c: int, seed: int = 0) 
 
 def feast_request(store, scorer, user: int, items: list[int], at: dt.datetime):
     """The same request through Feast's standard get_online_features path, then our scoring."""
-    from serving.online import MISSING, PRESENT
+    from serving.item_features import ItemRows
+    from serving.online import MISSING, MISSING_US, PRESENT, stamp_us
 
     seq = store.get_online_features(features=["user_sequence:hist_item_ids"], entity_rows=[{"user_id": user}]).to_dict()
     hist = [int(x) for x in (seq["hist_item_ids"][0] or [])][-scorer.max_len:]
-    ids = list(dict.fromkeys(items + hist))
+    ids = items + hist
     feats = store.get_online_features(features=["item_embeddings:mm_emb", "item_stats:impressions", "item_stats:clicks", "item_stats:ctr"],
                                       entity_rows=[{"item_id": i} for i in ids]).to_dict()
-    rows = {"item_embeddings": {}, "item_stats": {}}
-    for n, i in enumerate(ids):
-        emb = feats["mm_emb"][n]
-        rows["item_embeddings"][i] = ({"mm_emb": np.asarray(emb, np.float32)}, at) if emb is not None else (None, None)
-        rows["item_stats"][i] = ({k: feats[k][n] for k in ("impressions", "clicks", "ctr")}, at) if feats["impressions"][n] is not None else (None, None)
+    D = scorer.dims["mm_emb"]
+    found = np.array([v is not None and len(v) == D for v in feats["mm_emb"]])
+    vectors = np.zeros((len(ids), D), np.float32)
+    if found.any():
+        vectors[found] = np.array([v for v, f in zip(feats["mm_emb"], found) if f], np.float32)
+    known = np.array([v is not None for v in feats["impressions"]])
+    now = stamp_us(at)  # Feast's answer carries no event times: fresh wherever present
+    stats = ItemRows({k: np.array([v or 0 for v in feats[k]], np.float64) for k in ("impressions", "clicks", "ctr")},
+                     {k: known for k in ("impressions", "clicks", "ctr")}, np.where(known, now, MISSING_US))
+    rows = {"item_embeddings": ItemRows({"mm_emb": vectors}, {"mm_emb": found}, np.where(found, now, MISSING_US)), "item_stats": stats}
     prepared = scorer.prepare(items, PRESENT if seq["hist_item_ids"][0] is not None else MISSING, hist, rows, at)
     with torch.inference_mode():
         return scorer.forward(prepared.tensors, len(items))[0]
@@ -125,7 +139,7 @@ def bench_in_process(store, checkpoint: Path, user: int, items: list[int], at: d
         assert result.history_len == warm.max_len, result.history_len
         seq = warm.reader.read("user_sequence", [user], at)
         hist = seq.values["hist_item_ids"][0][-warm.max_len:]
-        item_rows = {v: warm.items.read(v, list(dict.fromkeys(cands + hist)) if v == "item_embeddings" else cands) for v in warm.item_views}
+        item_rows = {v: warm.items.read(v, cands + hist if v == warm.embedding_view else cands) for v in warm.item_views}
         prepared = warm.prepare(cands, seq.status[0], hist, item_rows, at)
 
         def floor():
@@ -163,7 +177,8 @@ def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
                 "hist_mm_emb": torch.randn(1, L, spec.mm_dim, generator=gen), "hist_mm_emb_found": torch.ones(1, L, dtype=torch.bool)}
         cands = {"item_idx": torch.randint(2, spec.n_items, (C,), generator=gen), "mm_emb": torch.randn(C, spec.mm_dim, generator=gen),
                  "hist_sim": torch.rand(C, L, generator=gen) * 2 - 1, "hist_sim_mask": torch.ones(C, L, dtype=torch.bool),
-                 "dense": torch.randn(C, 3, generator=gen), "dense_mask": torch.ones(C, dtype=torch.bool)}
+                 "dense": torch.randn(C, 4, generator=gen), "dense_mask": torch.ones(C, dtype=torch.bool),
+                 "user_dense": torch.randn(C, 4, generator=gen), "user_dense_mask": torch.ones(C, dtype=torch.bool)}
         row = {"C": C, "L": L}
         for name, m in (("decoupled", decoupled), ("early_fusion", early)):
             with torch.inference_mode():
@@ -179,25 +194,29 @@ def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
 
 # -- HTTP ------------------------------------------------------------------------------------------
 
-async def _load(url: str, body: dict, concurrency: int, requests: int, duration: float) -> dict:
+async def _load(calls: list[tuple[str, dict]], concurrency: int, requests: int, duration: float) -> dict:
+    """``concurrency`` clients sending requests for ``duration`` s or ``requests`` in all; a request is
+    ``calls`` (url, json body) made one after the other, timed together (Feast's user + items reads)."""
     import httpx
 
     latencies, errors, statuses = [], 0, {}
     sent = 0
     deadline = time.perf_counter() + duration
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
         async def worker():
             nonlocal sent, errors
             while sent < requests and time.perf_counter() < deadline:
                 sent += 1
                 began = time.perf_counter()
-                try:
-                    r = await client.post(url, json=body)
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                    if r.status_code != 200:
-                        errors += 1
-                except httpx.HTTPError:
-                    errors += 1
+                failed = False
+                for url, body in calls:
+                    try:
+                        r = await client.post(url, json=body)
+                        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                        failed |= r.status_code != 200
+                    except httpx.HTTPError:
+                        failed = True
+                errors += failed
                 latencies.append(time.perf_counter() - began)
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -209,115 +228,63 @@ async def _load(url: str, body: dict, concurrency: int, requests: int, duration:
 def load_client(argv: list[str]) -> int:
     """The load generator (a second process): prints one JSON line."""
     p = argparse.ArgumentParser()
-    p.add_argument("--url", required=True)
-    p.add_argument("--body", required=True)
+    p.add_argument("--calls", required=True, help="JSON list of [url, body]: one request")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--duration", type=float, default=60)
     a = p.parse_args(argv)
-    print(json.dumps(asyncio.run(_load(a.url, json.loads(a.body), a.concurrency, a.requests, a.duration))))
+    print(json.dumps(asyncio.run(_load([tuple(c) for c in json.loads(a.calls)], a.concurrency, a.requests, a.duration))))
     return 0
 
 
-def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[int], at: dt.datetime, requests: int) -> list[dict]:
+def run_load(calls: list[tuple[str, dict]], concurrency: int, requests: int, duration: float = 30) -> dict:
+    """One load run from a process of its own."""
+    client = subprocess.run([sys.executable, "-m", "benchmarks.bench_serving", "--load-client", "--calls", json.dumps(calls),
+                             "--concurrency", str(concurrency), "--requests", str(requests), "--duration", str(duration)],
+                            capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(client.stdout.strip().splitlines()[-1])
+
+
+HTTP_RUNS = ((1, 1), (100, 1), (100, 4), (100, 16), (500, 1), (1200, 1), (1200, 4))  # (C, concurrency)
+
+
+def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[int], at: dt.datetime, requests: int,
+               workers: int = 1) -> list[dict]:
+    """``mmfs serve --workers N``, loaded from a second process: client-side latency, QPS, 503s, server RSS."""
     import psutil
 
     from benchmarks.resources import serving_process
 
     rows = []
-    with serving_process(checkpoint, root, repo, ready_timeout_s=120) as (server, base):
+    with serving_process(checkpoint, root, repo, ready_timeout_s=180, workers=workers) as (server, base):
         proc = psutil.Process(server.pid)
-        for C, concurrency in ((100, 1), (100, 4), (1200, 4)):
+        rss = lambda: sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20  # noqa: E731
+        for C, concurrency in HTTP_RUNS:
             body = {"user_id": user, "item_ids": items[:C], "at": at.isoformat()}
-            rss_before = proc.memory_info().rss
-            client = subprocess.run([sys.executable, "-m", "benchmarks.bench_serving", "--load-client", "--url", f"{base}/score",
-                                     "--body", json.dumps(body), "--concurrency", str(concurrency),
-                                     "--requests", str(requests if C <= 100 else requests // 4), "--duration", "60"],
-                                    capture_output=True, text=True, cwd=ROOT, check=True)
-            row = {"C": C, **json.loads(client.stdout.strip().splitlines()[-1]), "rss_before_mib": rss_before / 2**20,
-                   "rss_after_mib": proc.memory_info().rss / 2**20}
+            rss_before = rss()
+            row = {"C": C, "workers": workers, **run_load([(f"{base}/score", body)], concurrency, requests if C <= 100 else requests // 4),
+                   "rss_before_mib": rss_before, "rss_after_mib": rss()}
             rows.append(row)
             print(json.dumps(row), flush=True)
         server.terminate()
-        rc = server.wait(timeout=30)
-        rows[-1]["shutdown_rc"] = rc
+        rows[-1]["shutdown_rc"] = server.wait(timeout=30)
     return rows
 
 
-# -- report ----------------------------------------------------------------------------------------
+def bench_feast_server(config: str, repo: Path, root: Path, user: int, items: list[int], requests: int) -> list[dict]:
+    """``feast serve`` on the same repo: 1 user + C items through the benchmark services (pre-computed on Redis)."""
+    from benchmarks.serving_peers import check_feast_answer, feast_bodies, feast_server
 
-def section(results: dict, machine: str) -> str:
-    sq = results["sqlite"]
-    lines = [SECTION, "", f"Generated by `make bench-serving` on {dt.date.today()} ({machine}). MovieLens tables and the demo's DMF "
-             f"checkpoint ({results['model']}), online store materialised to {results['at']}; user {results['user']} with a "
-             f"{sq[0]['L']}-item history; candidates drawn from the catalogue. p50/p99 over repeated requests, one process.", "",
-             "### In-process, SQLite online store", "",
-             "| C | floor p50 / p99 ms | scorer, warm cache p50 / p99 ms | QPS | added over floor p99 | "
-             "warm items, user side not cached p50 / p99 ms | scorer, no cache p50 / p99 ms | "
-             "Feast get_online_features + scoring p50 / p99 ms | Feast / ours (p99) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sq:
-        added = r["warm"]["p99_ms"] - r["floor"]["p99_ms"]
-        feast = f"{r['feast']['p50_ms']:.2f} / {r['feast']['p99_ms']:.2f}" if "feast" in r else "-"
-        ratio = f"{r['feast']['p99_ms'] / r['warm']['p99_ms']:.1f}x" if "feast" in r else "-"
-        lines.append(f"| {r['C']} | {r['floor']['p50_ms']:.2f} / {r['floor']['p99_ms']:.2f} | {r['warm']['p50_ms']:.2f} / {r['warm']['p99_ms']:.2f} | "
-                     f"{r['warm']['qps']:,.0f} | {added:+.2f} ms ({added / r['floor']['p99_ms']:.0%}) | "
-                     f"{r['user_uncached']['p50_ms']:.2f} / {r['user_uncached']['p99_ms']:.2f} | "
-                     f"{r['cold']['p50_ms']:.2f} / {r['cold']['p99_ms']:.2f} | {feast} | {ratio} |")
-    lines += ["", "Median time per part of a warm request (ms):", "", "| C | read user | read items | similarity | tensors | model | total |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sq:
-        p = r["parts_ms"]
-        lines.append(f"| {r['C']} | {p['read_user']:.2f} | {p['read_items']:.2f} | {p['similarity']:.2f} | {p['assemble']:.2f} | {p['model']:.2f} | {p['total']:.2f} |")
-    if results.get("redis"):
-        lines += ["", "### In-process, Redis online store (redis-server on loopback)", "",
-                  "| C | scorer, warm cache p50 / p99 ms | scorer, no cache p50 / p99 ms | Feast + scoring p50 / p99 ms | Feast / ours (p99) |",
-                  "|---:|---:|---:|---:|---:|"]
-        for r in results["redis"]:
-            feast = f"{r['feast']['p50_ms']:.2f} / {r['feast']['p99_ms']:.2f}" if "feast" in r else "-"
-            ratio = f"{r['feast']['p99_ms'] / r['warm']['p99_ms']:.1f}x" if "feast" in r else "-"
-            lines.append(f"| {r['C']} | {r['warm']['p50_ms']:.2f} / {r['warm']['p99_ms']:.2f} | {r['cold']['p50_ms']:.2f} / {r['cold']['p99_ms']:.2f} | {feast} | {ratio} |")
-    lines += ["", "### DMF: decoupled target attention vs early fusion (C = 1200, random weights)", "",
-              "| L | decoupled ms (user + candidates) | early fusion ms (user + candidates) | QPS decoupled / early | speed-up |",
-              "|---:|---:|---:|---:|---:|"]
-    for r in results["dmf_paths"]:
-        d, e = r["decoupled"], r["early_fusion"]
-        lines.append(f"| {r['L']} | {d['mean_ms']:.2f} ({r['decoupled_encode_user']['mean_ms']:.2f} + {r['decoupled_candidates']['mean_ms']:.2f}) | "
-                     f"{e['mean_ms']:.2f} ({r['early_fusion_encode_user']['mean_ms']:.2f} + {r['early_fusion_candidates']['mean_ms']:.2f}) | "
-                     f"{d['qps']:.0f} / {e['qps']:.0f} | {r['speedup']:.2f}x |")
-    if results.get("http"):
-        lines += ["", "### HTTP (`mmfs serve`, load from a second process on loopback)", "",
-                  "| C | concurrency | requests | errors | p50 ms | p99 ms | QPS | in-process p99 ms | HTTP / in-process p99 | server RSS MiB before -> after |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        inproc = {r["C"]: r["warm"]["p99_ms"] for r in sq}
-        for r in results["http"]:
-            lines.append(f"| {r['C']} | {r['concurrency']} | {r['n']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.0f} | "
-                         f"{inproc[r['C']]:.2f} | {r['p99_ms'] / inproc[r['C']]:.2f}x | {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} |")
-    lines += ["", "![latency by candidate count](serving_latency.png)", ""]
-    return "\n".join(lines) + END + "\n"
-
-
-def chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sq = results["sqlite"]
-    Cs = [r["C"] for r in sq]
-    for key, label in (("floor", "model forward (floor)"), ("warm", "scorer, warm item cache"), ("cold", "scorer, no cache"), ("feast", "Feast get_online_features + scoring")):
-        if all(key in r for r in sq):
-            ax.plot(Cs, [r[key]["p99_ms"] for r in sq], marker="o", label=label)
-    ax.set_xlabel("candidates per request (C)")
-    ax.set_ylabel("p99 latency, ms")
-    ax.set_yscale("log")
-    ax.set_title("Online scoring, SQLite online store, in-process")
-    ax.grid(alpha=.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    rows = []
+    with feast_server(config, repo, root) as base:
+        for C, concurrency in HTTP_RUNS:
+            answer = check_feast_answer(base, user, items[:C])
+            assert answer["with_vector"] == C, answer
+            calls = [(f"{base}/get-online-features", b) for b in feast_bodies(user, items[:C])]
+            row = {"C": C, "store": config, **run_load(calls, concurrency, requests if C <= 100 else requests // 4), "checked": answer}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,8 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     results["user"] = user
     results["sqlite"] = bench_in_process(store, checkpoint, user, items, args.at, args.repeats, with_feast=True)
     results["dmf_paths"] = bench_dmf_paths(checkpoint, args.repeats)
+    from benchmarks.serving_peers import forward_ceiling, precompute
+
+    results["ceiling"] = forward_ceiling(checkpoint, root, repo, user, items[:100], args.at, processes=os.cpu_count() or 2)
+    print(json.dumps(results["ceiling"]), flush=True)
     if not args.skip_http:
-        results["http"] = bench_http(checkpoint, root, repo, user, items, args.at, args.http_requests)
+        results["http"] = [row for workers in (1, os.cpu_count() or 2)
+                           for row in bench_http(checkpoint, root, repo, user, items, args.at, args.http_requests, workers)]
+        results["feast_server"] = bench_feast_server("duckdb", repo, root, user, items, args.http_requests)
     if not args.skip_redis:
         from tests.support.redis_server import redis_server
 
@@ -366,9 +339,12 @@ def main(argv: list[str] | None = None) -> int:
             redis_repo = prepare_store(work, root, "redis", port)
             feast_store.materialize("redis", redis_repo, root, end=args.at)
             rstore = feast_store.open_store("redis", redis_repo, root)
+            results["precompute"] = precompute(rstore)
             results["redis"] = bench_in_process(rstore, checkpoint, user, items, args.at, args.repeats // 2, with_feast=True)
+            if not args.skip_http:
+                results["feast_server_redis"] = bench_feast_server("redis", redis_repo, root, user, items, args.http_requests)
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    text = section(results, results["machine"])
+    text = section(results)
     write_section(Path(args.report), text, SECTION, END)
     chart(results, Path(args.report).parent / "serving_latency.png")
     print(text)
