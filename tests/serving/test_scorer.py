@@ -87,35 +87,47 @@ def offline_logits(checkpoint, sets, vectors=("mm_emb",)) -> dict:
     return out
 
 
-@pytest.mark.parametrize("model", ["dmf", "din"])
-def test_online_logits_equal_offline_training_rows(served, model, tmp_path):
+@pytest.mark.parametrize("model,online", [("dmf", "sqlite"), ("din", "sqlite"), pytest.param("dmf", "redis", marks=pytest.mark.integration)])
+def test_online_logits_equal_offline_training_rows(served, model, online, tmp_path):
     """Skew test: materialise up to T, score online; the logit equals the model's on the training row.
-    DMF runs the decoupled path online and forward offline; DIN runs forward on a broadcast history."""
+    DMF runs the decoupled path online and forward offline; DIN runs forward on a broadcast history.
+    On SQLite and on a real Redis: both are read by serving/online_fast.py."""
+    import contextlib
+
+    from tests.support.redis_server import redis_server
+
     checkpoint = served["checkpoint"] if model == "dmf" else served["din_checkpoint"]
     rows = offline_logits(checkpoint, served["sets"] if model == "dmf" else served["din_sets"], ("mm_emb",) if model == "dmf" else ())
     unique = {k: v[0] for k, v in rows.items() if len(v) == 1}
     times = sorted({t for (_, _, t) in unique})
     chosen = [times[len(times) // 4], times[len(times) // 2], times[-3]]  # ascending: incremental materialisation
     repo = copy_repo(tmp_path)  # an empty online store: each T's materialisation is all the store holds
-    feast_store.apply("duckdb", repo, served["root"])
-    store = feast_store.open_store("duckdb", repo, served["root"])
-    scorer = Scorer.from_checkpoint(checkpoint, store)
-    assert scorer.decoupled == (model == "dmf")
-    compared, with_history = 0, 0
-    for t_us in chosen:
-        at = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=t_us)
-        store.materialize(start_date=START - dt.timedelta(days=60), end_date=at)
-        users = sorted({u for (u, _, t) in unique if t == t_us})
-        for user in users:
-            keys = [k for k in unique if k[0] == user and k[2] == t_us]
-            items = [k[1] for k in keys] + [1, 5, 20]  # plus other candidates in the same batch
-            result = scorer.score(user, items, now=at)
-            for key, item_score in zip(keys, result.items):
-                expected, n_hist = unique[key]
-                assert item_score.logit == pytest.approx(expected, abs=1e-5), (key, result)
-                assert result.history_len == n_hist
-                compared += 1
-                with_history += n_hist > 0
+    with contextlib.ExitStack() as servers:
+        config = "duckdb"
+        if online == "redis":
+            port = servers.enter_context(redis_server(tmp_path / "redis"))
+            path = repo / "feature_store.redis.yaml"
+            path.write_text(path.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
+            config = "redis"
+        feast_store.apply(config, repo, served["root"])
+        store = feast_store.open_store(config, repo, served["root"])
+        scorer = Scorer.from_checkpoint(checkpoint, store)
+        assert scorer.decoupled == (model == "dmf") and scorer.reader.fast is not None
+        compared, with_history = 0, 0
+        for t_us in chosen:
+            at = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=t_us)
+            store.materialize(start_date=START - dt.timedelta(days=60), end_date=at)
+            users = sorted({u for (u, _, t) in unique if t == t_us})
+            for user in users:
+                keys = [k for k in unique if k[0] == user and k[2] == t_us]
+                items = [k[1] for k in keys] + [1, 5, 20]  # plus other candidates in the same batch
+                result = scorer.score(user, items, now=at)
+                for key, item_score in zip(keys, result.items):
+                    expected, n_hist = unique[key]
+                    assert item_score.logit == pytest.approx(expected, abs=1e-5), (key, result)
+                    assert result.history_len == n_hist
+                    compared += 1
+                    with_history += n_hist > 0
     assert compared >= 3 and with_history >= 2
 
 
