@@ -105,6 +105,7 @@ def test_online_logits_equal_offline_training_rows(served, model, online, tmp_pa
     with contextlib.ExitStack() as servers:
         config = "duckdb"
         if online == "redis":
+            (tmp_path / "redis").mkdir()
             port = servers.enter_context(redis_server(tmp_path / "redis"))
             path = repo / "feature_store.redis.yaml"
             path.write_text(path.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
