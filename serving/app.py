@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-candidates", type=int, default=2000)
     parser.add_argument("--item-cache-size", type=int, default=500_000)
-    parser.add_argument("--torch-threads", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch threads per server process (default %(default)s: on few cores a second intra-op thread "
+                             "contends with the event loop and the other workers, and the tail grows; 0: torch's default)")
     parser.add_argument("--max-body-bytes", type=int, default=ServeSettings.max_body_bytes, help="larger request bodies get 413")
     parser.add_argument("--max-queue", type=int, default=ServeSettings.max_queue,
                         help="requests waiting beyond this are shed with 503 and Retry-After (default %(default)s)")
@@ -240,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = ServeSettings(checkpoint=args.checkpoint, root=args.root, config=args.config, repo=args.repo,
                              max_candidates=args.max_candidates, item_cache_size=args.item_cache_size,
-                             # several processes on few cores: one torch thread each unless told otherwise
-                             torch_threads=args.torch_threads or (1 if args.workers > 1 else 0),
+                             torch_threads=args.torch_threads,
                              max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, workers=args.workers)
     if args.workers == 1:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)

@@ -1,6 +1,7 @@
 """The online scorer: train/serve skew, cold start, bad candidates, stale features, store checks, HTTP."""
 import datetime as dt
 import math
+import os
 
 import duckdb
 import numpy as np
@@ -245,7 +246,7 @@ def test_http_app(served):
     settings = ServeSettings(checkpoint=str(served["checkpoint"]), root=str(served["root"]), repo=str(served["repo"]), max_candidates=5,
                              tune_process=False)
     with TestClient(create_app(settings, load_in_background=False)) as client:
-        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/health").json() == {"status": "ok", "pid": os.getpid()}  # the process that answered
         assert client.get("/ready").status_code == 200
         ok = client.post("/score", json={"user_id": 1, "item_ids": [1, 2, 21], "at": at})
         assert ok.status_code == 200, ok.text
