@@ -51,6 +51,7 @@ def feast_server(config: str, repo: Path, root: Path, workers: int = 1, ready_ti
     import httpx
 
     from pipelines.store.feast_store import repo_env, yaml_path
+    from tests.support.processes import stop, wait_started
     from tests.support.redis_server import free_port
 
     port = free_port()
@@ -60,24 +61,18 @@ def feast_server(config: str, repo: Path, root: Path, workers: int = 1, ready_ti
     log = open(repo.parent / f"feast_serve_{config}.log", "wb")
     server = subprocess.Popen(cmd, cwd=repo, env={**os.environ, **repo_env(root, fs_yaml)}, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.time() + ready_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"feast serve did not start: see {log.name}")
-            time.sleep(0.5)
+        wait_started(server, answers, "feast serve", ready_timeout_s, lambda: f"see {log.name}")
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()
 
 

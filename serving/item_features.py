@@ -93,7 +93,6 @@ def scalars(blobs: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     n = len(blobs)
     values, found = np.zeros(n), np.zeros(n, bool)
     lengths = np.fromiter((len(b) if b is not None else 0 for b in blobs), np.int64, n)
-    tags = np.fromiter((b[0] if b else 0 for b in blobs), np.int64, n)
     for size in np.unique(lengths[lengths > 1]).tolist():
         at = np.flatnonzero(lengths == size)
         block = np.frombuffer(b"".join([blobs[k] for k in at.tolist()]), np.uint8).reshape(at.size, size)  # (m, size)
@@ -258,7 +257,7 @@ class ItemFeatures:
         if columns is None:
             distinct = list(dict.fromkeys(ids))
             self.cache.misses += len(ids)
-            rows = decode_rows(self.reader.read_raw(view, distinct, list(features) or None), features)
+            rows = self._fetch(view, distinct)
             return rows if len(distinct) == len(ids) else rows.take(self._positions(distinct, ids))
         slots = columns.lookup(ids)
         missed = slots < 0
@@ -271,7 +270,7 @@ class ItemFeatures:
         lost = np.flatnonzero(missed)
         missed_ids = np.asarray(ids, np.int64)[lost].tolist()
         distinct = list(dict.fromkeys(missed_ids))
-        fresh = decode_rows(self.reader.read_raw(view, distinct, list(features) or None), features)
+        fresh = self._fetch(view, distinct)
         out = columns.rows.take(np.maximum(slots, 0))
         part = fresh.take(self._positions(distinct, missed_ids))
         for f in features:
@@ -279,6 +278,12 @@ class ItemFeatures:
         out.stamps_us[lost] = part.stamps_us
         columns.insert(distinct, fresh)
         return out
+
+    def _fetch(self, view: str, ids: list[int]) -> ItemRows:
+        """``view``'s rows for the distinct ``ids`` from the store: the wanted features, or (none wanted)
+        the whole projection, whose rows tell present from missing."""
+        features = self.features[view]
+        return decode_rows(self.reader.read_raw(view, ids, list(features) or None), features)
 
     @staticmethod
     def _positions(distinct: list[int], ids: list[int]) -> np.ndarray:

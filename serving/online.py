@@ -17,13 +17,11 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
-from serving.online_fast import RawRows, fast_rows
+from serving.online_fast import EPOCH, MISSING_US, RawRows, fast_rows
 
 PRESENT, MISSING, STALE = "present", "missing", "stale"
 STATUS_NAMES = (PRESENT, STALE, MISSING)  # indexed by the codes of OnlineReader.status_codes
 PRESENT_CODE, STALE_CODE, MISSING_CODE = 0, 1, 2
-MISSING_US = np.iinfo(np.int64).min  # the event time of a row the store does not hold
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 ONE_US = dt.timedelta(microseconds=1)
 
 
@@ -150,12 +148,9 @@ class OnlineReader:
                 raise ValueError(f"{view} is keyed by {list(join_keys)}, got key {key!r}")
         if self.fast is not None:
             return self.fast.raw(fv, join_keys, features, tuples)
-        entity_keys = [EntityKeyProto(join_keys=list(join_keys), entity_values=[ValueProto(int64_val=int(p)) for p in key]) for key in tuples]
-        rows = self.provider.online_read(config=self.store.config, table=fv, entity_keys=entity_keys,
-                                          requested_features=list(features))  # Redis appends to the list it gets
         values: dict[str, list] = {f: [] for f in features}
         stamps = []
-        for event_ts, data in (row_or_missing(ts, d) for ts, d in rows):
+        for event_ts, data in self.feast_rows(view, tuples, features):
             stamps.append(stamp_us(event_ts))
             for f in features:
                 proto = data.get(f) if data is not None else None
@@ -168,11 +163,16 @@ class OnlineReader:
         ValueProto}) or (None, None) where the key is absent."""
         return [row_or_missing(event_ts, data) for event_ts, data in self.read_raw(view, keys, features).rows()]
 
-    def feast_rows(self, view: str, keys: Sequence[int]) -> list[tuple[dt.datetime | None, dict | None]]:
-        """``view``'s rows through Feast's provider ``online_read`` itself (what ``read_rows`` must equal)."""
-        fv, features = self.views[view]
-        entity_keys = [EntityKeyProto(join_keys=list(fv.join_keys), entity_values=[ValueProto(int64_val=int(k))]) for k in keys]
-        rows = self.provider.online_read(config=self.store.config, table=fv, entity_keys=entity_keys, requested_features=list(features))
+    def feast_rows(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]],
+                   features: Sequence[str] | None = None) -> list[tuple[dt.datetime | None, dict | None]]:
+        """``view``'s rows through Feast's provider ``online_read`` itself: the path for stores
+        ``online_fast`` does not read, and what ``read_rows`` must equal for those it does."""
+        fv, projected = self.views[view]
+        join_keys = list(self.join_keys[view])
+        entity_keys = [EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(int64_val=int(p)) for p in
+                                                                          (key if isinstance(key, tuple) else (key,))]) for key in keys]
+        rows = self.provider.online_read(config=self.store.config, table=fv, entity_keys=entity_keys,
+                                          requested_features=list(projected if features is None else features))  # Redis appends to the list it gets
         return [row_or_missing(event_ts, data) for event_ts, data in rows]
 
     def read(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]], now: dt.datetime | None = None) -> ViewRows:
@@ -217,13 +217,11 @@ def row_or_missing(event_ts, data) -> tuple[dt.datetime | None, dict | None]:
     return (event_ts if event_ts.tzinfo else event_ts.replace(tzinfo=dt.timezone.utc)), data
 
 
-def decode(proto: ValueProto, arrays: bool = False):
-    """A Feast ValueProto -> Python value; float lists as float32 numpy arrays when ``arrays``."""
+def decode(proto: ValueProto):
+    """A Feast ValueProto -> Python value (lists as lists)."""
     kind = proto.WhichOneof("val")
     if kind is None:
         return None
-    if arrays and kind == "float_list_val":
-        return float_list(proto)
     if kind.endswith("_list_val"):
         return list(getattr(proto, kind).val)
     if kind in ("unix_timestamp_val", "string_val", "bytes_val"):

@@ -44,7 +44,8 @@ class EntityKeys:
         return out
 
 
-MISSING_US = -(2 ** 63)  # the event time of an absent row (serving.online.MISSING_US)
+MISSING_US = -(2 ** 63)  # the event time of a row the store does not hold
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RawRows:
@@ -76,21 +77,19 @@ class SqliteRows:
     """Feast's SQLite online store, read by one query that names the wanted features."""
 
     def __init__(self, store, online_store):
-        from feast.infra.online_stores.sqlite import _quote_id, _table_id
-
         self.config, self.online = store.config, online_store
         self.keys = EntityKeys(store.config.entity_key_serialization_version)
-        versioned = store.config.registry.enable_online_feature_view_versioning
-        self.tables: dict[str, str] = {}
         self._tuned = None
-        self._names: dict[str, set[str]] = {}
-        self.table = lambda fv: self.tables.get(fv.name) or self.tables.setdefault(fv.name, _quote_id(_table_id(store.config.project, fv, versioned)))
+        self._views: dict[str, tuple[str, set[str]]] = {}  # view -> (quoted table name, feature names), read once
 
-    def feature_names(self, fv) -> set[str]:
-        """The view's feature names (read once per view)."""
-        if fv.name not in self._names:
-            self._names[fv.name] = {f.name for f in fv.features}
-        return self._names[fv.name]
+    def view(self, fv) -> tuple[str, set[str]]:
+        """The view's table (Feast's naming, quoted) and its feature names."""
+        if fv.name not in self._views:
+            from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+            table = _quote_id(_table_id(self.config.project, fv, self.config.registry.enable_online_feature_view_versioning))
+            self._views[fv.name] = (table, {f.name for f in fv.features})
+        return self._views[fv.name]
 
     def connection(self):
         """Feast's own connection, given a page cache and a memory map the first time it is seen:
@@ -117,8 +116,9 @@ class SqliteRows:
         cursor = self.connection().cursor()
         # CAST: the epoch seconds as Feast wrote them, not converted into a datetime once per feature row.
         # Naming the features costs a probe per (key, feature): only done when some are not wanted.
-        every = set(features) >= self.feature_names(fv)
-        cursor.execute(f"SELECT entity_key, feature_name, value, CAST(event_ts AS INTEGER) FROM {self.table(fv)} "
+        table, names = self.view(fv)
+        every = set(features) >= names
+        cursor.execute(f"SELECT entity_key, feature_name, value, CAST(event_ts AS INTEGER) FROM {table} "
                        f"WHERE entity_key IN ({','.join('?' * len(serialised))})"
                        + ("" if every else f" AND feature_name IN ({','.join('?' * len(features))})"),
                        serialised if every else [*serialised, *features])
@@ -179,8 +179,6 @@ class RedisRows:
                 stamps[n] = 0
         return RawRows(stamps, values)
 
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def fast_rows(store, online_store):

@@ -267,9 +267,10 @@ class Scorer:
         known_any, stale = np.zeros(C, bool), 0
         for view, code in codes.items():
             known_any |= code != MISSING_CODE
-            for c in np.flatnonzero(code == STALE_CODE).tolist():
+            stale_at = np.flatnonzero(code == STALE_CODE).tolist()
+            for c in stale_at:
                 flags[c].append(f"stale:{view}")
-            stale += int((code == STALE_CODE).sum())
+            stale += len(stale_at)
             missing = "no_embedding" if view == self.embedding_view else f"no_{view}"
             for c in np.flatnonzero(code == MISSING_CODE).tolist():
                 flags[c].append(missing)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from contextlib import contextmanager
+
+from tests.support.processes import stop, wait_started
 
 
 def free_port() -> int:
@@ -26,19 +27,14 @@ def redis_server(tmp_dir, port: int | None = None):
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.time() + 20
-        while True:
+
+        def answers() -> bool:
             try:
-                client.ping()
-                break
+                return bool(client.ping())
             except redis.exceptions.ConnectionError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {proc.stdout.read().decode()[-2000:]}")
-                time.sleep(0.05)
+                return False
+
+        wait_started(proc, answers, "redis-server", 20, lambda: proc.stdout.read().decode()[-2000:], interval_s=0.05)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 10)

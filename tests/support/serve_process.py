@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.support.processes import stop, wait_started
 
 
 def worker_pids(base: str, workers: int, tries: int = 40) -> set[int]:
@@ -39,22 +40,15 @@ def serving_process(checkpoint, root, repo=None, ready_timeout_s: float = 180, w
            "--workers", str(workers), *extra]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
     base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/ready", timeout=2).status_code == 200 and len(worker_pids(base, workers)) >= workers
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.time() + ready_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200 and len(worker_pids(base, workers)) >= workers:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mmfs serve did not become ready: {server.stdout.read().decode()[-2000:]}")
-            time.sleep(0.5)
+        wait_started(server, answers, "mmfs serve", ready_timeout_s, lambda: server.stdout.read().decode()[-2000:])
         yield server, base
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop(server)
