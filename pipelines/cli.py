@@ -15,6 +15,8 @@
     mmfs train --model dmf --training-set out/movielens/training_sets/ctr_dmf_v1 --out out/models/dmf
     mmfs online-read --root out/movielens --user 414 --at 2018-10-01T00:00:00Z
     mmfs parity --root out/movielens --at 2018-10-01T00:00:00Z [--config redis]
+    mmfs stream --root out/movielens [--available-now]               # the event log -> online store + tables
+    mmfs consistency --root out/movielens                           # served features vs offline, drift
 
 The Spark job subcommands take the same options as ``spark-submit pipelines/jobs/<job>.py``.
 """
@@ -39,6 +41,8 @@ JOBS = {
     "parity": "serving.parity",
     "online-read": "serving.online",
     "serve": "serving.app:main",
+    "stream": "streaming.job",
+    "consistency": "pipelines.jobs.consistency",
     "try-serve": "serving.try_http:main",
     "train": "model.train",
     "model-report": "model.report",

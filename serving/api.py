@@ -58,10 +58,11 @@ class ScoreResponse(BaseModel):
     history_len: int
     stale_features: int
     timings_ms: dict[str, float]
+    request_id: str = Field("", description="the served-feature log's record of this request (mmfs consistency joins on it)")
 
 
 class EventIn(BaseModel):
-    """One impression (label 0) or click (label 1) posted to the feedback path."""
+    """One impression (label 0) or click (label 1) posted to the event log."""
 
     model_config = ConfigDict(extra="forbid")
     user_id: INT64
@@ -84,13 +85,11 @@ class EventsRequest(BaseModel):
 
 
 class EventsResponse(BaseModel):
-    """POST /events's answer: events recorded, duplicates ignored, users and items touched, snapshots written."""
+    """POST /events's answer (202): the events were checked and appended to the event log; the
+    stream applies them (duplicates of recorded events are no-ops there)."""
 
-    events: int  # newly recorded
-    duplicates: int  # already recorded (a retry) or repeated in the request: no-ops
-    users: int
-    items: int
-    snapshots: int
+    accepted: int
+    file: str  # the landing file that holds them
 
 
 def offline_docs(schema: dict) -> str:

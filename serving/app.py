@@ -2,8 +2,10 @@
 
     mmfs serve --checkpoint out/movielens/models/dmf/checkpoint.pt --root out/movielens [--config redis]
 
-Endpoints: ``POST /score`` (one user, up to ``--max-candidates`` items), ``POST /events`` (feedback:
-impressions and clicks, seen by the next score), ``GET /health`` (the process is up),
+Endpoints: ``POST /score`` (one user, up to ``--max-candidates`` items; what it used is written to
+the served-feature log, ``serving.request_log``), ``POST /events`` (impressions and clicks: checked
+with ingest's rules and appended to the event log's landing folder, 202; ``mmfs stream`` applies
+them, and the score after its next micro-batch sees them), ``GET /health`` (the process is up),
 ``GET /ready`` (model and store loaded; 503 before, or while the online store fails),
 ``GET /metrics`` (Prometheus text: requests, latency histogram, errors by kind, stale features), and
 the API's docs at ``/docs`` (a self-contained page; ``/openapi.json``). It binds 127.0.0.1 unless
@@ -11,7 +13,7 @@ told otherwise. The model and store load in the background after start-up, so ``
 at once and ``/ready`` says when to send traffic. No request field names a file: the checkpoint and
 the store come from the command line.
 
-Failure behaviour: scoring and feedback run on one worker thread, so the event loop (``/health``,
+Failure behaviour: scoring and event validation run on one worker thread, so the event loop (``/health``,
 ``/ready``) never waits on them; past ``--max-queue`` waiting requests the server sheds load with
 503 and ``Retry-After``. A client's mistake is a 4xx naming the field (ids outside int64, a time
 that is not an ISO string with a zone or lies outside what the store holds, a body over
@@ -46,7 +48,7 @@ log = logging.getLogger("mmfs.serve")
 def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=None) -> FastAPI:
     """The HTTP app over ``settings``. By default it opens the store and loads the checkpoint itself
     (``mmfs serve``); given a ``serving.scorer.Scorer``, it serves that one and opens nothing
-    (``settings.checkpoint``, ``config`` and ``repo`` are then unused; ``root`` still takes feedback)."""
+    (``settings.checkpoint``, ``config`` and ``repo`` are then unused; ``root`` still takes events and the log)."""
     state = State(settings)
     state.injected = scorer
 
@@ -68,6 +70,8 @@ def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=
         prober = asyncio.create_task(probe_forever())
         yield
         prober.cancel()
+        if state.request_log is not None:
+            await asyncio.to_thread(state.request_log.close)
         state.metrics.ready.set(0)
         state.scorer = None
         state.worker.shutdown(wait=False, cancel_futures=True)
@@ -138,7 +142,7 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
         """Run ``fn`` on the worker and map what it raises: the client's mistakes are 4xx, a failing
         store 503 (and not ready until a probe finds it back), anything else 500. No internal
         text goes back; the log has it."""
-        from serving.feedback import FeedbackError, InvalidEvents
+        from serving.landing import InvalidEvents
         from serving.online import store_errors
         from serving.scorer import BadRequest
 
@@ -156,8 +160,6 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
         except InvalidEvents as exc:  # ingest's rules, each broken one named
             count(endpoint, 422, "invalid_event")
             return None, JSONResponse(status_code=422, content={"detail": exc.problems})
-        except FeedbackError as exc:
-            return None, refuse(endpoint, 409, str(exc), "conflict")
         except store_errors() as exc:
             state.store_error = f"{type(exc).__name__}: {exc}"
             log.error("%s: online store error: %s", endpoint, state.store_error)
@@ -183,26 +185,18 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
         return JSONResponse({"user_id": result.user_id, "feature_service": result.feature_service, "model": state.scorer.model_name,
                              "items": [{"item_id": i.item_id, "score": i.score, "flags": i.flags, "error": i.error} for i in result.items],
                              "user_flags": result.user_flags, "history_len": result.history_len, "stale_features": result.stale_features,
-                             "timings_ms": result.timings_ms})
+                             "timings_ms": result.timings_ms, "request_id": result.request_id})
 
-    @app.post("/events", response_model=EventsResponse)
+    @app.post("/events", response_model=EventsResponse, status_code=202)
     async def events(request: EventsRequest):
-        from serving.feedback import Event
+        from serving.landing import Event
 
         batch = [Event(e.user_id, e.item_id, e.event_timestamp.astimezone(dt.timezone.utc), e.label) for e in request.events]
-
-        def record():
-            with state.feedback_lock():  # one writer at a time across --workers processes
-                done = state.feedback.record(batch)
-            for item in {e.item_id for e in batch}:
-                state.scorer.invalidate_item(item)
-            return done
-
-        done, error = await on_worker("/events", record)
+        done, error = await on_worker("/events", lambda: state.landing.land(batch))
         if error is not None:
             return error
-        count("/events", 200)
-        return EventsResponse(**{k: done[k] for k in ("events", "duplicates", "users", "items", "snapshots")})
+        count("/events", 202)
+        return JSONResponse(status_code=202, content={"accepted": len(batch), "file": done})
 
 
 SETTINGS_ENV = "MMFS_SERVE_SETTINGS"  # mmfs serve --workers N hands its settings to the worker processes here
@@ -219,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="mmfs serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--root", required=True, help="table root the pipeline wrote (the feedback path appends here)")
+    parser.add_argument("--root", required=True, help="table root the pipeline wrote (POST /events lands files under it)")
+    parser.add_argument("--landing", default="", help="the event log folder POST /events appends to (default <root>/_landing/events)")
+    parser.add_argument("--request-log", default="", help="where the served-feature log goes (default <root>/_served; off: none)")
+    parser.add_argument("--request-log-queue", type=int, default=ServeSettings.request_log_queue,
+                        help="records waiting to be written beyond this are dropped and counted (default %(default)s)")
     parser.add_argument("--config", default="duckdb", help="feature_repo config: duckdb (SQLite online store), redis, spark")
     parser.add_argument("--repo", default="")
     parser.add_argument("--host", default="127.0.0.1")
@@ -243,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = ServeSettings(checkpoint=args.checkpoint, root=args.root, config=args.config, repo=args.repo,
                              max_candidates=args.max_candidates, item_cache_size=args.item_cache_size,
                              torch_threads=args.torch_threads,
-                             max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, workers=args.workers)
+                             max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, workers=args.workers,
+                             landing=args.landing, request_log=args.request_log, request_log_queue=args.request_log_queue)
     if args.workers == 1:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     else:  # uvicorn starts the processes; each builds its app from the settings in the environment

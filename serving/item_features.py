@@ -14,6 +14,7 @@ value's own timestamp, cached or not.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -324,3 +325,29 @@ class UserSideCache:
         """Keep ``value`` for ``key`` (``put_bounded``); a no-op when disabled."""
         if self.maxsize > 0:
             put_bounded(self.entries, self.maxsize, key, value)
+
+
+class ChangedItems:
+    """``mmfs stream``'s changed-items file, followed by offset: one JSON line per applied micro-batch
+    (``{"batch": ..., "items": [...]}``). ``new_items`` costs one ``stat`` when nothing changed."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = self.path.stat().st_size if self.path.is_file() else 0  # what was applied before start is online already
+
+    def new_items(self) -> list[int]:
+        """The items of the batches applied since the last call."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        if size < self.offset:  # the file was replaced: read it all again
+            self.offset = 0
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(size - self.offset)
+        complete = data.rfind(b"\n") + 1  # a line being appended is read next time
+        self.offset += complete
+        return [int(i) for line in data[:complete].splitlines() if line.strip() for i in json.loads(line)["items"]]

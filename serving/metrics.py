@@ -108,11 +108,13 @@ class Metrics:
         self.cache_misses = _Metric("gauge", "mmfs_item_cache_misses", "item feature cache misses")
         self.user_cache_hits = _Metric("gauge", "mmfs_user_cache_hits", "requests whose user side (history vectors, DMF user state) was cached")
         self.user_cache_misses = _Metric("gauge", "mmfs_user_cache_misses", "requests whose user side was computed")
+        self.logged = _Metric("counter", "mmfs_request_log_records", "served-feature records written to the request log")
+        self.log_dropped = _Metric("counter", "mmfs_request_log_dropped", "served-feature records dropped: the log's queue was full or its write failed")
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
     def collect(self):
         """The collector protocol: one metric family per metric."""
         for metric in (self.requests, self.latency, self.errors, self.stale, self.item_errors, self.ready, self.cache_hits,
-                       self.cache_misses, self.user_cache_hits, self.user_cache_misses):
+                       self.cache_misses, self.user_cache_hits, self.user_cache_misses, self.logged, self.log_dropped):
             yield metric.family()

@@ -29,6 +29,7 @@ class Prepared:
     user_flags: list[str]
     stale: int
     similarity_ms: float
+    codes: dict | None = None  # view -> (C,) status codes of the candidates' rows
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ScoreResult:
     history_len: int
     stale_features: int
     timings_ms: dict[str, float]
+    request_id: str = ""  # the served-feature log's key for this request ("" when not logged)
 
     @property
     def scores(self) -> list[float | None]:

@@ -3,11 +3,11 @@ thread, the queue bound, the store's health as last probed) and the body-size li
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.contracts.names import REQUEST_LOG_SUBDIR
 from serving.metrics import Metrics
 
 log = logging.getLogger("mmfs.serve")
@@ -18,7 +18,7 @@ class ServeSettings:
     """``mmfs serve``'s settings: what to load and the server's limits."""
 
     checkpoint: str
-    root: str  # table root (feedback files are appended here)
+    root: str  # table root: POST /events lands files under it (unless ``landing``), the served log goes there (unless ``request_log``)
     config: str = "duckdb"  # feature_repo yaml: duckdb (SQLite online) | redis | spark
     repo: str = ""
     max_candidates: int = 2000
@@ -28,23 +28,10 @@ class ServeSettings:
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies are refused (413) before they are parsed
     max_queue: int = 32  # requests waiting for the scoring worker beyond this are shed (503, Retry-After)
     probe_interval_s: float = 2.0  # how often readiness re-checks the online store
-    workers: int = 1  # server processes (mmfs serve --workers); feedback writes then take a lock across them
-
-
-FEEDBACK_LOCK = "_feedback.lock"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive ``flock`` on ``path`` (created if absent), held for the block."""
-    import fcntl
-
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    workers: int = 1  # server processes (mmfs serve --workers)
+    landing: str = ""  # the event log folder POST /events appends to (default <root>/_landing/events)
+    request_log: str = ""  # where the served-feature log is written (default <root>/_served); "off": not logged
+    request_log_queue: int = 10_000  # records waiting to be written beyond this are dropped (and counted)
 
 
 class Shed(Exception):
@@ -52,7 +39,7 @@ class Shed(Exception):
 
 
 class State:
-    """The loaded scorer, the one worker thread that runs scoring and feedback (the event loop
+    """The loaded scorer, the one worker thread that runs scoring and event validation (the event loop
     only awaits it), the queue bound, and the online store's health as last probed."""
 
     def __init__(self, settings: ServeSettings):
@@ -60,7 +47,8 @@ class State:
 
         self.settings = settings
         self.scorer = None
-        self.feedback = None
+        self.landing = None  # serving.landing.EventLanding
+        self.request_log = None  # serving.request_log.RequestLog
         self.load_error: str | None = None
         self.store_error: str | None = None
         # One worker: scoring is CPU-bound torch work on 2 cores, and the SQLite connection and the
@@ -69,14 +57,6 @@ class State:
         self.waiting = 0  # requests queued for or running on the worker (touched on the loop only)
         self.metrics = Metrics()
         self.injected = None  # a Scorer given to create_app
-
-    def feedback_lock(self):
-        """A lock held while feedback is written: with several worker processes, an exclusive lock on
-        ``<root>/_feedback.lock`` (two processes extending one user's sequence would each lose the
-        other's click); with one process, nothing (its one worker thread already serialises)."""
-        if self.settings.workers <= 1:
-            return contextlib.nullcontext()
-        return file_lock(Path(self.settings.root) / FEEDBACK_LOCK)
 
     @property
     def ready(self) -> bool:
@@ -110,10 +90,11 @@ class State:
         self.store_error = None
 
     def load(self) -> None:
-        """Open the store and load the scorer and feedback writer, then probe the store; a failure is kept in
+        """Open the store, load the scorer, the event landing and the served-feature log, then probe the store; a failure is kept in
         ``load_error`` and logged, not raised."""
         from pipelines.store.feast_store import REPO, open_store
-        from serving.feedback import FeedbackWriter
+        from serving.landing import EventLanding
+        from serving.request_log import RequestLog
         from serving.scorer import Scorer, ScorerConfig
         from serving.tuning import ProcessTuning, tune_for_serving
 
@@ -127,8 +108,11 @@ class State:
                                                                                   item_cache_size=s.item_cache_size))
             if s.tune_process:
                 self.blas_limit = tune_for_serving(ProcessTuning(torch_threads=s.torch_threads))
-            views = {p.name for p in store.get_feature_service(scorer.feature_service).feature_view_projections}
-            self.feedback = FeedbackWriter(store, s.root, scorer.reader if "item_stats" in views else None)
+            self.landing = EventLanding(s.root, s.landing or None)
+            scorer.follow_changes(Path(s.root))
+            if s.request_log != "off":
+                self.request_log = RequestLog(Path(s.request_log) if s.request_log else Path(s.root) / REQUEST_LOG_SUBDIR,
+                                              scorer, s.request_log_queue, self.metrics)
             self.scorer = scorer
             self.probe()  # a store that is missing or empty at start-up is not ready
             self.metrics.ready.set(1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -43,7 +44,9 @@ from pipelines.store.feast_store import EMBEDDING_VIEW
 from pipelines.store.feast_store import embedding_view as embedding_view_of
 from pipelines.features.similarity import target_similarity
 from serving.contract import StoreMismatch, check_store, store_features  # noqa: F401 - StoreMismatch: what Scorer() raises
-from serving.item_features import ItemFeatureCache, ItemFeatures, ItemRows, UserSideCache
+from pipelines.contracts.names import CHANGED_ITEMS_FILE
+from serving.item_features import ChangedItems, ItemFeatureCache, ItemFeatures, ItemRows, UserSideCache
+from serving.request_log import Served
 from serving.results import ItemScore, Prepared, ScoreResult
 from serving.online import MISSING, MISSING_CODE, PRESENT, PRESENT_CODE, STALE, STALE_CODE, OnlineReader, ViewRows
 
@@ -99,6 +102,8 @@ class Scorer:
         # The user side is reusable only while the history's vectors cannot age out (no TTL on the embedding view).
         cacheable = not self.vectors or self.reader.ttl(self.embedding_view) is None
         self.user_cache = UserSideCache(config.user_cache_size if cacheable else 0)
+        self.changes: ChangedItems | None = None  # follow_changes: mmfs stream's changed items
+        self.served_hook = None  # the request log's submit(Served), when logging
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, store, config: ScorerConfig = ScorerConfig()) -> "Scorer":
@@ -109,6 +114,16 @@ class Scorer:
     def invalidate_item(self, item_id: int) -> None:
         """Drop ``item_id``'s cached item features."""
         self.items.invalidate(item_id)
+
+    def follow_changes(self, root: Path) -> None:
+        """Follow ``mmfs stream``'s list of changed items under ``root`` (``CHANGED_ITEMS_FILE``):
+        each request first drops the items a micro-batch applied since the last one from the cache."""
+        self.changes = ChangedItems(root / CHANGED_ITEMS_FILE)
+
+    def _drop_changed(self) -> None:
+        if self.changes is not None:
+            for item in self.changes.new_items():
+                self.items.invalidate(item)
 
     # -- scoring -----------------------------------------------------------------------------------
 
@@ -168,11 +183,13 @@ class Scorer:
     @torch.inference_mode()
     def score(self, user_id: int, item_ids: Sequence[int], now: dt.datetime | None = None) -> ScoreResult:
         """Score ``item_ids`` for ``user_id`` as of ``now`` (default the clock) from the online store; unknown
-        items get an error entry instead of a score."""
+        items get an error entry instead of a score. With a ``served_hook`` (the request log), the
+        values used are handed to it and the result carries the record's ``request_id``."""
         began = time.perf_counter()
         items = self.validate(user_id, item_ids)
         now = now or dt.datetime.now(dt.timezone.utc)
         self.cache.check()
+        self._drop_changed()
         self.check_time(now)
         # The user's sequence: one online read. Stale or missing = empty history, as in training.
         seq = self.reader.read(SEQUENCE_VIEW, [int(user_id)], now)
@@ -194,11 +211,30 @@ class Scorer:
         if side is None:
             self.user_cache.put(key, {**{k: prepared.tensors[k] for k in self._user_keys(prepared.tensors)}, "state": state})
         results = self._results(items, logits, prepared)
+        request_id = self._log(now, int(user_id), items, logits, prepared, seq, hist, user_stats, rows) if self.served_hook else ""
         ms = lambda a, b: round((b - a) * 1e3, 4)  # noqa: E731
         timings = {"read_user": ms(began, t_user), "read_items": ms(t_user, t_items), "similarity": round(prepared.similarity_ms, 4),
                    "assemble": round(ms(t_items, t_assemble) - prepared.similarity_ms, 4), "model": ms(t_assemble, t_model),
                    "total": ms(began, t_model)}
-        return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings)
+        return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings, request_id)
+
+    def _log(self, now, user_id, items, logits, prepared: Prepared, seq, hist, user_stats, rows) -> str:
+        """Hand what this request used to ``served_hook`` (references to the arrays, no copies); its request id."""
+        request_id = uuid.uuid4().hex
+        probabilities = 1.0 / (1.0 + np.exp(-logits))  # (C,)
+        probabilities[prepared.unknown] = np.nan
+        C = len(items)
+        item_stats = None
+        if "item_stats" in self.item_views:
+            item_stats = {"status": prepared.codes["item_stats"], **{f: rows["item_stats"].values[f][:C] for f in ITEM_STATS_COLUMNS}}
+        users = None
+        if user_stats is not None:
+            users = {"status": user_stats.status[0], **{f: user_stats.values[f][0] for f in USER_STATS_COLUMNS}}
+        t = prepared.tensors
+        self.served_hook(Served(request_id, now, user_id, self.model_name, self.feature_service, items, probabilities, seq.status[0],
+                                seq.event_timestamps[0], hist, users, item_stats, prepared.codes.get(self.embedding_view),
+                                t["hist_sim"].numpy() if "hist_sim" in t else None, t["hist_sim_mask"].numpy() if "hist_sim_mask" in t else None))
+        return request_id
 
     @staticmethod
     def _results(items: list[int], logits: np.ndarray, prepared: Prepared) -> list[ItemScore]:
@@ -242,7 +278,7 @@ class Scorer:
         in_vocab = tensors["item_idx"].numpy() > 1
         for c in np.flatnonzero(~in_vocab).tolist():
             flags[c] = flags[c] + ["new_item"]
-        return Prepared(tensors, flags, ~known_any & ~in_vocab, user_flags, stale + item_stale, similarity_ms)
+        return Prepared(tensors, flags, ~known_any & ~in_vocab, user_flags, stale + item_stale, similarity_ms, codes)
 
     @staticmethod
     def _user_flags(status: str, user_stats: ViewRows | None) -> tuple[list[str], int]:

@@ -1,5 +1,8 @@
 """``mmfs try-serve``: start ``mmfs serve``, score one real user's candidates over HTTP, print the
-top items with their titles, stop the server. The end of ``make demo``.
+top items with their titles; then post a click on the top item (``POST /events``), let ``mmfs
+stream`` apply it (``--available-now``) and score again: the new score sees the click in the
+user's sequence. Stop the server. The end of ``make demo`` (``mmfs consistency`` then checks
+what was served against the offline tables).
 
     mmfs try-serve --checkpoint out/movielens/models/dmf/checkpoint.pt --root out/movielens --user 414 --at 2018-10-01T00:00:00Z
 
@@ -44,6 +47,59 @@ def history_titles(root: Path, user: int, at, n: int = 5) -> list[str]:
         WHERE e.user_id = ? AND e.label = 1 AND e.event_timestamp < ?::TIMESTAMPTZ ORDER BY e.event_timestamp DESC LIMIT ?""",
                        [user, at.isoformat(), n]).fetchall()
     return [r[0] for r in rows]
+
+
+def newest_event(root: Path, user: int):
+    """The user's newest event time in the events and the stream's tables (None without one)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    tables = [f"SELECT event_timestamp FROM read_parquet('{root}/{t}/*.parquet') WHERE user_id = {int(user)}"
+              for t in ("events", "feedback_events") if any((root / t).glob("*.parquet"))]
+    return con.execute(" UNION ALL ".join(tables).join(["SELECT max(event_timestamp) FROM (", ")"])).fetchone()[0]
+
+
+def click_and_rescore(console, url: str, root: Path, config: str, user: int, at, items: list[int], clicked: int, titles: dict,
+                      before: dict) -> bool:
+    """POST a click, run ``mmfs stream --available-now``, score again; True when the new score sees it."""
+    import datetime as dt
+
+    import httpx
+
+    newest = newest_event(root, user)
+    click_at = max(at, newest if newest is not None else at) + dt.timedelta(seconds=1)
+    posted = httpx.post(f"{url}/events", json={"events": [{"user_id": user, "item_id": clicked, "label": 1,
+                                                           "event_timestamp": click_at.isoformat()}]}, timeout=30)
+    posted.raise_for_status()
+    console.print(f"POST /events: user {user} clicked {clicked} ({titles.get(clicked, '?')}) at {click_at.isoformat()}: "
+                  f"{posted.status_code}, landed in {posted.json()['file']}", markup=False)
+    streamed = subprocess.run([sys.executable, "-m", "pipelines.cli", "stream", "--root", str(root), "--config", config, "--available-now",
+                               "--conf", "spark.ui.enabled=false"], capture_output=True, text=True)
+    summary = [line for line in streamed.stdout.splitlines() if line.startswith("mmfs stream:")]
+    console.print(summary[-1] if summary else f"mmfs stream failed ({streamed.returncode}): {streamed.stderr[-2000:]}", markup=False)
+    if streamed.returncode != 0:
+        return False
+    again = httpx.post(f"{url}/score", json={"user_id": user, "item_ids": [i for i in items if i != clicked],
+                                             "at": (click_at + dt.timedelta(seconds=1)).isoformat()}, timeout=30)
+    again.raise_for_status()
+    body = again.json()
+    seen = body["history_len"] >= before["history_len"] and newest_in_history(root, config, body["feature_service"], user, clicked)
+    console.print(f"POST /score again: history {before['history_len']} -> {body['history_len']} items; the click "
+                  f"{'is' if seen else 'is NOT'} the newest item of the online sequence it read (request {body['request_id']})", markup=False)
+    return seen
+
+
+def newest_in_history(root: Path, config: str, service: str, user: int, item: int) -> bool:
+    """Whether ``item`` is the newest entry of the user's sequence in the online store (the row the scorer reads)."""
+    import datetime as dt
+
+    from pipelines.store.feast_store import REPO, open_store
+    from serving.online import OnlineReader
+
+    reader = OnlineReader(open_store(config, REPO, root), service)
+    hist = reader.read("user_sequence", [user], now=dt.datetime.now(dt.timezone.utc)).values["hist_item_ids"][0] or []
+    return bool(hist) and hist[-1] == item
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         errors = [i for i in body["items"] if i["error"]]
         if errors:
             console.print(f"{len(errors)} candidates answered with an error, e.g. {errors[0]}", markup=False)
+        seen = click_and_rescore(console, url, root, args.config, args.user, args.at, items, ranked[0]["item_id"], titles, body)
     finally:
         server.terminate()
         rc = server.wait(timeout=30)
         # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 is a clean stop.
         console.print(f"server stopped ({'clean shutdown' if rc in (0, -15) else f'exit status {rc}'})")
-    return 0 if rc in (0, -15) else 1
+    return 0 if rc in (0, -15) and seen else 1

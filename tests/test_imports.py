@@ -5,12 +5,13 @@ from pathlib import Path
 import model
 import pipelines
 import serving
+import streaming
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_source_packages_are_the_checkouts():
-    for package in (pipelines, model, serving):
+    for package in (pipelines, model, serving, streaming):
         assert Path(package.__file__).resolve() == REPO / package.__name__ / "__init__.py", package.__file__
 
 
@@ -73,13 +74,16 @@ ALLOWED = {
     "pipelines.store": {CONTRACTS, FEATURES, SPARK},  # Spark only for materialize(engine="spark")
     "model": {CONTRACTS, FEATURES, SPARK},  # Spark only for train --distributed (TorchDistributor)
     "serving": {CONTRACTS, FEATURES, "pipelines.store", "model"},
-    "pipelines.cli": {"pipelines", "model", "serving"},  # the entry point, above everything
+    # mmfs stream: a Spark job that applies events with the serving layer's online reader and event
+    # rules; nothing below imports it.
+    "streaming": {"pipelines", "model", "serving"},
+    "pipelines.cli": {"pipelines", "model", "serving", "streaming"},  # the entry point, above everything
     "feature_repo": set(),
-    "benchmarks": {"pipelines", "model", "serving", "tests.support"},
-    "tests": {"pipelines", "model", "serving", "feature_repo"},
-    "tests.support": {"pipelines", "model", "serving"},  # fixtures and servers: what benchmarks may borrow
+    "benchmarks": {"pipelines", "model", "serving", "streaming", "tests.support"},
+    "tests": {"pipelines", "model", "serving", "streaming", "feature_repo"},
+    "tests.support": {"pipelines", "model", "serving", "streaming"},  # fixtures and servers: what benchmarks may borrow
 }
-OURS = ("pipelines", "model", "serving", "tests", "benchmarks", "feature_repo")
+OURS = ("pipelines", "model", "serving", "streaming", "tests", "benchmarks", "feature_repo")
 
 
 def _unit(module: str) -> str | None:

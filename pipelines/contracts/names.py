@@ -11,5 +11,9 @@ SERVICES = ("ctr_dmf_v1", "ctr_din_v1", "ctr_mmctr_din_v1", "ctr_diffmsin_v1")
 
 ENCODERS_FILE = "encoders.yaml"  # under the table root: the embedding tables' encoders, written by mmfs apply
 FEAST_STATE_SUBDIR = "_feast"  # under the table root: the registry and the SQLite online store
-FEEDBACK_LOG_SUBDIR = "_feedback_log"  # under the table root: committed feedback batches not yet applied
+LANDING_SUBDIR = "_landing/events"  # under the table root: the event log POST /events appends to, mmfs stream reads
+STREAM_SUBDIR = "_stream"  # under the table root: mmfs stream's checkpoint, its batch log and its report
+INCREMENT_LOG_SUBDIR = "_stream/log"  # committed micro-batches not yet applied (durable before visible)
+CHANGED_ITEMS_FILE = "_stream/changed_items.jsonl"  # one line per applied micro-batch: the items whose rows changed
+REQUEST_LOG_SUBDIR = "_served"  # under the table root by default: the scorer's served-feature log (parquet)
 META_FILE = "_mmfs_meta.json"  # in each table folder: the job's parameters and the encoder identity

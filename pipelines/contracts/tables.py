@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 # Column types: the few the tables use. A list column is ``list_of=True`` over one of these.
-INT64, INT32, FLOAT32, BOOL, STRING, TIMESTAMP = "int64", "int32", "float32", "bool", "string", "timestamp"
+INT64, INT32, FLOAT32, FLOAT64, BOOL, STRING, TIMESTAMP = "int64", "int32", "float32", "float64", "bool", "string", "timestamp"
+FLOAT32_LIST = "float32_list"  # a list of nullable float32: a list column over it is a matrix (the served s_j, C x L)
 TIME_UNIT = "us"  # every stored timestamp: microseconds, UTC
 TIME_ZONE = "UTC"
 
-_ARROW = {INT64: pa.int64(), INT32: pa.int32(), FLOAT32: pa.float32(), BOOL: pa.bool_(), STRING: pa.string(),
-          TIMESTAMP: pa.timestamp(TIME_UNIT, tz=TIME_ZONE)}
+_ARROW = {INT64: pa.int64(), INT32: pa.int32(), FLOAT32: pa.float32(), FLOAT64: pa.float64(), BOOL: pa.bool_(), STRING: pa.string(),
+          TIMESTAMP: pa.timestamp(TIME_UNIT, tz=TIME_ZONE), FLOAT32_LIST: pa.list_(pa.field("element", pa.float32(), True))}
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ ITEMS = Table("items", (
 EVENTS = Table("events", (_c("user_id", INT64), _c("item_id", INT64), _c("event_timestamp", TIMESTAMP), _c("label", INT32)))
 # Events posted to the scorer's feedback path, kept for ``mmfs ingest``'s next run.
 FEEDBACK_EVENTS = Table("feedback_events", EVENTS.columns)
+# Events mmfs stream did not apply online: older than the online row of their user or item (the batch path takes them).
+LATE_EVENTS = Table("late_events", EVENTS.columns)
 
 ITEM_EMBEDDINGS = Table("item_embeddings", (
     _c("item_id", INT64), _list("text_emb", FLOAT32), _list("image_emb", FLOAT32, nullable=True), _list("mm_emb", FLOAT32),
@@ -138,5 +141,18 @@ QUARANTINE = Table("quarantine", (
 # The rows a training set is built for: one per event (``mmfs training-set``'s entity frame).
 ENTITY = Table("entity", EVENTS.columns)
 
-ALL = (ITEMS, EVENTS, FEEDBACK_EVENTS, ITEM_EMBEDDINGS, SEQUENCES, USER_SEQUENCE_SNAPSHOTS, USER_SEQUENCE_CURRENT,
-       TARGET_SIMILARITY, ITEM_STATS, USER_STATS, ENCODED, ENCODER_CACHE, QUARANTINE)
+# The served-feature log (serving.request_log): one row per POST /score, what the scorer used, as
+# it used it; status strings are present / stale / missing. mmfs consistency reads it.
+REQUEST_LOG = Table("request_log", (
+    _c("request_id", STRING), _c("requested_at", TIMESTAMP), _c("logged_at", TIMESTAMP), _c("user_id", INT64),
+    _c("model", STRING), _c("feature_service", STRING), _list("item_ids", INT64), _list("scores", FLOAT64, elements_nullable=True),
+    _c("seq_status", STRING), _c("seq_timestamp", TIMESTAMP, True), _list("hist_item_ids", INT64),
+    _c("user_stats_status", STRING, True), _c("user_impressions", FLOAT64, True), _c("user_clicks", FLOAT64, True),
+    _c("user_ctr", FLOAT64, True),
+    _list("item_stats_status", STRING, True), _list("impressions", FLOAT64, True, True), _list("clicks", FLOAT64, True, True),
+    _list("ctr", FLOAT64, True, True), _list("embedding_status", STRING, True),
+    _list("hist_sim", FLOAT32_LIST, True, True),
+))
+
+ALL = (ITEMS, EVENTS, FEEDBACK_EVENTS, LATE_EVENTS, ITEM_EMBEDDINGS, SEQUENCES, USER_SEQUENCE_SNAPSHOTS, USER_SEQUENCE_CURRENT,
+       TARGET_SIMILARITY, ITEM_STATS, USER_STATS, ENCODED, ENCODER_CACHE, QUARANTINE, REQUEST_LOG)

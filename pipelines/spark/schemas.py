@@ -10,7 +10,8 @@ from pipelines.contracts import tables as C
 from pipelines.contracts.tables import RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS  # noqa: F401 - the adapters' contract
 
 _SPARK = {C.INT64: T.LongType(), C.INT32: T.IntegerType(), C.FLOAT32: T.FloatType(), C.BOOL: T.BooleanType(),
-          C.STRING: T.StringType(), C.TIMESTAMP: T.TimestampType()}
+          C.STRING: T.StringType(), C.TIMESTAMP: T.TimestampType(), C.FLOAT64: T.DoubleType(),
+          C.FLOAT32_LIST: T.ArrayType(T.FloatType(), True)}
 
 
 def spark_schema(table: C.Table) -> T.StructType:

@@ -1,5 +1,6 @@
 """The online scorer: train/serve skew, cold start, bad candidates, stale features, store checks, HTTP."""
 import datetime as dt
+import json
 import math
 import os
 
@@ -17,6 +18,7 @@ from model.train import TrainConfig, prepare, train
 from pipelines.store import feast_store, training_set
 from serving.contract import StoreMismatch, check_store
 from serving.scorer import BadRequest, Scorer, ScorerConfig
+from streaming import job as stream
 from tests.support.feast_tables import copy_repo, write_tables
 
 UTC = dt.timezone.utc
@@ -264,29 +266,40 @@ def test_http_app(served):
         naive = client.post("/score", json={"user_id": 1, "item_ids": [1], "at": "2021-02-01T00:00:00"})
         assert naive.status_code == 422 and "at" in naive.json()["detail"][0]["field"]
 
-        # Feedback: a click is seen by the next score and lands in the offline tables.
+        # Events: checked and landed (202); mmfs stream applies them; the next score sees the click.
         before = client.post("/score", json={"user_id": 1, "item_ids": [3], "at": at}).json()
         clicked = (START + dt.timedelta(days=31, hours=1)).isoformat()
-        pushed = client.post("/events", json={"events": [{"user_id": 1, "item_id": 7, "label": 1, "event_timestamp": clicked}]})
-        assert pushed.status_code == 200 and pushed.json()["snapshots"] == 1
-        retried = client.post("/events", json={"events": [{"user_id": 1, "item_id": 7, "label": 1, "event_timestamp": clicked}]})
-        assert retried.status_code == 200 and (retried.json()["events"], retried.json()["duplicates"]) == (0, 1)
+        click = {"events": [{"user_id": 1, "item_id": 7, "label": 1, "event_timestamp": clicked}]}
+        pushed = client.post("/events", json=click)
+        assert pushed.status_code == 202 and pushed.json()["accepted"] == 1
+        assert client.post("/events", json=click).status_code == 202  # the client's retry: the stream applies it once
+        unknown = client.post("/events", json={"events": [{"user_id": 1, "item_id": 999, "label": 1, "event_timestamp": clicked}]})
+        assert unknown.status_code == 422 and unknown.json()["detail"][0]["field"] == "events.0.item_id"
+        assert len(list((served["root"] / "_landing" / "events").glob("*.json"))) == 2
+        run_stream = ["--root", str(served["root"]), "--repo", str(served["repo"]), "--available-now"]
+        assert stream.main(run_stream) == 0
+        # Posted after the stream applied the click, an event older than it is late: the batch path's.
+        late = client.post("/events", json={"events": [{"user_id": 1, "item_id": 8, "label": 1, "event_timestamp": at}]})
+        assert late.status_code == 202
+        assert stream.main(run_stream) == 0
+        report = [json.loads(line) for line in (served["root"] / "_stream" / "batches.jsonl").read_text().splitlines()]
+        assert [(b["events"], b["duplicates"], b["late"]) for b in report] == [(1, 1, 0), (0, 0, 1)]
         after = client.post("/score", json={"user_id": 1, "item_ids": [3], "at": (START + dt.timedelta(days=31, hours=2)).isoformat()}).json()
         assert after["history_len"] == min(before["history_len"] + 1, 50)
-        late = client.post("/events", json={"events": [{"user_id": 1, "item_id": 8, "label": 1, "event_timestamp": at}]})
-        assert late.status_code == 409 and "older than its online user_sequence" in late.json()["detail"]
+        assert after["request_id"] and after["request_id"] != before["request_id"]
 
         metrics = client.get("/metrics").text
         assert 'mmfs_requests_total{endpoint="/score",status="200"}' in metrics
         requests = [line for line in metrics.splitlines() if line.startswith("mmfs_requests_total")]
         assert 'mmfs_requests_total{endpoint="/score",status="413"} 1.0' in requests, "\n".join(requests)
         assert "mmfs_score_latency_seconds_bucket" in metrics and "mmfs_stale_features_total" in metrics
+        assert "mmfs_request_log_dropped_total 0.0" in metrics
 
     con = duckdb.connect()
     root = served["root"]
     event_row = con.execute(f"SELECT count(*) FROM read_parquet('{root}/events/*.parquet') WHERE user_id = 1 AND item_id = 7 "
                             f"AND event_timestamp = '{clicked}'::TIMESTAMPTZ").fetchone()[0]
-    landing = con.execute(f"SELECT count(*) FROM read_parquet('{root}/feedback_events/*.parquet')").fetchone()[0]
+    landing = con.execute(f"SELECT count(*) FROM read_parquet('{root}/feedback_events/*.parquet') WHERE item_id = 7").fetchone()[0]
     snapshot = con.execute(f"SELECT hist_item_ids FROM read_parquet('{root}/user_sequence_snapshots/*.parquet') WHERE user_id = 1 "
                            "ORDER BY event_timestamp DESC LIMIT 1").fetchone()[0]
     sim = con.execute(f"SELECT hist_sim, target_has_emb FROM read_parquet('{root}/target_similarity/*.parquet') "
@@ -302,6 +315,12 @@ def test_http_app(served):
     online = OnlineReader(served["store"], "ctr_dmf_v1").read("user_stats", [1], now=dt.datetime.fromisoformat(clicked) + dt.timedelta(hours=1))
     assert (online.values["user_impressions"][0], online.values["user_clicks"][0]) == recount
     assert len(sim) == 1 and sim[0][1] is True and len(sim[0][0]) == before["history_len"]
+    # The served-feature log holds what the score after the click used, as it used it.
+    logged = con.execute(f"SELECT hist_item_ids, scores, seq_status, user_impressions, item_ids, hist_sim FROM "
+                         f"read_parquet('{root}/_served/*.parquet') WHERE request_id = ?", [after["request_id"]]).fetchall()
+    assert len(logged) == 1 and logged[0][0][-1] == 7 and logged[0][2] == "present" and logged[0][4] == [3]
+    assert logged[0][1] == [pytest.approx(after["items"][0]["score"])] and logged[0][3] == recount[0]
+    assert len(logged[0][5]) == 1 and len(logged[0][5][0]) == after["history_len"]
 
 
 def wait_until(condition, seconds: float) -> bool:

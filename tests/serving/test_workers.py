@@ -1,5 +1,5 @@
 """``mmfs serve --workers 2``: two real processes share the port and the SQLite online store; both
-score, and feedback written through both keeps every click (one writer at a time)."""
+score, and events landed through both reach the online store, every click (mmfs stream applies them)."""
 import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 
@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.store import feast_store
 from serving.online import OnlineReader
+from streaming import job as stream
 from tests.serving.test_scorer import START, served  # noqa: F401 - the module's fixture
 from tests.support.feast_tables import copy_repo
 from tests.support.serve_process import serving_process, worker_pids
@@ -19,7 +20,7 @@ AT = START + dt.timedelta(days=31)
 def test_two_workers_score_and_no_click_is_lost_between_them(served, tmp_path):  # noqa: F811
     import shutil
 
-    root = tmp_path / "tables"  # feedback appends to the tables: a copy of their own
+    root = tmp_path / "tables"  # the stream appends to the tables: a copy of their own
     shutil.copytree(served["root"], root, ignore=shutil.ignore_patterns("training_sets"))
     repo = copy_repo(tmp_path)
     feast_store.apply("duckdb", repo, root)
@@ -39,7 +40,8 @@ def test_two_workers_score_and_no_click_is_lost_between_them(served, tmp_path): 
 
         with ThreadPoolExecutor(len(clicked)) as pool:
             answers = list(pool.map(post, clicked))
-        assert [a.status_code for a in answers] == [200] * len(clicked), [a.text for a in answers]
+        assert [a.status_code for a in answers] == [202] * len(clicked), [a.text for a in answers]
+    assert stream.main(["--root", str(root), "--repo", str(repo), "--available-now"]) == 0
     reader = OnlineReader(feast_store.open_store("duckdb", repo, root), "ctr_dmf_v1")
     hist = reader.read("user_sequence", [1], now=AT + dt.timedelta(hours=2)).values["hist_item_ids"][0]
     assert set(clicked) <= set(hist), hist

@@ -9,18 +9,22 @@ def test_arrow_and_spark_schemas_agree_column_for_column():
 
     from pipelines.spark.schemas import spark_schema
 
-    spark_types = {T.LongType(): pa.int64(), T.IntegerType(): pa.int32(), T.FloatType(): pa.float32(),
+    spark_types = {T.LongType(): pa.int64(), T.IntegerType(): pa.int32(), T.FloatType(): pa.float32(), T.DoubleType(): pa.float64(),
                    T.BooleanType(): pa.bool_(), T.StringType(): pa.string(), T.TimestampType(): pa.timestamp("us", tz="UTC")}
+
+    def same(a: pa.DataType, s, where) -> None:
+        if isinstance(s, T.ArrayType):
+            assert pa.types.is_list(a) and a.value_field.nullable == s.containsNull, where
+            same(a.value_type, s.elementType, where)
+        else:
+            assert a == spark_types[s], where
+
     for table in C.ALL:
         arrow, spark = table.arrow(), spark_schema(table)
         assert arrow.names == [f.name for f in spark.fields] == table.names, table.name
         for a, s in zip(arrow, spark.fields):
             assert a.nullable == s.nullable, (table.name, a.name)
-            if isinstance(s.dataType, T.ArrayType):
-                assert pa.types.is_list(a.type) and a.type.value_type == spark_types[s.dataType.elementType], (table.name, a.name)
-                assert a.type.value_field.nullable == s.dataType.containsNull, (table.name, a.name)
-            else:
-                assert a.type == spark_types[s.dataType], (table.name, a.name)
+            same(a.type, s.dataType, (table.name, a.name))
 
 
 def test_derived_tables_keep_their_parents_columns():

@@ -1,5 +1,5 @@
-"""POST /events' writer keeps the pipeline's contract: ingest's rules, one record per event key,
-durable before visible, and batch jobs that run after it accept what it wrote."""
+"""The stream's writer keeps the pipeline's contract: ingest's rules, one record per event key,
+durable before visible, late events to the batch path, and batch jobs that run after it accept what it wrote."""
 import datetime as dt
 import os
 
@@ -10,8 +10,9 @@ from pipelines.store import feast_store
 
 from pipelines.jobs import ingest, user_sequences
 from pipelines.spark.table_io import read_table
-from serving import feedback as feedback_module
-from serving.feedback import LOG, Event, FeedbackError, FeedbackWriter, InvalidEvents
+from serving.landing import Event, InvalidEvents
+from streaming import increment_log
+from streaming.increments import LOG, IncrementWriter
 from serving.online import OnlineReader
 from tests.support.feast_tables import copy_repo, write_tables
 
@@ -28,7 +29,7 @@ def fed(spark, tmp_path):
     feast_store.apply("duckdb", repo, root)
     store = feast_store.open_store("duckdb", repo, root)
     store.materialize(start_date=dt.datetime(2019, 1, 1, tzinfo=UTC), end_date=dt.datetime(2020, 7, 2, tzinfo=UTC))
-    return {"root": root, "repo": repo, "store": store, "writer": FeedbackWriter(store, root)}
+    return {"root": root, "repo": repo, "store": store, "writer": IncrementWriter(store, root)}
 
 
 def online(fed, view, key, at=AT + dt.timedelta(days=1)):
@@ -64,9 +65,9 @@ def test_duplicates_and_retries_are_no_ops_and_batch_jobs_accept_what_feedback_w
     done = writer.record([click, click, click])
     assert (done["events"], done["duplicates"]) == (1, 2)
     assert writer.record([click])["duplicates"] == 1  # the client's retry
-    assert FeedbackWriter(fed["store"], root).record([click])["duplicates"] == 1  # and after a restart
-    with pytest.raises(FeedbackError, match="recorded with label 1"):
-        writer.record([Event(2, 14, AT, 0)])
+    assert IncrementWriter(fed["store"], root).record([click])["duplicates"] == 1  # and after a restart
+    conflict = writer.record([Event(2, 14, AT, 0)])
+    assert conflict["events"] == 0 and conflict["conflicts"] == [(Event(2, 14, AT, 0), 1)]
     assert online(fed, "user_sequence", 2)["hist_item_ids"] == [11, 14]
     assert online(fed, "item_stats", 14)["impressions"] == 2
     for table in ("events", "feedback_events"):
@@ -95,7 +96,7 @@ def test_a_failure_after_the_commit_is_finished_by_the_retry_and_counted_once(fe
         writer.record([click])
     assert len(list((root / LOG).iterdir())) == 1  # committed, not yet applied
     monkeypatch.setattr(store, "write_to_online_store", real)
-    retry = FeedbackWriter(store, root).record([click])  # after a restart: the log is finished first
+    retry = IncrementWriter(store, root).record([click])  # after a restart: the log is finished first
     assert (retry["events"], retry["duplicates"]) == (0, 1)
     assert not list((root / LOG).iterdir())
     assert online(fed, "user_sequence", 3)["hist_item_ids"] == [10, 12]
@@ -114,12 +115,31 @@ def test_a_failure_before_the_commit_leaves_nothing(fed, monkeypatch):
             raise OSError("crash before the commit")
         return real(src, dst)
 
-    monkeypatch.setattr(feedback_module.os, "replace", broken)
+    monkeypatch.setattr(increment_log.os, "replace", broken)
     click = Event(3, 12, AT, 1)
     with pytest.raises(OSError, match="before the commit"):
         writer.record([click])
     assert online(fed, "item_stats", 12) == before and not (root / "feedback_events").exists()
-    monkeypatch.setattr(feedback_module.os, "replace", real)
+    monkeypatch.setattr(increment_log.os, "replace", real)
     assert writer.record([click])["events"] == 1  # the retry records it, once
     assert not list((root / LOG).iterdir())
     assert online(fed, "item_stats", 12)["impressions"] == before["impressions"] + 1
+
+
+def test_late_events_go_to_the_batch_path_and_are_reported_never_applied_online(fed):
+    writer, root = fed["writer"], fed["root"]
+    before = online(fed, "user_sequence", 1), online(fed, "item_stats", 14)
+    late = Event(1, 14, dt.datetime(2020, 1, 2, 12, tzinfo=UTC), 1)  # user 1 is online up to 2020-01-03
+    on_time = Event(4, 12, AT, 1)
+    done = writer.record([late, on_time])
+    assert (done["events"], done["late"]) == (1, 1)
+    assert (online(fed, "user_sequence", 1), online(fed, "item_stats", 14)) == before
+    assert online(fed, "user_sequence", 4)["hist_item_ids"] == [12]
+    assert offline_count(root, "late_events", "user_id = 1 AND item_id = 14") == 1
+    assert offline_count(root, "feedback_events", "user_id = 1 AND item_id = 14") == 1  # the next ingest folds it in
+    assert offline_count(root, "events", "user_id = 1 AND item_id = 14") == 1  # the batch's own row only
+    assert writer.record([late])["duplicates"] == 1  # a replay of the batch: recorded once
+    # One at the very instant of the newest online row is late too: that instant's rows are written.
+    same_instant = writer.record([Event(5, 12, AT, 1)])
+    assert (same_instant["events"], same_instant["late"]) == (0, 1)
+    assert offline_count(root, "item_stats", "item_id = 12 AND event_timestamp > '2020-07-31'::TIMESTAMPTZ") == 1

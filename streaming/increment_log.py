@@ -1,15 +1,23 @@
-"""The feedback path's log: durable before visible.
+"""The increment log: durable before visible.
 
-Every row a feedback request produces is first written to ``<root>/_feedback_log/<batch>/`` and
+Every row a micro-batch produces is first written to ``<root>/_stream/log/<batch>/`` and
 committed by one directory rename (``commit``). Only then are the online store written and the
 files published into the tables, each by a rename (``apply``). A failure before the commit leaves
-nothing anywhere; one after it is finished by the next request or the next start (``recover``),
+nothing anywhere; one after it is finished by the next batch or the next start (``recover``),
 and the online writes it replays are absolute values, so a retry never counts a click twice.
+Each applied batch appends the items whose rows changed to ``<root>/_stream/changed_items.jsonl``,
+which the scorers follow to drop those items from their caches.
+
+``CRASH_ENV`` is the fault-injection point the crash tests use: ``<point>:<batch>`` kills the
+process with SIGKILL at that point of that batch (``after_commit``, ``after_online``,
+``after_publish``).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +25,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.contracts.names import FEEDBACK_LOG_SUBDIR, USER_SEQUENCE_VIEW
+from pipelines.contracts.names import CHANGED_ITEMS_FILE, INCREMENT_LOG_SUBDIR, USER_SEQUENCE_VIEW
 
-LOG = FEEDBACK_LOG_SUBDIR
+LOG = INCREMENT_LOG_SUBDIR
+CRASH_ENV = "MMFS_CRASH_AT"
+
+
+def crash_point(point: str, batch_id: str) -> None:
+    """SIGKILL this process when ``CRASH_ENV`` names this point of this batch (the crash tests)."""
+    if os.environ.get(CRASH_ENV) == f"{point}:{batch_id}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def commit(root: Path, batch_id: str, tables: dict[str, pa.Table]) -> None:
@@ -35,6 +50,7 @@ def commit(root: Path, batch_id: str, tables: dict[str, pa.Table]) -> None:
     fsync(pending)
     os.replace(pending, log_dir / batch_id)
     fsync(log_dir)
+    crash_point("after_commit", batch_id)
 
 
 def apply(root: Path, batch_id: str, store, stats_views) -> dict:
@@ -64,9 +80,17 @@ def apply(root: Path, batch_id: str, store, stats_views) -> dict:
         store.write_to_online_store(view, pd.DataFrame({
             key: newest[key], "event_timestamp": newest["event_timestamp"], names[0]: newest[names[0]], names[1]: newest[names[1]],
             names[2]: newest[names[2]].astype(np.float32)}))
-    for table, target in final.items():
+    crash_point("after_online", batch_id)
+    changed = sorted({int(i) for name in ("item_stats", "target_similarity") if (t := read(name)) is not None
+                      for i in t.column("item_id").to_pylist()})
+    for n, (table, target) in enumerate(final.items()):
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(batch / f"{table}.parquet", target)
+        if n == 0:
+            crash_point("after_publish", batch_id)
+    if changed:
+        with open(root / CHANGED_ITEMS_FILE, "a") as f:
+            f.write(json.dumps({"batch": batch_id, "items": changed}) + "\n")
     shutil.rmtree(batch)
     return {table: str(path) for table, path in final.items()}
 

@@ -1,0 +1,168 @@
+"""``mmfs stream``: the event log's files applied to the online store and the offline tables by
+Spark Structured Streaming.
+
+    mmfs stream --root out/movielens [--landing DIR] [--trigger-s 1] [--available-now] [--master URL]
+
+Reads the landing folder (``<root>/_landing/events`` by default; ``POST /events`` appends there,
+any producer may) with Spark's file source, one JSON line per event. Each micro-batch:
+
+1. parses and checks every line with ingest's rules (``serving.landing.parse_line``); a line that
+   breaks one is quarantined to ``<root>/quarantine/stream/<batch>.parquet`` with the rule and the
+   reason, never dropped;
+2. applies the rest with the batch jobs' rules (``streaming.increments.IncrementWriter``): new
+   sequence snapshots and stats to the online store through Feast's ``write_to_online_store``,
+   and the rows appended to the offline tables as the batch jobs would have written them;
+3. reports itself: one JSON line per batch in ``<root>/_stream/batches.jsonl`` (events applied,
+   duplicates, late, quarantined, the files' landing times and when the batch was visible).
+
+Exactly once: Spark's checkpoint (``<root>/_stream/checkpoint``) records which files each batch
+read and which batches committed; a batch Spark replays after a crash has the same id and the same
+files, and the writer's log and event keys make the replay a no-op for what was already applied
+(``streaming.increments``). Late events (older than what is online for their user or item) go to
+the batch path (``feedback_events``, ``late_events``) and are counted, never dropped silently.
+
+Order: Spark's file source takes files in modification-time order (milliseconds), and a micro-batch
+applies its events in time order. An event that comes in after a newer one of its user or item was
+applied (it landed later, or in a file older by mtime that another batch took first) is late.
+
+``--available-now`` processes what has landed and stops (Spark's AvailableNow trigger): the demo
+and the tests use it. Otherwise the job runs until stopped, one micro-batch every ``--trigger-s``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.contracts import tables as C
+from pipelines.contracts.names import STREAM_SUBDIR
+from pipelines.spark.args import add_common_args, spark_from_args
+from pipelines.spark.table_io import job_main
+from serving.landing import landing_dir, parse_line
+
+log = logging.getLogger("mmfs.stream")
+UTC = dt.timezone.utc
+
+
+def batch_name(batch_id: int) -> str:
+    """The increment log's name for Spark's micro-batch ``batch_id`` (the same on a replay)."""
+    return f"stream-{batch_id:010d}"
+
+
+class MicroBatches:
+    """The foreachBatch function: one Spark micro-batch of landed lines -> quarantine, apply, report."""
+
+    def __init__(self, writer, root: Path):
+        self.writer = writer
+        self.root = root
+        self.report = root / STREAM_SUBDIR / "batches.jsonl"
+        self.report.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, lines, batch_id: int) -> None:
+        began = time.time()
+        rows = lines.collect()  # a micro-batch is bounded by maxFilesPerTrigger: the driver applies it
+        name = batch_name(batch_id)
+        known, now = self.writer.known.ids(), dt.datetime.now(UTC)
+        events, bad, files = [], [], {}
+        for row in rows:
+            files.setdefault(row.file, row.landed)
+            event, problems = parse_line(row.value, known, now)
+            if event is None:
+                bad += [(p["rule"], f"{row.file}: {p['field']}: {p['error']}", row.value) for p in problems]
+            else:
+                events.append(event)
+        done = self.writer.record(events, now=now, batch_id=name)
+        bad += [("label_conflict", f"event key recorded with label {label}", e.to_json()) for e, label in done["conflicts"]]
+        if bad:
+            self._quarantine(name, bad)
+        visible = time.time()
+        entry = {"batch": name, "lines": len(rows), "events": done["events"], "duplicates": done["duplicates"],
+                 "late": done["late"], "quarantined": len(bad), "users": done["users"], "items": done["items"],
+                 "snapshots": done["snapshots"], "files": len(files),
+                 "landed_min": min((t for t in files.values() if t), default=None), "started": began, "visible": visible}
+        with open(self.report, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        log.info("%s: %d lines, %d applied, %d duplicates, %d late, %d quarantined in %.2f s", name, len(rows), done["events"],
+                 done["duplicates"], done["late"], len(bad), visible - began)
+
+    def _quarantine(self, name: str, bad: list[tuple[str, str, str]]) -> None:
+        """The lines that broke a rule, in the quarantine table's shape, one file per batch (a replay rewrites it)."""
+        path = self.root / "quarantine" / "stream" / f"{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        at = dt.datetime.now(UTC)
+        table = pa.table({"table": ["events"] * len(bad), "rule": [b[0] for b in bad], "reason": [b[1] for b in bad],
+                          "row_json": [b[2] for b in bad], "quarantined_at": [at] * len(bad)}, schema=C.QUARANTINE.arrow())
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+
+
+def start(spark, writer, root: Path, landing: Path, checkpoint: Path, trigger_s: float, available_now: bool,
+          max_files_per_trigger: int):
+    """Start the streaming query over ``landing``; returns it (``awaitTermination`` to wait)."""
+    from pyspark.sql import functions as F
+
+    landing.mkdir(parents=True, exist_ok=True)
+    lines = (spark.readStream.format("text").option("maxFilesPerTrigger", max_files_per_trigger).load(str(landing))
+             .select("value", F.col("_metadata.file_path").alias("file"),
+                     (F.unix_micros(F.col("_metadata.file_modification_time")) / 1e6).alias("landed")))
+    query = lines.writeStream.foreachBatch(MicroBatches(writer, root)).option("checkpointLocation", str(checkpoint))
+    query = query.trigger(availableNow=True) if available_now else query.trigger(processingTime=f"{trigger_s} seconds")
+    return query.queryName("mmfs-stream").start()
+
+
+@job_main
+def main(argv: list[str] | None = None) -> int:
+    """``mmfs stream``."""
+    from pipelines.store.feast_store import REPO, open_store
+    from streaming.increments import IncrementWriter
+
+    parser = argparse.ArgumentParser(prog="mmfs stream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="table root the batch jobs wrote and mmfs apply registered")
+    parser.add_argument("--landing", default="", help="the event log folder (default <root>/_landing/events)")
+    parser.add_argument("--checkpoint", default="", help="Spark's checkpoint folder (default <root>/_stream/checkpoint)")
+    parser.add_argument("--config", default="duckdb", help="feature_repo config: duckdb (SQLite online store), redis, spark")
+    parser.add_argument("--repo", default="")
+    parser.add_argument("--trigger-s", type=float, default=1.0, help="micro-batch interval in seconds (default %(default)s)")
+    parser.add_argument("--max-files-per-trigger", type=int, default=1000)
+    parser.add_argument("--available-now", action="store_true", help="process what has landed, then stop")
+    parser.add_argument("--timeout-s", type=float, default=0, help="stop after this many seconds (default: run until stopped)")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    root = Path(args.root)
+    spark = spark_from_args(args, "mmfs-stream")
+    store = open_store(args.config, args.repo or REPO, root)
+    writer = IncrementWriter(store, root)
+    query = start(spark, writer, root, Path(args.landing) if args.landing else landing_dir(root),
+                  Path(args.checkpoint) if args.checkpoint else root / STREAM_SUBDIR / "checkpoint",
+                  args.trigger_s, args.available_now, args.max_files_per_trigger)
+    try:
+        if args.timeout_s:
+            query.awaitTermination(args.timeout_s)
+        else:
+            query.awaitTermination()
+    finally:
+        if query.isActive:
+            query.stop()
+    if query.exception() is not None:
+        print(f"mmfs stream: error: {query.exception()}", file=sys.stderr)
+        return 1
+    print(f"mmfs stream: {summary(root)}")
+    return 0
+
+
+def summary(root: Path) -> str:
+    """Totals of ``<root>/_stream/batches.jsonl``."""
+    path = root / STREAM_SUBDIR / "batches.jsonl"
+    batches = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    total = {k: sum(b[k] for b in batches) for k in ("events", "duplicates", "late", "quarantined")}
+    return f"{len(batches)} micro-batches, {total['events']} events applied, {total['duplicates']} duplicates, " \
+           f"{total['late']} late (to the batch path), {total['quarantined']} quarantined"

@@ -1,0 +1,167 @@
+"""mmfs stream = batch: after the stream has applied the landed events (including a run killed with
+SIGKILL mid-batch and restarted), the online store and the offline tables equal a full batch
+recompute over the same events, for every user and every item."""
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from pyspark.sql import Row
+
+from pipelines.jobs import item_stats, target_similarity, user_sequences, user_stats
+from pipelines.spark.schemas import EVENTS_SCHEMA
+from pipelines.store import feast_store
+from serving.landing import Event, EventLanding
+from serving.online import OnlineReader
+from streaming.increment_log import CRASH_ENV
+from tests.support.feast_tables import EVENTS, angle, copy_repo, embedding_rows, write_tables
+
+REPO = Path(__file__).resolve().parents[2]
+UTC = dt.timezone.utc
+T = dt.datetime.fromisoformat
+
+
+def stream(root: Path, repo: Path, crash: str | None = None, max_files: int = 1) -> subprocess.CompletedProcess:
+    """``mmfs stream --available-now`` in its own process (a SIGKILL must not take the test with it)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(CRASH_ENV, None)
+    if crash:
+        env[CRASH_ENV] = crash
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "stream", "--root", str(root), "--repo", str(repo), "--available-now",
+                           "--max-files-per-trigger", str(max_files), "--conf", "spark.ui.enabled=false"],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def applied_root(spark, tmp_path, events, embeddings) -> tuple[Path, Path]:
+    root = tmp_path / "tables"
+    write_tables(spark, root, events=events, embeddings=embeddings)
+    repo = copy_repo(tmp_path)
+    feast_store.apply("duckdb", repo, root)
+    newest = max(T(e[2]) for e in events).replace(tzinfo=UTC)
+    feast_store.open_store("duckdb", repo, root).materialize(start_date=dt.datetime(1990, 1, 1, tzinfo=UTC),
+                                                             end_date=newest + dt.timedelta(seconds=1))
+    return root, repo
+
+
+def offline(root: Path, table: str, columns: str) -> set:
+    return {tuple(tuple(v) if isinstance(v, list) else v for v in row) for row in duckdb.connect().execute(
+        f"SELECT {columns} FROM read_parquet('{root}/{table}/*.parquet')").fetchall()}
+
+
+def assert_stream_equals_batch(spark, root: Path, repo: Path, all_events: list[tuple]) -> None:
+    """Every table row and every online value the stream wrote = a full batch recompute over ``all_events``."""
+    events = spark.createDataFrame([Row(user_id=u, item_id=i, event_timestamp=T(t), label=l) for u, i, t, l in all_events], EVENTS_SCHEMA)
+    batch = user_sequences.transform(events, max_len=50)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+
+    def rows(df, columns: str) -> set:
+        con.register("t", df.toArrow())
+        out = {tuple(tuple(v) if isinstance(v, list) else v for v in row) for row in con.execute(f"SELECT {columns} FROM t").fetchall()}
+        con.unregister("t")
+        return out
+
+    seq_cols = "user_id, epoch_us(event_timestamp), hist_item_ids, hist_ts_us, hist_len"
+    ts_cols = lambda cols: f"{cols.split(',')[0]}, epoch_us(event_timestamp), {cols.split(',', 1)[1]}"  # noqa: E731
+    assert offline(root, "events", "user_id, item_id, epoch_us(event_timestamp), label") == rows(
+        events, "user_id, item_id, epoch_us(event_timestamp), label")
+    assert offline(root, "user_sequence_snapshots", seq_cols) == rows(batch["user_sequence_snapshots"], seq_cols)
+    event_seq = "user_id, item_id, epoch_us(event_timestamp), label, hist_item_ids, list_transform(hist_timestamps, lambda t: epoch_us(t))"
+    assert offline(root, "sequences", event_seq) == rows(batch["sequences"], event_seq)
+    for table, transform, cols in (("item_stats", item_stats.transform, "item_id, impressions, clicks, ctr"),
+                                   ("user_stats", user_stats.transform, "user_id, user_impressions, user_clicks, user_ctr")):
+        assert offline(root, table, ts_cols(cols)) == rows(transform(events), ts_cols(cols)), table
+    emb = spark.read.parquet(str(root / "item_embeddings"))
+    sims = target_similarity.transform(batch["sequences"], emb, "e")
+    sim_cols = "user_id, item_id, epoch_us(event_timestamp), list_transform(hist_sim, lambda x: round(x, 5))"
+    assert offline(root, "target_similarity", sim_cols) == rows(sims, sim_cols)
+
+    # Online: every user's sequence and stats, every item's stats, as the batch's newest rows.
+    reader = OnlineReader(feast_store.open_store("duckdb", repo, root), "ctr_dmf_v1")
+    later = max(T(e[2]) for e in all_events).replace(tzinfo=UTC) + dt.timedelta(days=1)
+    current = {r.user_id: list(r.hist_item_ids) for r in batch["user_sequence_current"].collect()}
+    users = sorted({e[0] for e in all_events})
+    got = reader.read("user_sequence", users, now=later)
+    assert {u: list(h) for u, h in zip(users, got.values["hist_item_ids"]) if h is not None} == current
+    for view, transform, key, names in (("item_stats", item_stats.transform, "item_id", ("impressions", "clicks", "ctr")),
+                                        ("user_stats", user_stats.transform, "user_id", ("user_impressions", "user_clicks", "user_ctr"))):
+        newest = transform(events).toPandas().sort_values("event_timestamp").groupby(key).last()
+        keys = sorted(newest.index.tolist())
+        got = reader.read(view, keys, now=later)
+        assert [[got.values[n][k] for n in names] for k in range(len(keys))] == \
+            [[pytest.approx(float(newest.loc[k, n])) for n in names] for k in keys], view
+
+
+NEW = [  # landed after the batch: colliding timestamps, a new user, a re-sent event, a conflicting label
+    [(1, 11, "2020-07-05 00:00:00", 1), (1, 12, "2020-07-05 00:00:00", 1), (4, 10, "2020-07-05 00:00:00", 1)],
+    [(2, 14, "2020-07-06 00:00:00", 1), (1, 10, "2020-07-05 00:00:00.000001", 0), (4, 12, "2020-07-05 00:00:01", 0)],
+    [(1, 11, "2020-07-05 00:00:00", 1), (3, 14, "2020-07-07 00:00:00", 1), (2, 14, "2020-07-06 00:00:00", 0)],
+    [(3, 11, "2020-07-08 00:00:00", 1), (4, 14, "2020-07-08 00:00:00", 1)],
+]
+
+
+def land(root: Path, files: list[list[tuple]]) -> None:
+    """One file per list, 20 ms apart: Spark's file source orders files by modification time (ms)."""
+    landing = EventLanding(root)
+    for rows in files:
+        landing.land([Event(u, i, T(t).replace(tzinfo=UTC), l) for u, i, t, l in rows], now=dt.datetime(2021, 1, 1, tzinfo=UTC))
+        time.sleep(0.02)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("crash", ["after_online", pytest.param("after_commit", marks=pytest.mark.slow),
+                                   pytest.param("after_publish", marks=pytest.mark.slow)])
+def test_stream_killed_mid_batch_and_restarted_equals_a_batch_recompute(spark, tmp_path, crash):
+    root, repo = applied_root(spark, tmp_path, EVENTS, embedding_rows())
+    land(root, NEW)
+    (root / "_landing" / "events" / "z-bad.json").write_text('{"user_id": 1, "item_id": 999, "event_timestamp": "2020-07-09T00:00:00+00:00", '
+                                                             '"label": 1}\nnot json\n')
+    killed = stream(root, repo, crash=f"{crash}:stream-0000000001")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    done = stream(root, repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = [json.loads(line) for line in (root / "_stream" / "batches.jsonl").read_text().splitlines()]
+    assert sum(b["quarantined"] for b in report) == 3 and not any(b["late"] for b in report), report
+    # The killed batch ran again under its own id: what it had committed was finished, the rest a no-op.
+    assert [b["batch"] for b in report].count("stream-0000000001") == 1 and "0 late" in done.stdout
+    unique = {(u, i, t): l for rows in NEW for u, i, t, l in rows if (u, i, t) != (2, 14, "2020-07-06 00:00:00") or l == 1}
+    assert_stream_equals_batch(spark, root, repo, EVENTS + [(u, i, t, l) for (u, i, t), l in unique.items()])
+    quarantined = duckdb.connect().execute(f"SELECT rule FROM read_parquet('{root}/quarantine/stream/*.parquet')").fetchall()
+    assert sorted(r[0] for r in quarantined) == ["item_known", "json_object", "label_conflict"]
+
+
+@pytest.mark.integration
+def test_a_day_of_movielens_replayed_through_the_stream_equals_the_batch(spark, tmp_path):
+    """The users active on 2015-11-14 (7 users, 292 events that day; MovieLens rates many films in one
+    second): their history before the day goes through the batch jobs, the day lands hour by hour."""
+    ratings = pd.read_csv(REPO / "data" / "movielens-small" / "ratings.csv")
+    ratings["ts"] = pd.to_datetime(ratings["timestamp"], unit="s")
+    day = pd.Timestamp("2015-11-14")
+    users = ratings.loc[ratings["ts"].dt.normalize() == day, "userId"].unique()
+    mine = ratings[ratings["userId"].isin(users) & (ratings["ts"] < day + pd.Timedelta(days=1))]
+    rows = [(int(r.userId), int(r.movieId), r.ts.strftime("%Y-%m-%d %H:%M:%S"), int(r.rating >= 4.0)) for r in mine.itertuples()]
+    before = [r for r in rows if T(r[2]) < day.to_pydatetime()]
+    during = sorted((r for r in rows if T(r[2]) >= day.to_pydatetime()), key=lambda r: r[2])
+    assert len(users) == 7 and len(during) == 292
+    items = sorted({r[1] for r in rows})
+    # A test fixture, not an encoder: each item's vector is a fixed angle, so similarities are checkable.
+    embeddings = [Row(item_id=i, text_emb=[1.0], image_emb=None, mm_emb=angle(i * 37 % 360), has_image=False, encoder_id="e",
+                      event_timestamp=T("1990-01-01 00:00:00"), created_timestamp=T("1990-01-01 00:00:00")) for i in items]
+    root, repo = applied_root(spark, tmp_path, before, embeddings)
+    by_hour: dict[str, list] = {}
+    for r in during:
+        by_hour.setdefault(r[2][:13], []).append(r)
+    land(root, list(by_hour.values()))
+    done = stream(root, repo, max_files=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = [json.loads(line) for line in (root / "_stream" / "batches.jsonl").read_text().splitlines()]
+    assert sum(b["events"] for b in report) == len(during) and not any(b["late"] or b["quarantined"] for b in report)
+    assert math.ceil(len(by_hour) / 2) == len(report)
+    assert_stream_equals_batch(spark, root, repo, rows)
