@@ -16,7 +16,8 @@ item stats. Per feature, over every (request, entity) pair:
 A value the scorer flagged stale was not used (the training join drops it too): counted as
 ``stale``, not as missing. The drift table is the PSI of each numeric feature between the training
 set (``--training-set``; its train split) and what was served, over ten quantile bins of the
-training values. Writes ``consistency.json``, ``consistency.md`` and ``consistency.png`` under
+training values; a PSI is judged only with ``--min-samples`` served values (on a handful it
+measures the sample, not the drift). Writes ``consistency.json``, ``consistency.md`` and ``consistency.png`` under
 ``--out`` (default ``<root>/reports/consistency``) and exits 1 when a rate or a PSI passes its
 threshold.
 """
@@ -188,7 +189,10 @@ def report(counts: dict, drifted: dict, requests: int, thresholds: dict) -> dict
     features = {name: rates(c) for name, c in sorted(counts.items())}
     failures = [f"{name}: {k}_rate {r[f'{k}_rate']:.4f} > {thresholds[f'max_{k}']}" for name, r in features.items()
                 for k in ("mismatch", "missing", "extra") if r[f"{k}_rate"] > thresholds[f"max_{k}"]]
-    failures += [f"{name}: PSI {d['psi']:.3f} > {thresholds['max_psi']}" for name, d in drifted.items() if d["psi"] > thresholds["max_psi"]]
+    for d in drifted.values():
+        d["gated"] = d["served_n"] >= thresholds["min_samples"]
+    failures += [f"{name}: PSI {d['psi']:.3f} > {thresholds['max_psi']}" for name, d in drifted.items()
+                 if d["gated"] and d["psi"] > thresholds["max_psi"]]
     return {"requests": requests, "features": features, "drift": drifted, "thresholds": thresholds, "failures": failures,
             "passed": not failures}
 
@@ -200,11 +204,13 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['compared']} | {r['match']} | {r['mismatch_rate']:.2%} | {r['missing_rate']:.2%} | "
                      f"{r['extra_rate']:.2%} | {r['stale']} |")
     lines += ["", "## Drift: training set against served (PSI, 10 quantile bins of the training values)\n",
-              "| feature | PSI | training values | served values |", "|---|---|---|---|"]
+              "| feature | PSI | training values | served values | judged |", "|---|---|---|---|---|"]
     for name, d in result["drift"].items():
-        lines.append(f"| {name} | {d['psi']:.3f} | {d['train_n']} | {d['served_n']} |")
+        judged = "yes" if d["gated"] else f"no: fewer than {result['thresholds']['min_samples']} served values"
+        lines.append(f"| {name} | {d['psi']:.3f} | {d['train_n']} | {d['served_n']} | {judged} |")
     t = result["thresholds"]
-    lines += ["", f"Thresholds: mismatch {t['max_mismatch']}, missing {t['max_missing']}, extra {t['max_extra']}, PSI {t['max_psi']}.",
+    lines += ["", f"Thresholds: mismatch {t['max_mismatch']}, missing {t['max_missing']}, extra {t['max_extra']}, PSI {t['max_psi']} "
+              f"(judged with at least {t['min_samples']} served values).",
               "", "**passed**" if result["passed"] else "**failed**: " + "; ".join(result["failures"]), ""]
     return "\n".join(lines)
 
@@ -246,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-missing", type=float, default=0.01)
     parser.add_argument("--max-extra", type=float, default=0.01)
     parser.add_argument("--max-psi", type=float, default=0.25)
+    parser.add_argument("--min-samples", type=int, default=100,
+                        help="a feature's PSI is judged only with at least this many served values (default %(default)s)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     root = Path(args.root)
@@ -260,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     service = log.select("feature_service").first()["feature_service"]
     training = Path(args.training_set) if args.training_set else root / "training_sets" / service
     drifted = drift(spark.read.parquet(str(training / "split=train")), log) if (training / "split=train").is_dir() else {}
-    thresholds = {"max_mismatch": args.max_mismatch, "max_missing": args.max_missing, "max_extra": args.max_extra, "max_psi": args.max_psi}
+    thresholds = {"max_mismatch": args.max_mismatch, "max_missing": args.max_missing, "max_extra": args.max_extra, "max_psi": args.max_psi,
+                  "min_samples": args.min_samples}
     result = report(counts, drifted, requests, thresholds)
     out = Path(args.out) if args.out else root / "reports" / "consistency"
     out.mkdir(parents=True, exist_ok=True)

@@ -55,3 +55,11 @@ def test_a_consistent_store_passes_and_a_wrong_online_value_is_caught(served, tm
     assert result["features"]["item_stats:impressions"]["mismatch"] == 2
     assert any(f.startswith("item_stats:impressions: mismatch_rate") for f in result["failures"])
     store.materialize(start_date=START - dt.timedelta(days=60), end_date=AT)  # the store as the other tests expect it
+
+
+def test_drift_is_judged_only_on_enough_served_values():
+    thresholds = {"max_mismatch": 0.01, "max_missing": 0.01, "max_extra": 0.01, "max_psi": 0.25, "min_samples": 100}
+    drifted = {"ctr": {"psi": 3.0, "train_n": 1000, "served_n": 500}, "user_ctr": {"psi": 8.0, "train_n": 1000, "served_n": 3}}
+    result = consistency.report({}, drifted, 3, thresholds)
+    assert result["failures"] == ["ctr: PSI 3.000 > 0.25"] and not result["passed"]
+    assert "fewer than 100 served values" in consistency.markdown(result)
