@@ -197,7 +197,10 @@ class Scorer:
         t_user = time.perf_counter()
         hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status == PRESENT else []
         user_stats = self.reader.read(USER_STATS_VIEW, [int(user_id)], now) if USER_STATS_VIEW in self.reader.views else None
-        key = (int(user_id), seq.event_timestamps[0], status, self.cache.invalidations)
+        # The newest history time too: Feast's SQLite store keeps the row's stamp in whole seconds, and the
+        # stream can write two snapshots of one user within a second.
+        newest = (seq.values["hist_ts_us"][0] or [None])[-1] if "hist_ts_us" in seq.values else None
+        key = (int(user_id), seq.event_timestamps[0], newest, len(hist), status, self.cache.invalidations)
         side = self.user_cache.get(key)  # the history's vectors and DMF's user state, when this user was just scored
         # Item features, one read per view: the candidates, then (embedding view, user side not cached) the history.
         rows = {view: self.items.read(view, items + hist if view == self.embedding_view and side is None else items)

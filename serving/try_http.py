@@ -36,6 +36,38 @@ def candidates(root: Path, user: int, at, n: int) -> tuple[list[int], dict[int, 
     return [int(r[0]) for r in rows], {int(r[0]): r[1] for r in rows}
 
 
+def has_images(root: Path, items: list[int]) -> dict[int, bool]:
+    """Whether each item's embedding row was made from a real image (``has_image``)."""
+    import duckdb
+
+    if not items or not any((root / "item_embeddings").glob("*.parquet")):
+        return {}
+    rows = duckdb.connect().execute(f"SELECT item_id, bool_or(has_image) FROM read_parquet('{root}/item_embeddings/*.parquet') "
+                                    f"WHERE item_id IN ({','.join(str(int(i)) for i in items)}) GROUP BY item_id").fetchall()
+    return {int(i): bool(h) for i, h in rows}
+
+
+def image_summary(root: Path, top: dict[int, bool]) -> str:
+    """Which image encoder made the catalogue's image embeddings, how many items have one, and how many of the top."""
+    import json
+
+    import duckdb
+
+    meta_path = root / "item_embeddings" / "_mmfs_meta.json"
+    identity = json.loads(meta_path.read_text()).get("encoder_identity", {}) if meta_path.is_file() else {}
+    image = identity.get("image") or {}
+    with_image, items = duckdb.connect().execute(
+        f"SELECT count(DISTINCT item_id) FILTER (WHERE has_image), count(DISTINCT item_id) "
+        f"FROM read_parquet('{root}/item_embeddings/*.parquet')").fetchone()
+    pca = (identity.get("pca_dims") or {}).get("image")
+    if not with_image:
+        return f"image embeddings: none of the {items} items has a picture (text only; has_image is false for all)"
+    return (f"image embeddings: {with_image} of {items} items encoded from their picture by {image.get('model', '?')} "
+            f"({image.get('dim', '?')}-d{f', PCA to {pca}' if pca else ''}), fused with the text into mm_emb "
+            f"({identity.get('mm_dim', '?')}-d), which the scorer's similarities s_j read; {sum(top.values())} of the top "
+            f"{len(top)} have one")
+
+
 def history_titles(root: Path, user: int, at, n: int = 5) -> list[str]:
     """Titles of the user's last ``n`` clicked items before ``at``, newest first."""
     import duckdb
@@ -117,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=300)
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--config", default="duckdb")
+    parser.add_argument("--no-click", action="store_true", help="score once; do not post a click and stream it")
     args = parser.parse_args(argv)
     console = Console()
     root = Path(args.root)
@@ -150,15 +183,20 @@ def main(argv: list[str] | None = None) -> int:
                       f"server time {body['timings_ms']['total']:.1f} ms, flags {body['user_flags'] or 'none'}", markup=False)
         ranked = sorted((i for i in body["items"] if i["score"] is not None), key=lambda i: -i["score"])
         table = Table(title=f"top {args.top} of {len(items)} for user {args.user}")
-        for column in ("rank", "item", "title", "p(click)", "flags"):
+        images = has_images(root, [i["item_id"] for i in ranked[:args.top]])
+        for column in ("rank", "item", "title", "image", "p(click)", "flags"):
             table.add_column(column)
         for rank, item in enumerate(ranked[:args.top], 1):
-            table.add_row(str(rank), str(item["item_id"]), titles.get(item["item_id"], "?"), f"{item['score']:.3f}", ",".join(item["flags"]) or "-")
+            table.add_row(str(rank), str(item["item_id"]), titles.get(item["item_id"], "?"), "yes" if images.get(item["item_id"]) else "-",
+                          f"{item['score']:.3f}", ",".join(item["flags"]) or "-")
         console.print(table)
         errors = [i for i in body["items"] if i["error"]]
         if errors:
             console.print(f"{len(errors)} candidates answered with an error, e.g. {errors[0]}", markup=False)
-        seen = click_and_rescore(console, url, root, args.config, args.user, args.at, items, ranked[0]["item_id"], titles, body)
+        if images:
+            console.print(image_summary(root, images), markup=False)
+        seen = args.no_click or click_and_rescore(console, url, root, args.config, args.user, args.at, items, ranked[0]["item_id"],
+                                                  titles, body)
     finally:
         server.terminate()
         rc = server.wait(timeout=30)
