@@ -29,7 +29,6 @@ from pipelines.contracts.names import LANDING_SUBDIR
 from pipelines.features.event_rules import EVENT_KEY, event_violations
 
 UTC = dt.timezone.utc
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,13 @@ def problems_of(n: int, e: Event, known: set[int], now: dt.datetime) -> list[dic
         column = "item_id" if rule == "item_known" else next(c for c in EVENT_KEY + ("label",) if rule.startswith(c))
         out.append({"field": f"events.{n}.{column}", "rule": rule, "error": reason})
     return out
+
+
+def check_events(events: list[Event], known: set[int], now: dt.datetime) -> None:
+    """``InvalidEvents`` naming every event, field and rule broken (``problems_of``); None when all are valid."""
+    problems = [p for n, e in enumerate(events) for p in problems_of(n, e, known, now)]
+    if problems:
+        raise InvalidEvents(problems)
 
 
 def parse_line(line: str, known: set[int], now: dt.datetime) -> tuple[Event | None, list[dict]]:
@@ -120,10 +126,7 @@ class EventLanding:
 
     def validate(self, events: list[Event], now: dt.datetime | None = None) -> None:
         """``InvalidEvents`` naming every event, field and rule broken; nothing is written then."""
-        known, now = self.known.ids(), now or dt.datetime.now(UTC)
-        problems = [p for n, e in enumerate(events) for p in problems_of(n, e, known, now)]
-        if problems:
-            raise InvalidEvents(problems)
+        check_events(events, self.known.ids(), now or dt.datetime.now(UTC))
 
     def land(self, events: list[Event], now: dt.datetime | None = None) -> str:
         """Validate all, then write them as one file published by a rename; returns its name."""

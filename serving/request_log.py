@@ -21,7 +21,6 @@ import queue
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,9 +161,6 @@ class RequestLog:
         scorer.served_hook = self.submit
         self.thread = threading.Thread(target=self._run, name="mmfs-request-log", daemon=True)
         self.thread.start()
-
-    def new_id(self) -> str:
-        return uuid.uuid4().hex
 
     def submit(self, served: Served) -> None:
         """Hand one record to the writer; never blocks: a full queue drops it (counted)."""

@@ -213,19 +213,19 @@ class Scorer:
         t_model = time.perf_counter()
         if side is None:
             self.user_cache.put(key, {**{k: prepared.tensors[k] for k in self._user_keys(prepared.tensors)}, "state": state})
-        results = self._results(items, logits, prepared)
-        request_id = self._log(now, int(user_id), items, logits, prepared, seq, hist, user_stats, rows) if self.served_hook else ""
+        probabilities = 1.0 / (1.0 + np.exp(-logits))  # (C,)
+        results = self._results(items, probabilities, logits, prepared)
+        request_id = self._log(now, int(user_id), items, probabilities, prepared, seq, hist, user_stats, rows) if self.served_hook else ""
         ms = lambda a, b: round((b - a) * 1e3, 4)  # noqa: E731
         timings = {"read_user": ms(began, t_user), "read_items": ms(t_user, t_items), "similarity": round(prepared.similarity_ms, 4),
                    "assemble": round(ms(t_items, t_assemble) - prepared.similarity_ms, 4), "model": ms(t_assemble, t_model),
                    "total": ms(began, t_model)}
         return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings, request_id)
 
-    def _log(self, now, user_id, items, logits, prepared: Prepared, seq, hist, user_stats, rows) -> str:
+    def _log(self, now, user_id, items, probabilities, prepared: Prepared, seq, hist, user_stats, rows) -> str:
         """Hand what this request used to ``served_hook`` (references to the arrays, no copies); its request id."""
         request_id = uuid.uuid4().hex
-        probabilities = 1.0 / (1.0 + np.exp(-logits))  # (C,)
-        probabilities[prepared.unknown] = np.nan
+        probabilities = np.where(prepared.unknown, np.nan, probabilities)  # (C,): no score for an unknown item
         C = len(items)
         item_stats = None
         if "item_stats" in self.item_views:
@@ -240,10 +240,10 @@ class Scorer:
         return request_id
 
     @staticmethod
-    def _results(items: list[int], logits: np.ndarray, prepared: Prepared) -> list[ItemScore]:
+    def _results(items: list[int], probabilities: np.ndarray, logits: np.ndarray, prepared: Prepared) -> list[ItemScore]:
         """One ``ItemScore`` per candidate; an error entry for an unknown item."""
-        probabilities = (1.0 / (1.0 + np.exp(-logits))).tolist()
-        results = [ItemScore(item, p, logit, flags) for item, p, logit, flags in zip(items, probabilities, logits.tolist(), prepared.flags)]
+        results = [ItemScore(item, p, logit, flags)
+                   for item, p, logit, flags in zip(items, probabilities.tolist(), logits.tolist(), prepared.flags)]
         for c in np.flatnonzero(prepared.unknown).tolist():
             results[c] = ItemScore(items[c], None, None, prepared.flags[c], "unknown item: not in the online store and never seen in training")
         return results

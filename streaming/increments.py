@@ -56,7 +56,7 @@ from pipelines.features.item_index import ItemEmbeddingIndex
 from pipelines.features.similarity import similarity_batch
 from pipelines.features.snapshot import STAMP_AFTER_US, next_history, stamp_after
 from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT, running_stats_rows
-from serving.landing import Event, InvalidEvents, KnownItems, problems_of
+from serving.landing import Event, KnownItems, check_events
 from serving.online import OnlineReader
 from streaming import increment_log
 from streaming.increment_log import LOG  # noqa: F401 - where committed batches wait
@@ -237,10 +237,7 @@ class IncrementWriter:
     # -- validation and keys ---------------------------------------------------------------------
 
     def _validate(self, events: list[Event], now: dt.datetime) -> None:
-        known = self.known.ids()
-        problems = [p for n, e in enumerate(events) for p in problems_of(n, e, known, now)]
-        if problems:
-            raise InvalidEvents(problems)
+        check_events(events, self.known.ids(), now)
 
     def _new_events(self, events: list[Event]) -> tuple[list[Event], int, list[tuple[Event, int]]]:
         """The events whose key is not recorded yet (one per key), how many were retries, and the
