@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.resources import machine_description, measured, write_section
-from pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences
+from pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
 from pipelines.store import feast_store, training_set
 from pipelines import synth
 from pipelines.spark.session import build_spark
@@ -55,6 +55,7 @@ def prepare_tables(work: Path, n_events: int, n_items: int, embeddings_root: Pat
     shutil.copy(embeddings_root / "item_embeddings" / "_mmfs_meta.json", root / "item_embeddings" / "_mmfs_meta.json")
     user_sequences.main(["--root", str(root)])
     item_stats.main(["--root", str(root)])
+    user_stats.main(["--root", str(root)])
     target_similarity.main(["--root", str(root)])
     shutil.rmtree(raw)
     return root

@@ -111,7 +111,8 @@ def target_similarity_view(name: str, source, encoder_id: str) -> FeatureView:
         schema=[
             Field(name="hist_sim", dtype=Array(Float32), tags={"request_time": "true"},
                   description="cos(mm_emb(target), mm_emb(hist_j)) per history item as of the row time; null where unknown"),
-            Field(name="target_has_emb", dtype=Bool, description="Whether the target item had an embedding at the row time"),
+            Field(name="target_has_emb", dtype=Bool, tags={"request_time": "true"},
+                  description="Whether the target item had an embedding at the row time"),
         ],
         source=source,
         online=False,  # online, the scorer computes these at request time with the same function

@@ -4,6 +4,12 @@
 never loads the split into memory, only one row group at a time. Row groups are shared out among
 DataLoader workers and distributed ranks, and shuffled per epoch with a seed.
 
+Histories that the training set holds by reference (``--history reference``, the default) are
+looked up here by the row's snapshot key (``SnapshotIndex``: the user_sequence row the
+point-in-time join picked), and the request-time features (``hist_sim``, and the target's
+embedding status) are computed here at the row's time with the function the scorer calls,
+``pipelines.features.similarity.target_similarity``.
+
 Embedding vectors that the training set holds by reference (``--embeddings reference``, the
 default) are looked up here point-in-time, for the target and every history item, in the
 encoder's versioned embedding table: the version with ``event_timestamp <= T`` and
@@ -29,6 +35,7 @@ A batch is a dict of tensors; B rows, L = max_len history positions (oldest firs
 """
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +50,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields
 from pipelines.features.item_index import MISSING, ItemEmbeddingIndex, to_micros
+from pipelines.features.similarity import target_similarity
 
 
 @dataclass(frozen=True)
@@ -85,9 +93,96 @@ def pad_lists(column: pa.Array, width: int, dtype, fill=0) -> tuple[np.ndarray, 
     return out, mask
 
 
+class SnapshotIndex:
+    """One list field of a view's rows, by (entity key, event time): the history a training row
+    names by its key column. Rows are sorted by (key, time) and the lists kept flat (offsets +
+    values), so a lookup is three binary searches and one gather."""
+
+    def __init__(self, keys: np.ndarray, event_us: np.ndarray, lists: pa.ListArray, source: str = ""):
+        order = np.lexsort((event_us, keys))
+        self.source = source
+        keys, event_us = np.asarray(keys, np.int64)[order], np.asarray(event_us, np.int64)[order]
+        lists = pc.take(lists, pa.array(order))
+        lists = pc.fill_null(lists, pa.scalar([], lists.type)) if lists.null_count else lists
+        self.values = pc.fill_null(lists.flatten(), 0).to_numpy(zero_copy_only=False)  # (sum len,)
+        offsets = lists.offsets.to_numpy()
+        self.starts, self.lengths = offsets[:-1] - offsets[0], np.diff(offsets)  # (R,), (R,)
+        self.key_values = np.unique(keys)  # (K,)
+        self.time_values = np.unique(event_us)  # (T,)
+        if len(self.key_values) >= 2**31 or len(self.time_values) >= 2**32:
+            raise ValueError(f"{source}: too many keys for one index")
+        self.codes = self._code(np.searchsorted(self.key_values, keys), np.searchsorted(self.time_values, event_us))  # (R,) sorted
+
+    @staticmethod
+    def _code(key_rank: np.ndarray, time_rank: np.ndarray) -> np.ndarray:
+        return (key_rank.astype(np.int64) << 32) | time_rank.astype(np.int64)
+
+    @classmethod
+    def from_parquet(cls, pattern: str, key: str, timestamp: str, field: str) -> "SnapshotIndex":
+        """Read ``key``, ``timestamp`` and the list ``field`` of the parquet files matching ``pattern``."""
+        files = sorted(glob.glob(pattern))
+        if not files:
+            raise FileNotFoundError(f"no parquet files match {pattern}: the table a training set refers to is gone")
+        table = pa.concat_tables([pq.read_table(f, columns=[key, timestamp, field]) for f in files])
+        return cls(table.column(key).to_numpy(), to_micros(table.column(timestamp)),
+                   table.column(field).combine_chunks(), pattern)
+
+    def rows(self, keys: np.ndarray, event_us: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """Row of each (key, time) where ``known``, else -1. A known key that is not in the table
+        means the table changed under the training set: an error naming the row."""
+        keys = np.asarray(keys, np.int64)
+        event_us = np.asarray(event_us, np.int64)
+        out = np.full(len(keys), -1, np.int64)
+        if not known.any():
+            return out
+        k, t = keys[known], event_us[known]
+        key_rank = np.minimum(np.searchsorted(self.key_values, k), max(len(self.key_values) - 1, 0))
+        time_rank = np.minimum(np.searchsorted(self.time_values, t), max(len(self.time_values) - 1, 0))
+        code = self._code(key_rank, time_rank)
+        row = np.minimum(np.searchsorted(self.codes, code), max(len(self.codes) - 1, 0))
+        ok = (len(self.codes) > 0) & (self.key_values[key_rank] == k) & (self.time_values[time_rank] == t) & (self.codes[row] == code)
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise KeyError(f"{self.source}: no row for key {int(k[bad])} at {int(t[bad])} us, which a training row names: "
+                           "the table changed after the training set was built; rebuild it (mmfs training-set)")
+        out[known] = row
+        return out
+
+    def padded(self, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, width) values keeping each list's last ``width`` items (padding 0), and the mask; row -1 is empty."""
+        found = rows >= 0
+        lengths = np.where(found, self.lengths[np.maximum(rows, 0)], 0)  # (B,)
+        keep = np.minimum(lengths, width)
+        start = self.starts[np.maximum(rows, 0)] + lengths - keep  # (B,) drop the oldest beyond width
+        n = len(rows)
+        pos = np.arange(width)[None, :]  # (1, width)
+        mask = pos < keep[:, None]  # (B, width)
+        src = np.where(mask, start[:, None] + pos, 0)
+        out = np.where(mask, self.values[src] if len(self.values) else 0, 0).astype(self.values.dtype if len(self.values) else np.int64)
+        return out.reshape(n, width), mask
+
+
 def read_manifest(training_set: str | Path) -> dict:
     """A training set's ``manifest.json``, parsed."""
     return json.loads((Path(training_set) / "manifest.json").read_text())
+
+
+def open_history(manifest: dict) -> tuple[SnapshotIndex | None, str | None]:
+    """The snapshot index of a training set's histories by reference, and the rows' key column (None, None when inline)."""
+    views = {v["name"]: v for v in manifest.get("views", [])}
+    for view, ref in manifest.get("list_fields_by_reference", {}).items():
+        if "hist_item_ids" in ref["fields"]:
+            spec = views[view]
+            return SnapshotIndex.from_parquet(spec["glob"], spec["join_keys"][0], spec["timestamp"], "hist_item_ids"), ref["key"]
+    return None, None
+
+
+def snapshot_rows(index: SnapshotIndex, table: pa.Table, key_column: str) -> np.ndarray:
+    """Each training row's snapshot row in ``index`` (-1 where the row names none)."""
+    key = table.column(key_column)
+    known = key.is_valid().to_numpy(zero_copy_only=False)
+    stamps = pc.fill_null(pc.cast(pc.cast(key, pa.timestamp("us", tz="UTC")), pa.int64()), 0).to_numpy()
+    return index.rows(table.column("user_id").to_numpy(), stamps, known)
 
 
 def load_embedding_index(table_dir: str | Path, column: str) -> ItemEmbeddingIndex:
@@ -105,6 +200,19 @@ def stats_columns(table: pa.Table, names: tuple[str, str, str]) -> dict[str, np.
     known = table.column(names[0]).is_valid().to_numpy(zero_copy_only=False)
     impressions, clicks = (pc.fill_null(table.column(c), 0).to_numpy() for c in names[:2])
     return stats_fields(names, impressions, clicks, pc.fill_null(table.column(names[2]), 0.0).to_numpy(), known)
+
+
+def vectors_as_of(index: ItemEmbeddingIndex, item_ids: np.ndarray, hist_ids: np.ndarray, hist_mask: np.ndarray, as_of: np.ndarray):
+    """Target and history vectors at each row's time: target (B, D), found (B,), history
+    (B, L, D), its found mask (B, L) and versions (B, L), -1 where not found or padded."""
+    target, found = index.vectors_at(item_ids, as_of)  # (B, D), (B,)
+    L = hist_ids.shape[1]
+    versions = index.lookup(hist_ids.ravel(), np.repeat(as_of, L)).reshape(hist_ids.shape)  # (B, L)
+    hist_found = (versions != MISSING) & hist_mask  # (B, L)
+    versions = np.where(hist_found, versions, MISSING)
+    hist = np.zeros((*hist_ids.shape, index.dim), np.float32)  # (B, L, D)
+    hist[hist_found] = index.vectors[versions[hist_found]]
+    return target, found, hist, hist_found, versions
 
 
 class TrainingSetDataset(IterableDataset):
@@ -126,6 +234,12 @@ class TrainingSetDataset(IterableDataset):
             if vector not in by_reference and not any(f.endswith(f":{vector}") for f in self.manifest["features"]):
                 raise ValueError(f"{vector} is not a feature of {self.manifest['feature_service']}")
             self.indexes[vector] = load_embedding_index(self.manifest["embedding_table"], vector)
+        self.history, self.history_key = open_history(self.manifest)
+        self.similarity_index = None  # hist_sim computed here at the row's time (request-time feature)
+        if any(f.endswith(":hist_sim") for f in self.manifest.get("request_time_fields", [])):
+            self.similarity_index = self.indexes.get("mm_emb")
+            if self.similarity_index is None:
+                self.similarity_index = load_embedding_index(self.manifest["embedding_table"], "mm_emb")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -152,6 +266,15 @@ class TrainingSetDataset(IterableDataset):
             for lo in range(0, table.num_rows, self.config.batch_size):
                 yield self.collate(table.take(order[lo:lo + self.config.batch_size]))
 
+    def histories(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(B, L) history ids and mask: from the rows' lists (inline) or by their snapshot key (reference)."""
+        L = self.config.max_len
+        if "hist_item_ids" in table.column_names:
+            return pad_lists(table.column("hist_item_ids"), L, np.int64)
+        if self.history is None:  # a service without a sequence view
+            return np.zeros((table.num_rows, L), np.int64), np.zeros((table.num_rows, L), bool)
+        return self.history.padded(snapshot_rows(self.history, table, self.history_key), L)
+
     def collate(self, table: pa.Table) -> dict[str, torch.Tensor]:
         """Rows of the split -> a batch of tensors (module docstring's layout), vectors looked up at each row's time."""
         L = self.config.max_len
@@ -161,21 +284,21 @@ class TrainingSetDataset(IterableDataset):
             "label": table.column("label").to_numpy().astype(np.float32),
             "event_us": to_micros(table.column("event_timestamp")),
         }
-        hist_ids, hist_mask = pad_lists(table.column("hist_item_ids"), L, np.int64)  # (B, L)
+        hist_ids, hist_mask = self.histories(table)  # (B, L)
         batch["hist_item_ids"], batch["hist_mask"] = hist_ids, hist_mask
         if "hist_sim" in table.column_names:
             sims, sim_known = pad_lists(table.column("hist_sim"), L, np.float32)  # (B, L)
             batch.update(similarity_fields(sims, sim_known & hist_mask))
         for names in (ITEM_STATS_COLUMNS, USER_STATS_COLUMNS):
             batch.update(stats_columns(table, names))
+        looked_up = {}
         for vector, index in self.indexes.items():
-            as_of = batch["event_us"]
-            target, found = index.vectors_at(batch["item_id"], as_of)  # (B, D), (B,)
-            versions = index.lookup(hist_ids.ravel(), np.repeat(as_of, L)).reshape(hist_ids.shape)  # (B, L)
-            hist_found = (versions != MISSING) & hist_mask  # (B, L)
-            versions = np.where(hist_found, versions, MISSING)
-            hist = np.zeros((*hist_ids.shape, index.dim), np.float32)  # (B, L, D)
-            hist[hist_found] = index.vectors[versions[hist_found]]
+            target, found, hist, hist_found, versions = looked_up[vector] = vectors_as_of(index, batch["item_id"], hist_ids, hist_mask, batch["event_us"])
             batch.update(vector_fields(vector, target, found, hist, hist_found))
             batch[f"hist_{vector}_version"] = versions
+        if self.similarity_index is not None and "hist_sim" not in table.column_names:
+            target, found, hist, hist_found, _ = looked_up.get("mm_emb") or vectors_as_of(
+                self.similarity_index, batch["item_id"], hist_ids, hist_mask, batch["event_us"])
+            known = hist_found & found[:, None]  # (B, L): null where either vector is unknown at T
+            batch.update(similarity_fields(target_similarity(target, hist, known), known))
         return to_tensors(batch)

@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from model.data import open_history, read_manifest, snapshot_rows
 from model.layers import OOV, PAD
 
 
@@ -33,13 +34,20 @@ class IdVocab:
         """Ids seen as a target at least ``min_count`` times in one split, or in a history there,
         streamed row group by row group. Rarer ids share the OOV row, which therefore trains on
         the items that look most like the never-seen ones at test time."""
+        index, key = open_history(read_manifest(training_set))  # histories by reference: (None, None) when inline
         targets, history = [], []
         for path in sorted((Path(training_set) / f"split={split}").glob("*.parquet")):
             file = pq.ParquetFile(path)
             for group in range(file.num_row_groups):
-                table = file.read_row_group(group, columns=["item_id", "hist_item_ids"])
+                if index is None:
+                    table = file.read_row_group(group, columns=["item_id", "hist_item_ids"])
+                    history.append(np.unique(pc.list_flatten(table.column("hist_item_ids")).to_numpy()))
+                else:
+                    table = file.read_row_group(group, columns=["item_id", "user_id", key])
+                    rows = np.unique(snapshot_rows(index, table, key))
+                    ids, mask = index.padded(rows[rows >= 0], int(index.lengths.max(initial=0)))
+                    history.append(np.unique(ids[mask]))
                 targets.append(table.column("item_id").to_numpy())
-                history.append(np.unique(pc.list_flatten(table.column("hist_item_ids")).to_numpy()))
         if not targets:
             return cls(np.zeros(0, np.int64))
         ids, counts = np.unique(np.concatenate(targets), return_counts=True)

@@ -36,6 +36,17 @@ class ViewJoin:
     ttl_us: int | None
     fields: tuple[str, ...]
     vector_fields: tuple[str, ...] = ()
+    list_fields: tuple[str, ...] = ()  # list features other than vectors (a sequence): by key when history="reference"
+    request_time_fields: tuple[str, ...] = ()  # computed at the row's time by the loader, as the scorer does
+
+    @property
+    def key_column(self) -> str:
+        """The training-row column that names this view's row by its event time (history by reference)."""
+        return f"{self.name}__event_timestamp"
+
+    def referenced(self, history: str) -> tuple[str, ...]:
+        """Fields left out of the rows when ``history`` is "reference": lists (looked up by key) and request-time fields."""
+        return self.list_fields + self.request_time_fields if history == "reference" else ()
 
 
 @dataclass(frozen=True)
@@ -54,14 +65,22 @@ def service_views(store, service_name: str) -> list[ViewJoin]:
         fv = store.get_feature_view(projection.name)
         fields = tuple(f.name for f in projection.features)
         vectors = tuple(f.name for f in projection.features if (f.tags or {}).get("dim"))
+        request_time = tuple(f.name for f in projection.features if (f.tags or {}).get("request_time") == "true")
+        lists = tuple(f.name for f in projection.features if f.name not in vectors + request_time and _is_list(f.dtype))
         ttl = fv.ttl
         views.append(ViewJoin(
             name=fv.name, glob=source_glob(fv.batch_source), join_keys=tuple(fv.join_keys),
             timestamp=fv.batch_source.timestamp_field, created=fv.batch_source.created_timestamp_column or None,
             ttl_us=int(ttl.total_seconds() * 1_000_000) if ttl and ttl.total_seconds() > 0 else None,
-            fields=fields, vector_fields=vectors,
+            fields=fields, vector_fields=vectors, list_fields=lists, request_time_fields=request_time,
         ))
     return views
+
+
+def _is_list(dtype) -> bool:
+    from feast.types import Array
+
+    return isinstance(dtype, Array)
 
 
 def split_points(entity: pa.Table, fractions: tuple[float, float] = (0.8, 0.9)) -> SplitPoints:
@@ -90,13 +109,26 @@ def split_sql(column: str, split: SplitPoints) -> str:
             f"WHEN {column} < {_lit(split.test_from.isoformat())}::TIMESTAMPTZ THEN 'valid' ELSE 'test' END AS split")
 
 
-def pit_query(views: list[ViewJoin], embeddings: str = "reference", split: SplitPoints | None = None) -> str:
-    """SQL over the registered ``entity`` relation: entity columns + every feature, point-in-time."""
+def pit_query(views: list[ViewJoin], embeddings: str = "reference", split: SplitPoints | None = None,
+              history: str = "inline") -> str:
+    """SQL over the registered ``entity`` relation: entity columns + every feature, point-in-time.
+
+    ``history="reference"``: a view's list fields are replaced by its key column (the event time
+    of the row the join picked, null where none or expired), and request-time fields are left
+    out; a view left with nothing to carry is not joined at all."""
+    if history not in ("inline", "reference"):
+        raise ValueError(f"history must be inline or reference, got {history!r}")
     ctes, joins = [], []
     selects = [f"e.{c}" for c in ENTITY_COLUMNS]
     for i, view in enumerate(views):
         keys = ", ".join(_q(k) for k in view.join_keys)
-        cols = [f for f in view.fields if not (embeddings == "reference" and f in view.vector_fields)]
+        skip = set(view.referenced(history)) | (set(view.vector_fields) if embeddings == "reference" else set())
+        cols = [f for f in view.fields if f not in skip]
+        by_key = history == "reference" and bool(view.list_fields)
+        if by_key and view.created:
+            raise ValueError(f"view {view.name}: list fields by reference need a view without a created timestamp")
+        if not cols and not by_key:
+            continue
         col_sql = "".join(f", {_q(c)}" for c in cols)
         source = f"read_parquet({_lit(view.glob)})"
         on_keys = " AND ".join(f"e.{_q(k)} = t{i}.{_q(k)}" for k in view.join_keys)
@@ -122,6 +154,8 @@ def pit_query(views: list[ViewJoin], embeddings: str = "reference", split: Split
             fresh += f" AND {feature_ts} >= e.event_timestamp - to_microseconds({view.ttl_us})"
         value_alias = f"v{i}" if view.created else f"t{i}"
         selects += [f"CASE WHEN {fresh} THEN {value_alias}.{_q(c)} END AS {_q(c)}" for c in cols]
+        if by_key:
+            selects.append(f"CASE WHEN {fresh} THEN {feature_ts} END AS {_q(view.key_column)}")
     if split is not None:
         selects.append(split_sql("e.event_timestamp", split))
     return f"WITH {', '.join(ctes)} SELECT {', '.join(selects)} FROM entity e {' '.join(joins)}"
@@ -140,12 +174,12 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def duckdb_join(views: list[ViewJoin], entity: pa.Table, embeddings: str = "reference") -> pa.Table:
+def duckdb_join(views: list[ViewJoin], entity: pa.Table, embeddings: str = "reference", history: str = "inline") -> pa.Table:
     """The point-in-time rows as one Arrow table, in entity order (for tests, parity and small sets)."""
     con = connect()
     con.register("entity_raw", entity)
     con.execute("CREATE TEMP VIEW entity AS SELECT row_number() OVER () AS _row, * FROM entity_raw")
-    sql = pit_query(views, embeddings).replace("SELECT e.user_id", "SELECT e._row, e.user_id", 1)
+    sql = pit_query(views, embeddings, history=history).replace("SELECT e.user_id", "SELECT e._row, e.user_id", 1)
     return con.sql(f"SELECT * EXCLUDE (_row) FROM ({sql}) ORDER BY _row").to_arrow_table()
 
 

@@ -23,6 +23,14 @@ rows (``--embeddings reference``): a model needs the history items' vectors as o
 no row-wise join can give, so the loader (``model.data``) looks every item up point-in-time in
 the embedding table. ``--embeddings inline`` writes the target's vectors into each row.
 
+Histories come by reference too (``--history reference``, the default): a row carries the key of
+the user_sequence snapshot the join picked (``user_sequence__event_timestamp``, null where none
+or expired) and ``hist_len``, not the 50 ids and timestamps; the loader looks the snapshot up by
+that key. Request-time features (``hist_sim``, ``target_has_emb``: tagged ``request_time`` in the
+repo) are not joined at all: the loader computes them at the row's time with the function the
+scorer calls at request time. A row is then a dozen scalars, whatever the history length.
+``--history inline`` writes the lists into the rows (what ``--engine feast`` gives).
+
 Output: ``<out>/split=train|valid|test/*.parquet`` (split by event time), ``<out>/manifest.json``,
 and a Feast saved dataset named after the output directory. A failed build leaves the previous
 output in place.
@@ -155,11 +163,15 @@ def _encoder_identity(store, service_name: str = "ctr_dmf_v1") -> dict:
 
 def build(store, service_name: str, entity_source, out: str | Path, engine: str = "duckdb",
           embeddings: str = "reference", split: SplitPoints | None = None,
-          fractions: tuple[float, float] = (0.8, 0.9), saved_dataset: bool = True) -> BuildResult:
+          fractions: tuple[float, float] = (0.8, 0.9), saved_dataset: bool = True, history: str | None = None) -> BuildResult:
     """Build the point-in-time training set of ``service_name`` for ``entity_source`` into ``out``.
 
     Writes ``split=train|valid|test`` parquet and ``manifest.json``, replacing ``out`` only once
-    complete, and registers a Feast saved dataset unless ``saved_dataset`` is false."""
+    complete, and registers a Feast saved dataset unless ``saved_dataset`` is false. ``history``:
+    "reference" (default with the duckdb engine) or "inline" (default, and the only choice, with feast)."""
+    history = history or ("inline" if engine == "feast" else "reference")
+    if engine == "feast" and history != "inline":
+        raise ValueError("--engine feast writes histories inline (Feast's join gives no row keys): use --history inline")
     out = Path(out).resolve()
     began = time.perf_counter()
     views = service_views(store, service_name)
@@ -173,7 +185,7 @@ def build(store, service_name: str, entity_source, out: str | Path, engine: str 
         join_began = time.perf_counter()
         if engine == "duckdb":
             con.register("entity", entity)
-            query = pit_query(views, embeddings, split)
+            query = pit_query(views, embeddings, split, history)
         elif engine == "feast":
             con.register("feast_rows", feast_join(store, service_name, entity, views, embeddings))
             con.register("entity", entity)
@@ -194,7 +206,11 @@ def build(store, service_name: str, entity_source, out: str | Path, engine: str 
             "engine": engine,
             "embeddings": embeddings,
             "features": features,
+            "history": history,
             "vector_fields_by_reference": [f"{v.name}:{f}" for v in views for f in v.vector_fields] if embeddings == "reference" else [],
+            "list_fields_by_reference": {v.name: {"key": v.key_column, "fields": list(v.list_fields)}
+                                         for v in views if history == "reference" and v.list_fields},
+            "request_time_fields": [f"{v.name}:{f}" for v in views for f in v.request_time_fields] if history == "reference" else [],
             "embedding_table": next((str(Path(v.glob).parent) for v in views if v.vector_fields), None),
             "encoder_identity": _encoder_identity(store, service_name),
             "views": [asdict(v) for v in views],
@@ -232,6 +248,12 @@ def _swap(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _by_reference(manifest: dict) -> set[str]:
+    """Features a row does not carry: vectors and lists by reference, request-time features."""
+    lists = {f"{view}:{f}" for view, ref in manifest.get("list_fields_by_reference", {}).items() for f in ref["fields"]}
+    return set(manifest["vector_fields_by_reference"]) | lists | set(manifest.get("request_time_fields", []))
+
+
 def register_saved_dataset(store, manifest: dict, out: Path, entity: pa.Table) -> None:
     """Register the training set at ``out`` as a Feast saved dataset named after it (by-reference vectors excluded)."""
     from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
@@ -239,7 +261,7 @@ def register_saved_dataset(store, manifest: dict, out: Path, entity: pa.Table) -
 
     dataset = SavedDataset(
         name=manifest["name"], join_keys=["user_id", "item_id"],
-        features=[f for f in manifest["features"] if f not in manifest["vector_fields_by_reference"]],
+        features=[f for f in manifest["features"] if f not in _by_reference(manifest)],
         storage=SavedDatasetFileStorage(path=str(out / "split=*" / "*.parquet")),
         feature_service_name=manifest["feature_service"],
         tags={"engine": manifest["engine"], "embeddings": manifest["embeddings"], "manifest": str(out / "manifest.json")},
@@ -260,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=str(REPO))
     parser.add_argument("--engine", choices=("duckdb", "feast"), default="duckdb")
     parser.add_argument("--embeddings", choices=("reference", "inline"), default="reference")
+    parser.add_argument("--history", choices=("reference", "inline"), default=None,
+                        help="sequences by snapshot key and request-time features computed by the loader (reference, the "
+                             "default with --engine duckdb), or written into every row (inline, what --engine feast gives)")
     parser.add_argument("--valid-from", type=parse_time, default=None, help="first valid-split time (UTC ISO)")
     parser.add_argument("--test-from", type=parse_time, default=None, help="first test-split time (UTC ISO)")
     parser.add_argument("--fractions", default="0.8,0.9", help="time quantiles of the cuts when not given (default %(default)s)")
@@ -272,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give both --valid-from and --test-from, valid before test")
         split = SplitPoints(args.valid_from, args.test_from)
     out = args.out or f"{args.root}/training_sets/{args.service}"
-    result = build(store, args.service, f"{args.root}/events", out, args.engine, args.embeddings, split, fractions)
+    result = build(store, args.service, f"{args.root}/events", out, args.engine, args.embeddings, split, fractions,
+                   history=args.history)
     m = result.manifest
     from rich.console import Console
     from rich.table import Table

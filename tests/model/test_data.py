@@ -1,5 +1,6 @@
 """The training-set loader: streamed row groups, masks, point-in-time vector lookups, sharding."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -94,3 +95,61 @@ def test_embedding_index_treats_null_and_empty_vectors_as_no_version(tmp_path):
     empty = load_embedding_index(tmp_path, "image_emb")  # no images at all (MovieLens)
     vectors, found = empty.vectors_at(np.array([1, 2]), np.full(2, 1_700_000_000_000_000))
     assert empty.dim == 0 and vectors.shape == (2, 0) and not found.any()
+
+
+@pytest.fixture(scope="module")
+def inline_set(applied_repo, tmp_path_factory):
+    repo, root = applied_repo
+    out = tmp_path_factory.mktemp("sets") / "dmf_inline"
+    training_set.build(feast_store.open_store("duckdb", repo, root), "ctr_dmf_v1", root / "events", out,
+                       split=SplitPoints(at("2030-01-01"), at("2030-01-02")), saved_dataset=False, history="inline")
+    return out
+
+
+def _all_rows(path, max_len=3):
+    batches = list(TrainingSetDataset(path, LoaderConfig(split="train", batch_size=3, max_len=max_len, shuffle=False)))
+    batch = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    order = np.lexsort((batch["item_id"].numpy(), batch["event_us"].numpy(), batch["user_id"].numpy()))
+    return {k: v[torch.from_numpy(order)] for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("max_len", [3, 2])
+def test_histories_by_reference_give_the_inline_tensors(dmf_set, inline_set, max_len):
+    import pyarrow.dataset as pads
+
+    rows = pads.dataset(str(dmf_set / "split=train"), format="parquet").to_table()
+    assert "hist_item_ids" not in rows.column_names and "hist_sim" not in rows.column_names
+    assert "user_sequence__event_timestamp" in rows.column_names and "hist_len" in rows.column_names
+    ref, inline = _all_rows(dmf_set, max_len), _all_rows(inline_set, max_len)
+    assert ref.keys() == inline.keys()
+    for key in ref:
+        assert torch.allclose(ref[key].double(), inline[key].double(), atol=1e-6), key
+
+
+def test_a_snapshot_key_missing_from_its_table_is_an_error_naming_it(dmf_set, tmp_path):
+    import json
+    import shutil
+
+    out = tmp_path / "set"
+    shutil.copytree(dmf_set, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    view = next(v for v in manifest["views"] if v["name"] == "user_sequence")
+    table = pq.read_table(Path(view["glob"]).parent)
+    pq.write_table(table.filter(pa.compute.not_equal(table.column("user_id"), 1)), tmp_path / "snapshots.parquet")
+    view["glob"] = str(tmp_path / "snapshots.parquet")  # the table rewritten without user 1 since the build
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(KeyError, match="no row for key 1 at .*rebuild it"):
+        list(TrainingSetDataset(out, LoaderConfig(batch_size=4, max_len=3, shuffle=False)))
+
+
+def test_snapshot_index_keeps_the_newest_items_and_pads():
+    from model.data import SnapshotIndex
+
+    lists = pa.array([[1, 2, 3], [7], None, [4, 5]], pa.list_(pa.int64()))
+    index = SnapshotIndex(np.array([2, 1, 1, 3]), np.array([10, 20, 10, 10]), lists)
+    rows = index.rows(np.array([1, 2, 1, 3, 9]), np.array([20, 10, 10, 10, 0]), np.array([True, True, True, True, False]))
+    values, mask = index.padded(rows, 2)
+    assert values.tolist() == [[7, 0], [2, 3], [0, 0], [4, 5], [0, 0]]
+    assert mask.tolist() == [[True, False], [True, True], [False, False], [True, True], [False, False]]
+    with pytest.raises(KeyError, match="no row for key 1 at 15"):
+        index.rows(np.array([1]), np.array([15]), np.array([True]))

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401 - pa.parquet
 import pytest
 
 from pipelines.store import feast_store, training_set
@@ -126,7 +127,14 @@ def test_build_writes_splits_manifest_and_saved_dataset(store, applied_repo, tmp
     assert manifest["feature_service"] == "ctr_dmf_v1" and manifest["vector_fields_by_reference"] == ["item_embeddings:mm_emb"]
     assert manifest["splits"]["test"]["min_event_timestamp"].startswith("2020-03-01")
     saved = store.get_saved_dataset("dmf_set").to_df()
-    assert len(saved) == len(EVENTS) and "mm_emb" not in saved.columns and "hist_sim" in saved.columns
+    assert len(saved) == len(EVENTS) and "mm_emb" not in saved.columns and "hist_sim" not in saved.columns
+    assert manifest["history"] == "reference" and manifest["request_time_fields"] == ["target_similarity:hist_sim", "target_similarity:target_has_emb"]
+    assert manifest["list_fields_by_reference"] == {"user_sequence": {"key": "user_sequence__event_timestamp", "fields": ["hist_item_ids", "hist_ts_us"]}}
+    # the snapshot a row names is the newest stamped at or before its time (positives strictly before it)
+    written = pa.concat_tables([pa.parquet.read_table(f) for f in sorted((tmp_path / "dmf_set").glob("split=*/*.parquet"))]).to_pylist()
+    keys = {(r["user_id"], r["item_id"], r["event_timestamp"]): r["user_sequence__event_timestamp"] for r in written}
+    assert keys[(1, 12, at("2020-01-01 00:00:00.000001"))] == at("2020-01-01 00:00:00.000001")
+    assert keys[(1, 10, at("2020-01-01"))] is None  # no positive strictly before: no snapshot
     assert result.manifest["entity_rows"] == len(EVENTS)
 
     # A failing rebuild leaves the last good output in place.
