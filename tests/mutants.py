@@ -147,6 +147,16 @@ MUTANTS = (
            "            codes[(codes == PRESENT_CODE) & (stamps_us < stamp_us(now - ttl))] = PRESENT_CODE",
            ("tests/serving/test_online_parity.py::test_sqlite_materialise_ttl_and_parity",
             "tests/serving/test_scorer.py::test_cold_start_unknown_items_and_stale_features")),
+    Mutant("the one-pass validation query misses a table's last rule (its failures are never reported)",
+           "pipelines/spark/validation.py",
+           'pairs = [f"{_sql_string(rule.name)}, CAST(_f{i} AS BIGINT)" for i, rule in enumerate(table_rules.rules)]',
+           'pairs = [f"{_sql_string(rule.name)}, CAST(_f{i} AS BIGINT)" for i, rule in enumerate(table_rules.rules[:-1])]',
+           ("tests/pipelines/spark/test_validation.py",)),
+    Mutant("the one-pass validation query counts rows, not keys, as duplicates",
+           "pipelines/spark/validation.py",
+           '["count_if(_n > 1) AS _dup"]',
+           '["coalesce(sum(CASE WHEN _n > 1 THEN _n END), 0) AS _dup"]',
+           ("tests/pipelines/spark/test_validation.py",)),
 )
 
 

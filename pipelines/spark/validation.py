@@ -196,44 +196,103 @@ def _ge_context():
     return context
 
 
-def ge_validate(df: DataFrame, table_rules: TableRules, stage: str) -> ValidationReport:
-    """Run the table's rules as a great-expectations suite on a Spark DataFrame."""
-    import great_expectations as gx
+@functools.lru_cache(maxsize=None)
+def _ge_batch_definition(table: str, stage: str):
+    """The whole-dataframe batch definition of one table at one stage, made once per process (a job
+    run again in the same ``mmfs pipeline`` or test session reuses it)."""
+    source = _ge_context().data_sources.add_or_update_spark(name=f"mmfs_{table}_{stage}")
+    return source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("whole")
 
-    context = _ge_context()
-    source = context.data_sources.add_or_update_spark(name=f"mmfs_{table_rules.table}_{stage}")
-    asset = source.add_dataframe_asset(name=table_rules.table)
-    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": df})
-    suite = gx.ExpectationSuite(name=f"{table_rules.table}_{stage}")
-    by_description: dict[str, Rule] = {}
-    for rule in table_rules.rules:
-        suite.add_expectation(
-            gx.expectations.UnexpectedRowsExpectation(
-                unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE NOT coalesce(({rule.valid_sql}), false)",
-                description=rule.name,
-            )
-        )
-        by_description[rule.name] = rule
+
+DUPLICATE_KEY = "duplicate_key"
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def failed_counts_query(table_rules: TableRules) -> str:
+    """One Spark SQL query over ``{batch}`` for all of a table's rules, in one pass over its rows.
+
+    It returns one row ``(rule, failed)`` per rule that some rows fail (``failed``: those rows), and
+    a ``duplicate_key`` row with the number of keys held by more than one row; no rows when the
+    table is valid. Failing a rule means what ``Rule.invalid`` means: a null predicate fails.
+    """
+    fails = [f"count_if(NOT coalesce(({rule.valid_sql}), false)) AS _f{i}" for i, rule in enumerate(table_rules.rules)]
+    pairs = [f"{_sql_string(rule.name)}, CAST(_f{i} AS BIGINT)" for i, rule in enumerate(table_rules.rules)]
     if table_rules.unique_key:
         keys = ", ".join(table_rules.unique_key)
-        suite.add_expectation(
-            gx.expectations.UnexpectedRowsExpectation(
-                unexpected_rows_query=f"SELECT {keys} FROM {{batch}} GROUP BY {keys} HAVING count(*) > 1",
-                description="duplicate_key",
-            )
-        )
-        by_description["duplicate_key"] = Rule("duplicate_key", "", f"({keys}) must be unique")
-    suite = context.suites.add_or_update(suite)
-    result = batch.validate(suite, result_format="SUMMARY")
-    report = ValidationReport(table=table_rules.table, stage=stage, rows=df.count())
-    for r in result.results:
-        name = r.expectation_config.description
-        observed = r.result.get("observed_value", 0)
-        failed = int(observed) if isinstance(observed, (int, float)) else 0
-        if not r.success and failed == 0:
-            failed = -1  # the expectation itself errored; reported, never counted as a pass
-            log.error("expectation %s on %s raised: %s", name, table_rules.table, r.exception_info)
-        report.results.append(RuleResult(name, by_description[name].reason, failed))
+        # Per key first: its row count gives the duplicates, its partial rule counts add up to the table's.
+        per_key = f"SELECT count(*) AS _n, {', '.join(fails) or '0 AS _unused'} FROM {{batch}} GROUP BY {keys}"
+        totals = ", ".join([f"coalesce(sum(_f{i}), 0) AS _f{i}" for i in range(len(table_rules.rules))]
+                           + ["count_if(_n > 1) AS _dup"])
+        counts = f"SELECT {totals} FROM ({per_key}) AS per_key"
+        pairs.append(f"{_sql_string(DUPLICATE_KEY)}, CAST(_dup AS BIGINT)")
+    else:
+        counts = f"SELECT {', '.join(fails)} FROM {{batch}}"
+    return (f"SELECT rule, failed FROM (SELECT stack({len(pairs)}, {', '.join(pairs)}) AS (rule, failed) "
+            f"FROM ({counts}) AS counts) AS by_rule WHERE failed > 0")
+
+
+def _raised(exception_info) -> bool:
+    """Whether a great-expectations ``exception_info`` (flat, or keyed by metric) records a raised exception."""
+    if not isinstance(exception_info, dict):
+        return False
+    if "raised_exception" in exception_info:
+        return bool(exception_info["raised_exception"])
+    return any(_raised(info) for info in exception_info.values())
+
+
+def _observed_rows(rows_seen, df: DataFrame) -> int:
+    """The row count the validation pass observed; counted anew only when Spark emitted no metrics
+    row (an input with no partitions: nothing to count)."""
+    from py4j.protocol import Py4JJavaError
+
+    try:
+        return int(rows_seen.get["rows"])
+    except Py4JJavaError:
+        return df.count()
+
+
+def _reasons(table_rules: TableRules) -> dict[str, str]:
+    reasons = {rule.name: rule.reason for rule in table_rules.rules}
+    if table_rules.unique_key:
+        reasons[DUPLICATE_KEY] = f"({', '.join(table_rules.unique_key)}) must be unique"
+    return reasons
+
+
+def ge_validate(df: DataFrame, table_rules: TableRules, stage: str) -> ValidationReport:
+    """Validate the table's rules with great-expectations: one ``UnexpectedRowsExpectation`` whose
+    query (``failed_counts_query``) counts every rule's failed rows and the duplicate keys at once.
+
+    The row count is observed on the same pass (a Spark ``Observation``), not counted again. When
+    the expectation itself errors, every rule reports -1 (never a pass).
+    """
+    import great_expectations as gx
+    from pyspark.sql import Observation
+
+    if not table_rules.rules and not table_rules.unique_key:
+        return ValidationReport(table=table_rules.table, stage=stage, rows=df.count())
+    rows_seen = Observation(f"mmfs_rows_{table_rules.table}_{stage}")
+    observed = df.observe(rows_seen, F.count(F.lit(1)).alias("rows"))
+    batch = _ge_batch_definition(table_rules.table, stage).get_batch(batch_parameters={"dataframe": observed})
+    expectation = gx.expectations.UnexpectedRowsExpectation(
+        unexpected_rows_query=failed_counts_query(table_rules), description=f"{table_rules.table} rules")
+    # COMPLETE: the result carries the query's rows (one per failing rule), not only their number.
+    result = batch.validate(expectation, result_format="COMPLETE")
+    reasons = _reasons(table_rules)
+    found = (result.result or {}).get("details", {}).get("unexpected_rows")
+    if _raised(result.exception_info) or found is None or (not result.success and not found):
+        log.error("the expectations of %s (%s) raised: %s", table_rules.table, stage, result.exception_info)
+        rows = df.count()
+        failed = dict.fromkeys(reasons, -1)  # the expectation itself errored; reported, never counted as a pass
+    else:
+        rows = _observed_rows(rows_seen, df)
+        failed = dict.fromkeys(reasons, 0)
+        for row in found:
+            failed[row["rule"]] = int(row["failed"])
+    report = ValidationReport(table=table_rules.table, stage=stage, rows=rows)
+    report.results = [RuleResult(name, reason, failed[name]) for name, reason in reasons.items()]
     return report
 
 
