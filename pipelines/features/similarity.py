@@ -31,8 +31,8 @@ def target_similarity(target: np.ndarray, history: np.ndarray, mask: np.ndarray)
     history = np.asarray(history, dtype=np.float64)
     if target.ndim != 2 or history.ndim != 3 or target.shape[-1] != history.shape[-1]:
         raise ValueError(f"expected target (B, D) and history (B, L, D), got {target.shape} and {history.shape}")
-    target_norm = np.linalg.norm(target, axis=-1)  # (B,)
-    history_norm = np.linalg.norm(history, axis=-1)  # (B|1, L)
+    target_norm = np.sqrt(np.einsum("bd,bd->b", target, target))  # (B,)
+    history_norm = np.sqrt(np.einsum("bld,bld->bl", history, history))  # (B|1, L)
     if history.shape[0] == 1:  # one user's history shared by B candidates: one matrix product
         dots = target @ history[0].T  # (B, L)
     else:
