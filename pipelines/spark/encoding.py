@@ -12,6 +12,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -99,6 +100,10 @@ def encode_partition(batches: Iterator[pd.DataFrame], config: EncoderConfig) -> 
     _worker_encoders(config)  # load before the clock starts: the rate below is encoding only
     done, start = 0, time.perf_counter()
     for frame in batches:
+        # Texts of like length batched together: a batch pads to its longest text, so sorting the
+        # Arrow batch by length cuts the padded tokens (rows are keyed by content_hash; order is free).
+        lengths = np.array([len(item_text(t, x)) for t, x in zip(frame["title"], frame["text"])], dtype=np.int64)
+        frame = frame.iloc[np.argsort(lengths, kind="stable")]
         for lo in range(0, len(frame), config.batch_size):
             out = encode_batch(frame.iloc[lo: lo + config.batch_size], config)
             done += len(out)
@@ -124,26 +129,52 @@ def encode(contents: DataFrame, config: EncoderConfig, partitions: int) -> DataF
     )
 
 
+def _moments_partition(batches: Iterator[pa.RecordBatch], column: str) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: one partition's row count, column sum (D,) and Gram matrix X^T X (D, D), float64."""
+    n, total, gram = 0, None, None
+    for batch in batches:
+        values = batch.column(column)
+        if len(values) == 0:
+            continue
+        x = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(values), -1)  # (N, D)
+        if gram is None:
+            total, gram = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+        n += len(x)
+        total += x.sum(axis=0)
+        gram += x.T @ x
+    if gram is not None:
+        yield pa.RecordBatch.from_pydict({"n": [n], "dim": [len(total)], "sum": [total.tobytes()], "gram": [gram.tobytes()]})
+
+
 def fit_pca(df: DataFrame, column: str, k: int) -> dict[str, np.ndarray]:
     """Centred PCA of an array column: returns mean (D,) and components (D, k), signs fixed.
 
-    Spark's PCA finds the components of the covariance; we keep the mean so projections are
-    centred, and flip each component so its largest-magnitude entry is positive, which makes
-    re-runs give the same vectors.
+    One pass over the rows: each partition sums its rows and their outer products (D x D), the
+    driver adds them up and takes the top-k eigenvectors of the covariance (what Spark ML's PCA
+    computes, without its several jobs). We keep the mean so projections are centred, and flip
+    each component so its largest-magnitude entry is positive, which makes re-runs give the same
+    vectors. ``explained_variance`` is each component's share of the total variance, as Spark's.
     """
-    from pyspark.ml.feature import PCA
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.ml.stat import Summarizer
-
-    vectors = df.select(array_to_vector(F.col(column)).alias("v"))
-    dim = len(df.select(column).first()[0])
+    schema = T.StructType([T.StructField("n", T.LongType()), T.StructField("dim", T.LongType()),
+                           T.StructField("sum", T.BinaryType()), T.StructField("gram", T.BinaryType())])
+    parts = df.select(column).mapInArrow(lambda batches: _moments_partition(batches, column), schema=schema).collect()
+    if not parts:
+        raise ValueError(f"cannot fit a PCA of {column} on no rows")
+    dim = int(parts[0]["dim"])
+    n = sum(int(r["n"]) for r in parts)
+    total = sum(np.frombuffer(r["sum"], np.float64) for r in parts)
+    gram = sum(np.frombuffer(r["gram"], np.float64).reshape(dim, dim) for r in parts)
+    mean = total / n
+    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)  # (D, D)
     k = min(k, dim)
-    mean = np.asarray(vectors.select(Summarizer.mean(F.col("v"))).first()[0].toArray(), dtype=np.float64)
-    model = PCA(k=k, inputCol="v", outputCol="p").fit(vectors)
-    components = np.array(model.pc.toArray(), dtype=np.float64)  # (D, k), a writable copy
+    eigenvalues, vectors = np.linalg.eigh(cov)  # ascending
+    order = np.argsort(eigenvalues)[::-1][:k]
+    components = np.ascontiguousarray(vectors[:, order])  # (D, k)
     flip = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
     components *= np.where(flip == 0, 1.0, flip)
-    return {"mean": mean, "components": components, "explained_variance": np.asarray(model.explainedVariance.toArray())}
+    variance = np.clip(eigenvalues, 0.0, None)
+    explained = variance[order] / variance.sum() if variance.sum() > 0 else np.zeros(k)
+    return {"mean": mean, "components": components, "explained_variance": explained}
 
 
 def fuse_partition(batches: Iterator[pd.DataFrame], pca: dict) -> Iterator[pd.DataFrame]:
