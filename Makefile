@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test test-all bench bench-training bench-stream bench-serving bench-feast bench-load bench-models bench-scale java redis ui clean
+.PHONY: demo test test-all bench bench-gpu bench-training bench-stream bench-serving bench-feast bench-load bench-models bench-scale java redis ui clean
 
 # constraints.txt: the versions proven together here; pyproject.toml holds the compatible ranges.
 $(INSTALLED): pyproject.toml constraints.txt
@@ -86,6 +86,9 @@ bench-serving: $(INSTALLED) java redis
 
 bench-load: $(INSTALLED)
 	$(PY) -m benchmarks.bench_load
+
+bench-gpu: $(INSTALLED)
+	$(PY) -m benchmarks.bench_gpu
 
 bench-training: $(INSTALLED) java
 	$(PY) -m benchmarks.bench_training
