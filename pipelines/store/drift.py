@@ -82,8 +82,11 @@ def check_views(views) -> list[FieldCheck]:
         for column in wanted:
             if column not in schema.names:
                 problems.append(FieldCheck(fv.name, table, column, "key/timestamp column missing"))
+        # Vector lengths are sampled from the first row group, and only of the vector columns
+        # (reading the whole group would read every embedding of it).
+        vectors = [f.name for f in fv.features if (f.tags or {}).get("dim") and f.name in schema.names]
         head = pq.ParquetFile(files[0])
-        first = head.read_row_group(0) if head.num_row_groups else None
+        first = head.read_row_group(0, columns=vectors) if vectors and head.num_row_groups else None
         for field in fv.features:
             if field.name not in schema.names:
                 problems.append(FieldCheck(fv.name, table, field.name, f"column missing (declared {field.dtype})"))

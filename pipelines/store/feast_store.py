@@ -3,16 +3,18 @@
     mmfs apply --root out/movielens [--config duckdb|spark|redis]
     mmfs materialize --root out/movielens [--config redis] [--end 2018-10-01T00:00:00Z]
 
-Both wrap the plain Feast CLI (``feast -f feature_store.<config>.yaml apply`` /
-``materialize-incremental``) run from ``feature_repo/``; ``mmfs apply`` first checks every table
-against its feature view so schema drift fails here, with the table and column named, rather
-than as a wrong value at training or serving time.
+``mmfs materialize`` wraps the plain Feast CLI (``feast -f feature_store.<config>.yaml
+materialize-incremental``) run from ``feature_repo/``. ``mmfs apply`` runs what ``feast apply`` runs,
+in-process over features.py parsed once, after checking every table against its feature view, so
+schema drift fails here, with the table and column named, rather than as a wrong value at training
+or serving time.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import subprocess
@@ -144,9 +146,9 @@ def feast_cli(args: list[str], config: str = "duckdb", repo: Path | str = REPO, 
     return done
 
 
-def declared_views(repo: Path | str, table_root: str | Path | None, fs_yaml: Path):
-    """The feature views features.py declares under this config (parsed, not yet applied), as
-    the feast CLI would parse them with ``-f fs_yaml``."""
+def declared_repo(repo: Path | str, table_root: str | Path | None, fs_yaml: Path):
+    """What features.py declares under this config (Feast's ``RepoContents``: parsed, not yet
+    applied), as the feast CLI would parse it with ``-f fs_yaml``."""
     import click
     from feast.repo_operations import parse_repo
 
@@ -157,18 +159,51 @@ def declared_views(repo: Path | str, table_root: str | Path | None, fs_yaml: Pat
     sys.path.insert(0, repo)
     try:  # parse_repo names modules relative to the working directory; -f reaches features.py in the click context
         with contextlib.chdir(repo), click.Context(click.Command("feast"), obj={"FS_YAML_FILE": fs_yaml}):
-            return parse_repo(Path(repo)).feature_views
+            return parse_repo(Path(repo))
     finally:
         sys.path.remove(repo)
 
 
+def declared_views(repo: Path | str, table_root: str | Path | None, fs_yaml: Path):
+    """The feature views features.py declares under this config (see ``declared_repo``)."""
+    return declared_repo(repo, table_root, fs_yaml).feature_views
+
+
+def feast_apply(contents, fs_yaml: Path, table_root: str | Path | None) -> str:
+    """``feast -f fs_yaml apply`` on already parsed repo ``contents``, in this process: the steps of
+    Feast's ``apply_total`` (its CLI's apply), less the second interpreter that imports Feast and
+    parses features.py again (most of the time ``mmfs apply`` took). Returns what Feast printed."""
+    from feast import FeatureStore
+    from feast.project import Project
+    from feast.repo_config import load_repo_config
+    from feast.repo_operations import apply_total_with_repo_instance
+
+    repo = fs_yaml.parent.resolve()
+    os.environ.update(repo_env(table_root, fs_yaml))
+    config = load_repo_config(repo, fs_yaml)
+    if not contents.projects:  # as the CLI: the project named in the yaml
+        contents.projects.append(Project(name=config.project, description=config.project_description or ""))
+    printed = io.StringIO()
+    with contextlib.chdir(repo), contextlib.redirect_stdout(printed):
+        for project in contents.projects:
+            config.project = project.name
+            store = FeatureStore(config=config)
+            print(f"Applying changes for project {project.name}")
+            # Source validation off: the drift check above read every table already, and Feast's own check
+            # takes the sources' globs for paths and only warns that they do not exist.
+            apply_total_with_repo_instance(store, project.name, store.registry, contents, skip_source_validation=True)
+    return printed.getvalue()
+
+
 def apply(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None) -> str:
-    """Write encoders.yaml from the tables, check every table against the views, then ``feast apply``."""
+    """Write encoders.yaml from the tables, check every table against the views, then apply them
+    as ``feast apply`` does (features.py parsed once for both)."""
     fs_yaml = yaml_path(config, repo)
     if table_root is not None:
         encoders_file.write(encoders_file.encoders_path(repo, table_root, REPO), table_root)
-    assert_no_drift(declared_views(repo, table_root, fs_yaml))
-    return feast_cli(["apply"], config, repo, table_root).stdout
+    contents = declared_repo(repo, table_root, fs_yaml)
+    assert_no_drift(contents.feature_views)
+    return feast_apply(contents, fs_yaml, table_root)
 
 
 def materialize(config: str = "duckdb", repo: Path | str = REPO, table_root: str | Path | None = None,
