@@ -196,7 +196,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@job_main
 def encoder_config(args: argparse.Namespace, recorded_roots: list[str], parallelism: int, local: bool) -> EncoderConfig:
     """The encoders as the command line asks; images may come only from ``--image-root`` (else the
     root ingest recorded)."""
@@ -226,6 +225,7 @@ def previous_run(spark: SparkSession, table_path: str) -> tuple[dict, str]:
         return {k: saved[k] for k in saved.files}, expected_key
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     """``mmfs encode-items``: encode ``<root>/items`` into ``<root>/item_embeddings`` (or ``--table``),
     write the quarantines and update the encoder cache. Returns 0."""

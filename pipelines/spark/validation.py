@@ -1,9 +1,10 @@
 """Row rules, quarantine, and great-expectations validation of every table.
 
 A rule is one Spark SQL predicate that is true for valid rows. The same predicate splits rows
-into good and quarantined (in Spark, nothing collected to the driver) and becomes a
-great-expectations ``UnexpectedRowsExpectation`` that validates the table before and after the
-split, so the report and the quarantine can never disagree.
+into good and quarantined (in Spark, nothing collected to the driver) and is counted by the
+table's one great-expectations ``UnexpectedRowsExpectation`` (all its rules and its key in one
+pass) that validates the table before and after the split, so the report and the quarantine can
+never disagree.
 """
 from __future__ import annotations
 
@@ -186,8 +187,9 @@ def check_threshold(
 # -- great-expectations ------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
-def _ge_context():
-    """One in-memory great-expectations context per process, without progress bars."""
+def ge_context():
+    """One in-memory great-expectations context per process, without progress bars (importing
+    great-expectations alone takes seconds: ``mmfs pipeline`` does it while the JVM starts)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -200,7 +202,7 @@ def _ge_context():
 def _ge_batch_definition(table: str, stage: str):
     """The whole-dataframe batch definition of one table at one stage, made once per process (a job
     run again in the same ``mmfs pipeline`` or test session reuses it)."""
-    source = _ge_context().data_sources.add_or_update_spark(name=f"mmfs_{table}_{stage}")
+    source = ge_context().data_sources.add_or_update_spark(name=f"mmfs_{table}_{stage}")
     return source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("whole")
 
 
