@@ -96,26 +96,22 @@ def pad_lists(column: pa.Array, width: int, dtype, fill=0) -> tuple[np.ndarray, 
 class SnapshotIndex:
     """One list field of a view's rows, by (entity key, event time): the history a training row
     names by its key column. Rows are sorted by (key, time) and the lists kept flat (offsets +
-    values), so a lookup is three binary searches and one gather."""
+    values); a lookup finds the key's rows (a gather when keys are small integers, else a binary
+    search) and the time among them (a binary search over those few rows), then one gather."""
 
     def __init__(self, keys: np.ndarray, event_us: np.ndarray, lists: pa.ListArray, source: str = ""):
         order = np.lexsort((event_us, keys))
         self.source = source
-        keys, event_us = np.asarray(keys, np.int64)[order], np.asarray(event_us, np.int64)[order]
+        self.keys, self.times = np.asarray(keys, np.int64)[order], np.asarray(event_us, np.int64)[order]  # (R,)
         lists = pc.take(lists, pa.array(order))
         lists = pc.fill_null(lists, pa.scalar([], lists.type)) if lists.null_count else lists
         self.values = pc.fill_null(lists.flatten(), 0).to_numpy(zero_copy_only=False)  # (sum len,)
         offsets = lists.offsets.to_numpy()
         self.starts, self.lengths = offsets[:-1] - offsets[0], np.diff(offsets)  # (R,), (R,)
-        self.key_values = np.unique(keys)  # (K,)
-        self.time_values = np.unique(event_us)  # (T,)
-        if len(self.key_values) >= 2**31 or len(self.time_values) >= 2**32:
-            raise ValueError(f"{source}: too many keys for one index")
-        self.codes = self._code(np.searchsorted(self.key_values, keys), np.searchsorted(self.time_values, event_us))  # (R,) sorted
-
-    @staticmethod
-    def _code(key_rank: np.ndarray, time_rank: np.ndarray) -> np.ndarray:
-        return (key_rank.astype(np.int64) << 32) | time_rank.astype(np.int64)
+        self._first = self._end = None  # per key: its rows [first, end), when keys are small integers
+        if len(self.keys) and self.keys[0] >= 0 and self.keys[-1] < 8 * len(self.keys) + (1 << 20):
+            ids = np.arange(int(self.keys[-1]) + 1)
+            self._first, self._end = np.searchsorted(self.keys, ids, "left"), np.searchsorted(self.keys, ids, "right")
 
     @classmethod
     def from_parquet(cls, pattern: str, key: str, timestamp: str, field: str) -> "SnapshotIndex":
@@ -127,6 +123,13 @@ class SnapshotIndex:
         return cls(table.column(key).to_numpy(), to_micros(table.column(timestamp)),
                    table.column(field).combine_chunks(), pattern)
 
+    def _segments(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._first is not None:
+            inside = (keys >= 0) & (keys < len(self._first))
+            at = np.where(inside, keys, 0)
+            return np.where(inside, self._first[at], 0), np.where(inside, self._end[at], 0)
+        return np.searchsorted(self.keys, keys, "left"), np.searchsorted(self.keys, keys, "right")
+
     def rows(self, keys: np.ndarray, event_us: np.ndarray, known: np.ndarray) -> np.ndarray:
         """Row of each (key, time) where ``known``, else -1. A known key that is not in the table
         means the table changed under the training set: an error naming the row."""
@@ -136,16 +139,22 @@ class SnapshotIndex:
         if not known.any():
             return out
         k, t = keys[known], event_us[known]
-        key_rank = np.minimum(np.searchsorted(self.key_values, k), max(len(self.key_values) - 1, 0))
-        time_rank = np.minimum(np.searchsorted(self.time_values, t), max(len(self.time_values) - 1, 0))
-        code = self._code(key_rank, time_rank)
-        row = np.minimum(np.searchsorted(self.codes, code), max(len(self.codes) - 1, 0))
-        ok = (len(self.codes) > 0) & (self.key_values[key_rank] == k) & (self.time_values[time_rank] == t) & (self.codes[row] == code)
+        lo, end = self._segments(k)
+        hi = end.copy()
+        while True:  # binary search for t within each key's rows (a user has few snapshots)
+            open_ = lo < hi
+            if not open_.any():
+                break
+            mid = (lo + hi) // 2
+            before = self.times[np.minimum(mid, len(self.times) - 1)] < t
+            lo = np.where(open_ & before, mid + 1, lo)
+            hi = np.where(open_ & ~before, mid, hi)
+        ok = (lo < end) & (self.times[np.minimum(lo, max(len(self.times) - 1, 0))] == t) if len(self.times) else np.zeros(len(k), bool)
         if not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
             raise KeyError(f"{self.source}: no row for key {int(k[bad])} at {int(t[bad])} us, which a training row names: "
                            "the table changed after the training set was built; rebuild it (mmfs training-set)")
-        out[known] = row
+        out[known] = lo
         return out
 
     def padded(self, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,12 +163,11 @@ class SnapshotIndex:
         lengths = np.where(found, self.lengths[np.maximum(rows, 0)], 0)  # (B,)
         keep = np.minimum(lengths, width)
         start = self.starts[np.maximum(rows, 0)] + lengths - keep  # (B,) drop the oldest beyond width
-        n = len(rows)
-        pos = np.arange(width)[None, :]  # (1, width)
-        mask = pos < keep[:, None]  # (B, width)
-        src = np.where(mask, start[:, None] + pos, 0)
-        out = np.where(mask, self.values[src] if len(self.values) else 0, 0).astype(self.values.dtype if len(self.values) else np.int64)
-        return out.reshape(n, width), mask
+        mask = np.arange(width)[None, :] < keep[:, None]  # (B, width)
+        out = np.zeros((len(rows), width), self.values.dtype if len(self.values) else np.int64)
+        r, c = np.nonzero(mask)
+        out[r, c] = self.values[start[r] + c]
+        return out, mask
 
 
 def read_manifest(training_set: str | Path) -> dict:
@@ -204,15 +212,27 @@ def stats_columns(table: pa.Table, names: tuple[str, str, str]) -> dict[str, np.
 
 def vectors_as_of(index: ItemEmbeddingIndex, item_ids: np.ndarray, hist_ids: np.ndarray, hist_mask: np.ndarray, as_of: np.ndarray):
     """Target and history vectors at each row's time: target (B, D), found (B,), history
-    (B, L, D), its found mask (B, L) and versions (B, L), -1 where not found or padded."""
+    (B, L, D), its found mask (B, L) and versions (B, L), -1 where not found or padded. Only real
+    history positions are looked up (padding is most of (B, L) in short histories)."""
     target, found = index.vectors_at(item_ids, as_of)  # (B, D), (B,)
-    L = hist_ids.shape[1]
-    versions = index.lookup(hist_ids.ravel(), np.repeat(as_of, L)).reshape(hist_ids.shape)  # (B, L)
-    hist_found = (versions != MISSING) & hist_mask  # (B, L)
-    versions = np.where(hist_found, versions, MISSING)
+    real = np.flatnonzero(hist_mask.ravel())  # (N,) positions holding an item
+    versions = np.full(hist_ids.shape, MISSING, np.int64)  # (B, L)
+    versions.ravel()[real] = index.lookup(hist_ids.ravel()[real], as_of[real // hist_ids.shape[1]])
+    hist_found = versions != MISSING  # (B, L)
     hist = np.zeros((*hist_ids.shape, index.dim), np.float32)  # (B, L, D)
     hist[hist_found] = index.vectors[versions[hist_found]]
     return target, found, hist, hist_found, versions
+
+
+def similarities(target: np.ndarray, found: np.ndarray, hist: np.ndarray, hist_found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """s_j (B, L) and where it is known (both vectors known at T), by the scorer's function, computed
+    on the known positions only."""
+    known = hist_found & found[:, None]  # (B, L)
+    rows, cols = np.nonzero(known)  # (N,)
+    sims = np.zeros(known.shape, np.float32)
+    if len(rows):
+        sims[rows, cols] = target_similarity(target[rows], hist[rows, cols][:, None, :], np.ones((len(rows), 1), bool))[:, 0]
+    return sims, known
 
 
 class TrainingSetDataset(IterableDataset):
@@ -299,6 +319,5 @@ class TrainingSetDataset(IterableDataset):
         if self.similarity_index is not None and "hist_sim" not in table.column_names:
             target, found, hist, hist_found, _ = looked_up.get("mm_emb") or vectors_as_of(
                 self.similarity_index, batch["item_id"], hist_ids, hist_mask, batch["event_us"])
-            known = hist_found & found[:, None]  # (B, L): null where either vector is unknown at T
-            batch.update(similarity_fields(target_similarity(target, hist, known), known))
+            batch.update(similarity_fields(*similarities(target, found, hist, hist_found)))
         return to_tensors(batch)

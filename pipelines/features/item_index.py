@@ -30,6 +30,11 @@ class ItemEmbeddingIndex:
         self.event_us = np.asarray(event_us, dtype=np.int64)[order]
         self.created_us = np.asarray(created_us, dtype=np.int64)[order]
         self.vectors = np.asarray(vectors, dtype=np.float32)[order]  # (V, D)
+        self._first = self._last = None  # per item id: its versions' first and last row, when ids are small
+        if len(self.item_ids) and self.item_ids[0] >= 0 and self.item_ids[-1] < 8 * len(self.item_ids) + (1 << 20):
+            ids = np.arange(int(self.item_ids[-1]) + 1)
+            self._first = np.searchsorted(self.item_ids, ids, side="left")
+            self._last = np.searchsorted(self.item_ids, ids, side="right") - 1
 
     @classmethod
     def from_arrow(cls, table: pa.Table, column: str, source: str = "") -> "ItemEmbeddingIndex":
@@ -58,8 +63,14 @@ class ItemEmbeddingIndex:
         as_of_us = np.broadcast_to(np.asarray(as_of_us, dtype=np.int64), item_ids.shape)
         if len(self.item_ids) == 0:  # no versions at all (e.g. no item has an image)
             return np.full(item_ids.shape, MISSING)
-        first = np.searchsorted(self.item_ids, item_ids, side="left")
-        idx = np.searchsorted(self.item_ids, item_ids, side="right") - 1  # newest version of the item
+        if self._first is not None:  # two gathers instead of two binary searches
+            inside = (item_ids >= 0) & (item_ids < len(self._first))
+            at = np.where(inside, item_ids, 0)
+            first = np.where(inside, self._first[at], 0)
+            idx = np.where(inside, self._last[at], -1)  # newest version of the item
+        else:
+            first = np.searchsorted(self.item_ids, item_ids, side="left")
+            idx = np.searchsorted(self.item_ids, item_ids, side="right") - 1  # newest version of the item
         pending = idx >= first
         # Step back over versions not yet valid at T; items have few versions, so few passes.
         while True:

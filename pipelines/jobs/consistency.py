@@ -137,6 +137,19 @@ def served_values(log: DataFrame) -> dict[str, DataFrame]:
     return out
 
 
+def training_rows(spark, training: Path) -> DataFrame:
+    """The train split's rows. A set with histories by reference does not carry ``hist_sim`` (the
+    loader computes it): each row's own value is read from the similarity view's table by its event key."""
+    rows = spark.read.parquet(str(training / "split=train"))
+    manifest = json.loads((training / "manifest.json").read_text())
+    if "hist_sim" in rows.columns or not any(f.endswith(":hist_sim") for f in manifest.get("request_time_fields", [])):
+        return rows
+    view = next(v for v in manifest["views"] if "hist_sim" in v["fields"])
+    key = ["user_id", "item_id", "event_timestamp"]
+    sims = spark.read.parquet(str(Path(view["glob"]).parent)).select(*key, "hist_sim")
+    return rows.join(sims, on=key, how="left")
+
+
 def training_values(training: DataFrame) -> dict[str, DataFrame]:
     out = {c: training.select(F.col(c).cast("double").alias("v")).filter(F.col("v").isNotNull())
            for c in DRIFT[:6] if c in training.columns}
@@ -267,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = consistency_counts(log, tables)
     service = log.select("feature_service").first()["feature_service"]
     training = Path(args.training_set) if args.training_set else root / "training_sets" / service
-    drifted = drift(spark.read.parquet(str(training / "split=train")), log) if (training / "split=train").is_dir() else {}
+    drifted = drift(training_rows(spark, training), log) if (training / "split=train").is_dir() else {}
     thresholds = {"max_mismatch": args.max_mismatch, "max_missing": args.max_missing, "max_extra": args.max_extra, "max_psi": args.max_psi,
                   "min_samples": args.min_samples}
     result = report(counts, drifted, requests, thresholds)

@@ -36,3 +36,20 @@ def test_vectors_at_returns_zero_rows_and_mask_for_missing():
     vectors, found = make_index().vectors_at(np.array([2, 7]), np.array([100, 100]))
     np.testing.assert_array_equal(found, [True, False])
     np.testing.assert_array_equal(vectors[1], [0.0, 0.0])
+
+
+def test_small_ids_by_gather_and_large_ids_by_search_agree():
+    rng = np.random.default_rng(0)
+    ids = rng.choice(np.arange(0, 400, 3), 300)  # gaps: most ids have no versions
+    event = rng.integers(0, 1000, 300)
+    created = event + rng.integers(0, 50, 300)
+    vectors = rng.standard_normal((300, 4))
+    small = ItemEmbeddingIndex(ids, event, created, vectors)
+    large = ItemEmbeddingIndex(ids + (1 << 40), event, created, vectors)  # too sparse for the dense map
+    assert small._first is not None and large._first is None
+    queries = np.concatenate([rng.integers(-5, 420, 2000), [-1, 0, 399, 10**9]])
+    as_of = rng.integers(0, 1100, len(queries))
+    want = large.lookup(queries + (1 << 40), as_of)
+    got = small.lookup(queries, as_of)
+    np.testing.assert_array_equal(got, want)
+    assert (got != MISSING).sum() > 100
