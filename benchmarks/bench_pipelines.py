@@ -2,7 +2,9 @@
 
 - encode_items items/s on this machine's device, text only and text+image, each beside the bare
   encoder on the same inputs in the same run (the floor the job is judged against);
-- user_sequences and target_similarity rows/s and peak memory on synthetic events.
+- user_sequences and target_similarity rows/s and peak memory on synthetic events;
+- the fixed costs of every job and of ``mmfs apply`` (``benchmarks.bench_fixed_costs``), first,
+  while the process has no session yet.
 
 Results go to docs/benchmarks.md.
 """
@@ -19,7 +21,8 @@ import duckdb
 import numpy as np
 import torch
 
-from benchmarks.resources import machine_description, measured
+from benchmarks import bench_fixed_costs
+from benchmarks.resources import machine_description, measured, write_section
 from pipelines.jobs import encode_items, ingest, target_similarity, user_sequences
 from pipelines import synth
 from pipelines.encoders import EncoderConfig, load_image_encoder, load_text_encoder
@@ -171,14 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encode-image-items", type=int, default=300)
     parser.add_argument("--scale-items", type=int, default=5000)
     parser.add_argument("--report", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--fixed-events", type=int, default=200, help="the fixed-cost section's tiny input")
     args = parser.parse_args(argv)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    # First, while this process has no Spark session: the fixed costs include starting one.
+    fixed_text, _ = bench_fixed_costs.run(work / "fixed_costs", args.fixed_events)
     build_spark("mmfs-bench")
     encode_rows = run_encode_bench(work, [int(n) for n in args.encode_text_items.split(",")], args.encode_image_items)
     scale_rows = run_scale_bench(work, [int(s) for s in args.sizes.split(",") if s], args.scale_items)
     print(write_report(Path(args.report), encode_rows, scale_rows))
+    write_section(Path(args.report), fixed_text, bench_fixed_costs.SECTION, bench_fixed_costs.END)
+    print(fixed_text)
     return 0
 
 
