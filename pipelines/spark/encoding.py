@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -63,28 +64,35 @@ def item_text(title: object, text: object) -> str:
     return ". ".join(parts)
 
 
-def encode_batch(batch: pd.DataFrame, config: EncoderConfig) -> pd.DataFrame:
-    """Encode one batch of items rows. Image failures are per row, never raised."""
+def decode_batch(batch: pd.DataFrame, config: EncoderConfig, image_encoder) -> tuple[list, list, list, list]:
+    """Decode and preprocess one batch's images: (pixels, their rows, error per row, note per row). Failures are per row."""
+    pixels, rows = [], []
+    errors: list = [None] * len(batch)
+    notes: list = [None] * len(batch)
+    if image_encoder is None:
+        return pixels, rows, errors, notes
+    for i, uri in enumerate(batch["image_uri"]):
+        if not isinstance(uri, str) or not uri:
+            continue
+        decoded = decode_image(uri, config.image_roots, config.max_image_pixels, config.max_image_bytes)
+        errors[i], notes[i] = decoded.error, decoded.note
+        if decoded.image is not None:
+            pixels.append(image_encoder.preprocess(decoded.image))
+            rows.append(i)
+    return pixels, rows, errors, notes
+
+
+def encode_batch(batch: pd.DataFrame, config: EncoderConfig, decoded: tuple | None = None) -> pd.DataFrame:
+    """Encode one batch of items rows (``decoded``: its ``decode_batch``, when done ahead). Image failures are per row, never raised."""
     text_encoder, image_encoder = _worker_encoders(config)
     texts = [item_text(t, x) for t, x in zip(batch["title"], batch["text"])]
     text_emb = text_encoder.encode(texts)  # (N, Dt)
+    pixels, rows, errors, notes = decoded if decoded is not None else decode_batch(batch, config, image_encoder)
     image_emb: list = [None] * len(batch)
-    errors: list = [None] * len(batch)
-    notes: list = [None] * len(batch)
-    if image_encoder is not None:
-        pixels, rows = [], []
-        for i, uri in enumerate(batch["image_uri"]):
-            if not isinstance(uri, str) or not uri:
-                continue
-            decoded = decode_image(uri, config.image_roots, config.max_image_pixels, config.max_image_bytes)
-            errors[i], notes[i] = decoded.error, decoded.note
-            if decoded.image is not None:
-                pixels.append(image_encoder.preprocess(decoded.image))
-                rows.append(i)
-        if rows:
-            vectors = image_encoder.encode(np.stack(pixels))  # (n, Di)
-            for row, vector in zip(rows, vectors):
-                image_emb[row] = vector
+    if rows:
+        vectors = image_encoder.encode(np.stack(pixels))  # (n, Di)
+        for row, vector in zip(rows, vectors):
+            image_emb[row] = vector
     return pd.DataFrame({
         "content_hash": batch["content_hash"].to_numpy(),
         "text_emb": list(text_emb),
@@ -96,20 +104,26 @@ def encode_batch(batch: pd.DataFrame, config: EncoderConfig) -> pd.DataFrame:
 
 def encode_partition(batches: Iterator[pd.DataFrame], config: EncoderConfig) -> Iterator[pd.DataFrame]:
     """``mapInPandas`` body: encode one partition's rows in ``config.batch_size`` batches (``ENCODED`` columns),
-    logging the worker's rate to stderr."""
-    _worker_encoders(config)  # load before the clock starts: the rate below is encoding only
+    logging the worker's rate to stderr. The next batch's images are decoded on a thread while the
+    current batch runs through the encoders (decoding releases the GIL)."""
+    _, image_encoder = _worker_encoders(config)  # load before the clock starts: the rate below is encoding only
     done, start = 0, time.perf_counter()
-    for frame in batches:
-        # Texts of like length batched together: a batch pads to its longest text, so sorting the
-        # Arrow batch by length cuts the padded tokens (rows are keyed by content_hash; order is free).
-        lengths = np.array([len(item_text(t, x)) for t, x in zip(frame["title"], frame["text"])], dtype=np.int64)
-        frame = frame.iloc[np.argsort(lengths, kind="stable")]
-        for lo in range(0, len(frame), config.batch_size):
-            out = encode_batch(frame.iloc[lo: lo + config.batch_size], config)
-            done += len(out)
-            yield out
-        print(f"[encode_items] worker {os.getpid()}: {done} items, {done / (time.perf_counter() - start):.1f} items/s",
-              file=sys.stderr, flush=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfs-decode") as pool:
+        for frame in batches:
+            # Texts of like length batched together: a batch pads to its longest text, so sorting the
+            # Arrow batch by length cuts the padded tokens (rows are keyed by content_hash; order is free).
+            lengths = np.array([len(item_text(t, x)) for t, x in zip(frame["title"], frame["text"])], dtype=np.int64)
+            frame = frame.iloc[np.argsort(lengths, kind="stable")]
+            chunks = [frame.iloc[lo: lo + config.batch_size] for lo in range(0, len(frame), config.batch_size)]
+            ahead = pool.submit(decode_batch, chunks[0], config, image_encoder) if chunks else None
+            for i, chunk in enumerate(chunks):
+                decoded = ahead.result()
+                ahead = pool.submit(decode_batch, chunks[i + 1], config, image_encoder) if i + 1 < len(chunks) else None
+                out = encode_batch(chunk, config, decoded)
+                done += len(out)
+                yield out
+            print(f"[encode_items] worker {os.getpid()}: {done} items, {done / (time.perf_counter() - start):.1f} items/s",
+                  file=sys.stderr, flush=True)
 
 
 def content_hash() -> Column:
