@@ -61,6 +61,22 @@ def prepare_tables(work: Path, n_events: int, n_items: int, embeddings_root: Pat
     return root
 
 
+def prepare_embeddings(work: Path, n_items: int) -> Path:
+    """``n_items`` synthetic text-only items encoded once under ``work/embeddings`` (kept when there)."""
+    base, embeddings_root = work / "items", work / "embeddings"
+    if not (embeddings_root / "item_embeddings").exists():
+        synth.generate(base, n_users=10, n_items=n_items, n_events=10, n_images=0, seed=5)
+        ingest.main(["--source", "files", "--items", f"{base}/items.parquet", "--events", f"{base}/events.parquet", "--out", str(embeddings_root)])
+        encode_items.main(["--root", str(embeddings_root), "--image-model", "none"])
+    return embeddings_root
+
+
+def tables_for(work: Path, n_events: int, n_items: int, embeddings_root: Path) -> Path:
+    """The table root of ``n_events`` under ``work``: a previous run's (``--reuse``), or prepared now."""
+    root = work / f"feast_{n_events}"
+    return root if (root / "target_similarity").exists() else prepare_tables(work, n_events, n_items, embeddings_root)
+
+
 def repo_copy(work: Path, name: str, port: int | None = None) -> Path:
     repo = work / name / "feature_repo"
     shutil.rmtree(repo.parent, ignore_errors=True)
@@ -229,19 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     build_spark("mmfs-bench-feast")
-    base = work / "items"
-    embeddings_root = work / "embeddings"
-    if not (embeddings_root / "item_embeddings").exists():
-        synth.generate(base, n_users=10, n_items=args.items, n_events=10, n_images=0, seed=5)
-        ingest.main(["--source", "files", "--items", f"{base}/items.parquet", "--events", f"{base}/events.parquet", "--out", str(embeddings_root)])
-        encode_items.main(["--root", str(embeddings_root), "--image-model", "none"])
+    embeddings_root = prepare_embeddings(work, args.items)
     spark_sizes = {int(s) for s in args.spark_store.split(",") if s}
     feast_sizes = {int(s) for s in args.feast_sizes.split(",") if s}
     train_rows, mat_rows, read_rows = [], [], []
     for i, n in enumerate(int(s) for s in args.sizes.split(",")):
-        root = work / f"feast_{n}"
-        if not (root / "target_similarity").exists():
-            root = prepare_tables(work, n, args.items, embeddings_root)
+        root = tables_for(work, n, args.items, embeddings_root)
         train_rows += bench_training_sets(work, root, n, n in spark_sizes, args.feast_rows, n in feast_sizes)
         if i == 0:
             mat_rows, read_rows = bench_online(work, root, args.repeats)

@@ -148,7 +148,7 @@ def image_figures(device: str, n: int) -> dict:
 def dmf_figures(device: str, steps: int, batch: int = 1024, L: int = 50, D: int = 64, n_items: int = 100_000) -> dict:
     from model.config import DataSpec, ModelConfig
     from model.models import build_model
-    from model.train import autocast, forward, loss_fn
+    from model.train import train_step
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -166,12 +166,7 @@ def dmf_figures(device: str, steps: int, batch: int = 1024, L: int = 50, D: int 
             "user_id": torch.arange(batch, device=dev)}
 
     def step():
-        with autocast(dev):
-            logits, aux = forward(model, data)
-        loss = loss_fn(logits, data["label"], aux)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        train_step(model, optimiser, data, dev)
 
     for _ in range(5):
         step()

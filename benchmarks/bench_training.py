@@ -28,11 +28,9 @@ import time
 import types
 from pathlib import Path
 
-from benchmarks.bench_feast import prepare_tables, repo_copy
+from benchmarks.bench_feast import prepare_embeddings, repo_copy, tables_for
 from benchmarks.resources import machine_description, measured, write_section
 from model.data import LoaderConfig, TrainingSetDataset
-from pipelines import synth
-from pipelines.jobs import encode_items, ingest
 from pipelines.spark.session import build_spark
 from pipelines.store import feast_store, training_set
 from pipelines.store.pit_join import _lit, _q
@@ -183,17 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     build_spark("mmfs-bench-training")
-    embeddings_root = work / "embeddings"
-    if not (embeddings_root / "item_embeddings").exists():
-        base = work / "items"
-        synth.generate(base, n_users=10, n_items=args.items, n_events=10, n_images=0, seed=5)
-        ingest.main(["--source", "files", "--items", f"{base}/items.parquet", "--events", f"{base}/events.parquet", "--out", str(embeddings_root)])
-        encode_items.main(["--root", str(embeddings_root), "--image-model", "none"])
+    embeddings_root = prepare_embeddings(work, args.items)
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
-        root = work / f"feast_{n}"
-        if not (root / "target_similarity").exists():
-            root = prepare_tables(work, n, args.items, embeddings_root)
+        root = tables_for(work, n, args.items, embeddings_root)
         results.append(bench(work, root, n, args.loader_batches, args.previous))
     text = section(results, machine_description())
     write_section(Path(args.report), text, SECTION, END)
