@@ -49,7 +49,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields
-from pipelines.features.item_index import MISSING, ItemEmbeddingIndex, to_micros
+from pipelines.features.item_index import MISSING, ItemEmbeddingIndex, KeyRanges, to_micros
 from pipelines.features.similarity import target_similarity
 
 
@@ -108,10 +108,7 @@ class SnapshotIndex:
         self.values = pc.fill_null(lists.flatten(), 0).to_numpy(zero_copy_only=False)  # (sum len,)
         offsets = lists.offsets.to_numpy()
         self.starts, self.lengths = offsets[:-1] - offsets[0], np.diff(offsets)  # (R,), (R,)
-        self._first = self._end = None  # per key: its rows [first, end), when keys are small integers
-        if len(self.keys) and self.keys[0] >= 0 and self.keys[-1] < 8 * len(self.keys) + (1 << 20):
-            ids = np.arange(int(self.keys[-1]) + 1)
-            self._first, self._end = np.searchsorted(self.keys, ids, "left"), np.searchsorted(self.keys, ids, "right")
+        self.ranges = KeyRanges(self.keys)  # each key's rows
 
     @classmethod
     def from_parquet(cls, pattern: str, key: str, timestamp: str, field: str) -> "SnapshotIndex":
@@ -123,13 +120,6 @@ class SnapshotIndex:
         return cls(table.column(key).to_numpy(), to_micros(table.column(timestamp)),
                    table.column(field).combine_chunks(), pattern)
 
-    def _segments(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._first is not None:
-            inside = (keys >= 0) & (keys < len(self._first))
-            at = np.where(inside, keys, 0)
-            return np.where(inside, self._first[at], 0), np.where(inside, self._end[at], 0)
-        return np.searchsorted(self.keys, keys, "left"), np.searchsorted(self.keys, keys, "right")
-
     def rows(self, keys: np.ndarray, event_us: np.ndarray, known: np.ndarray) -> np.ndarray:
         """Row of each (key, time) where ``known``, else -1. A known key that is not in the table
         means the table changed under the training set: an error naming the row."""
@@ -139,7 +129,7 @@ class SnapshotIndex:
         if not known.any():
             return out
         k, t = keys[known], event_us[known]
-        lo, end = self._segments(k)
+        lo, end = self.ranges.of(k)
         hi = end.copy()
         while True:  # binary search for t within each key's rows (a user has few snapshots)
             open_ = lo < hi

@@ -18,6 +18,31 @@ def to_micros(timestamps: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.cast(pc.cast(timestamps, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
 
 
+class KeyRanges:
+    """Where each key's rows lie in a sorted key array: [first, end) per query key. A gather from
+    per-key arrays when the keys are small non-negative integers, else two binary searches."""
+
+    def __init__(self, sorted_keys: np.ndarray):
+        self.keys = sorted_keys
+        self._first = self._end = None
+        if len(sorted_keys) and sorted_keys[0] >= 0 and sorted_keys[-1] < 8 * len(sorted_keys) + (1 << 20):
+            ids = np.arange(int(sorted_keys[-1]) + 1)
+            self._first, self._end = np.searchsorted(sorted_keys, ids, "left"), np.searchsorted(sorted_keys, ids, "right")
+
+    @property
+    def dense(self) -> bool:
+        """Whether lookups gather (small integer keys) rather than search."""
+        return self._first is not None
+
+    def of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first, end) row of each query key; first == end for a key with no rows. Shapes (N,)."""
+        if self._first is None:
+            return np.searchsorted(self.keys, keys, "left"), np.searchsorted(self.keys, keys, "right")
+        inside = (keys >= 0) & (keys < len(self._first))
+        at = np.where(inside, keys, 0)
+        return np.where(inside, self._first[at], 0), np.where(inside, self._end[at], 0)
+
+
 class ItemEmbeddingIndex:
     """Versions of one embedding column, sorted by (item_id, event_timestamp, created_timestamp).
 
@@ -30,11 +55,7 @@ class ItemEmbeddingIndex:
         self.event_us = np.asarray(event_us, dtype=np.int64)[order]
         self.created_us = np.asarray(created_us, dtype=np.int64)[order]
         self.vectors = np.asarray(vectors, dtype=np.float32)[order]  # (V, D)
-        self._first = self._last = None  # per item id: its versions' first and last row, when ids are small
-        if len(self.item_ids) and self.item_ids[0] >= 0 and self.item_ids[-1] < 8 * len(self.item_ids) + (1 << 20):
-            ids = np.arange(int(self.item_ids[-1]) + 1)
-            self._first = np.searchsorted(self.item_ids, ids, side="left")
-            self._last = np.searchsorted(self.item_ids, ids, side="right") - 1
+        self.ranges = KeyRanges(self.item_ids)  # each item's versions
 
     @classmethod
     def from_arrow(cls, table: pa.Table, column: str, source: str = "") -> "ItemEmbeddingIndex":
@@ -63,14 +84,8 @@ class ItemEmbeddingIndex:
         as_of_us = np.broadcast_to(np.asarray(as_of_us, dtype=np.int64), item_ids.shape)
         if len(self.item_ids) == 0:  # no versions at all (e.g. no item has an image)
             return np.full(item_ids.shape, MISSING)
-        if self._first is not None:  # two gathers instead of two binary searches
-            inside = (item_ids >= 0) & (item_ids < len(self._first))
-            at = np.where(inside, item_ids, 0)
-            first = np.where(inside, self._first[at], 0)
-            idx = np.where(inside, self._last[at], -1)  # newest version of the item
-        else:
-            first = np.searchsorted(self.item_ids, item_ids, side="left")
-            idx = np.searchsorted(self.item_ids, item_ids, side="right") - 1  # newest version of the item
+        first, end = self.ranges.of(item_ids)
+        idx = end - 1  # newest version of the item
         pending = idx >= first
         # Step back over versions not yet valid at T; items have few versions, so few passes.
         while True:

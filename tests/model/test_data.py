@@ -154,6 +154,6 @@ def test_snapshot_index_keeps_the_newest_items_and_pads():
     with pytest.raises(KeyError, match="no row for key 1 at 15"):
         index.rows(np.array([1]), np.array([15]), np.array([True]))
     sparse = SnapshotIndex(np.array([2, 1, 1, 3]) + (1 << 40), np.array([10, 20, 10, 10]), lists)  # keys found by search
-    assert index._first is not None and sparse._first is None
+    assert index.ranges.dense and not sparse.ranges.dense
     assert sparse.padded(sparse.rows(np.array([1, 2, 1, 3, 9]) + (1 << 40), np.array([20, 10, 10, 10, 0]),
                                      np.array([True, True, True, True, False])), 2)[0].tolist() == values.tolist()

@@ -46,7 +46,7 @@ def test_small_ids_by_gather_and_large_ids_by_search_agree():
     vectors = rng.standard_normal((300, 4))
     small = ItemEmbeddingIndex(ids, event, created, vectors)
     large = ItemEmbeddingIndex(ids + (1 << 40), event, created, vectors)  # too sparse for the dense map
-    assert small._first is not None and large._first is None
+    assert small.ranges.dense and not large.ranges.dense
     queries = np.concatenate([rng.integers(-5, 420, 2000), [-1, 0, 399, 10**9]])
     as_of = rng.integers(0, 1100, len(queries))
     want = large.lookup(queries + (1 << 40), as_of)
