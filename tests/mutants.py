@@ -157,6 +157,16 @@ MUTANTS = (
            '["count_if(_n > 1) AS _dup"]',
            '["coalesce(sum(CASE WHEN _n > 1 THEN _n END), 0) AS _dup"]',
            ("tests/pipelines/spark/test_validation.py",)),
+    Mutant("a history by reference keeps its oldest items, not its newest",
+           "model/data.py",
+           "        start = self.starts[np.maximum(rows, 0)] + lengths - keep  # (B,) drop the oldest beyond width",
+           "        start = self.starts[np.maximum(rows, 0)]",
+           ("tests/model/test_data.py",)),
+    Mutant("the loader's s_j counts as known where the target has no vector at T",
+           "model/data.py",
+           "    known = hist_found & found[:, None]  # (B, L)",
+           "    known = hist_found",
+           ("tests/model/test_data.py",)),
 )
 
 
