@@ -104,11 +104,14 @@ def bench(work: Path, root: Path, n_events: int, loader_batches: int, previous: 
     sets = {}
     for history in ("reference", "inline"):
         out = work / f"ts_{n_events}_{history}"
-        with measured() as m:
-            built = training_set.build(store, "ctr_dmf_v1", entity, out, history=history, saved_dataset=False)
+        runs = []
+        for _ in range(2):  # best of 2, as the bare join: the first build also warms the file cache
+            with measured() as m:
+                built = training_set.build(store, "ctr_dmf_v1", entity, out, history=history, saved_dataset=False)
+            runs.append({"seconds": m.seconds, "rows_s": entity.num_rows / m.seconds, "join_seconds": built.manifest["join_seconds"],
+                         "peak_gib": m.peak_rss_bytes / 2**30, "out_mib": sum(f.stat().st_size for f in out.rglob("*.parquet")) / 2**20})
         sets[history] = out
-        result[history] = {"seconds": m.seconds, "rows_s": entity.num_rows / m.seconds, "join_seconds": built.manifest["join_seconds"],
-                           "peak_gib": m.peak_rss_bytes / 2**30, "out_mib": sum(f.stat().st_size for f in out.rglob("*.parquet")) / 2**20}
+        result[history] = min(runs, key=lambda r: r["seconds"])
         print(json.dumps({history: result[history]}), flush=True)
     result["bare_seconds"] = min(bare_join(joined, entity) for _ in range(2))
     result["bare_rows_s"] = entity.num_rows / result["bare_seconds"]
@@ -132,7 +135,7 @@ def section(results: list[dict], machine: str) -> str:
              "rows per second of the whole build (join, parquet write, split stats). The bare join is DuckDB's ASOF join of the "
              "same entity rows with the same tables the by-reference build joins "
              f"({', '.join(results[0]['joined_views']) if results else ''}), matches counted, nothing written, no TTL or "
-             "created-timestamp rules; best of 2.", ""]
+             "created-timestamp rules. Builds and bare joins alike: best of 2.", ""]
     lines += ["### Goals", "", "| goal | measured | |", "|---|---|---|"]
     for r in results:
         ref, inline = r["reference"], r["inline"]

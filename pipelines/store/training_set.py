@@ -51,11 +51,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from pipelines.contracts.tables import ENTITY
 from pipelines.store.pit_join import (  # noqa: F401 - the join this module builds sets with
-    ENTITY_COLUMNS, EntityFrameError, SplitPoints, ViewJoin, connect, duckdb_join, feast_join, pit_query, service_views, split_points, split_sql, _lit)
+    ENTITY_COLUMNS, EntityFrameError, SplitPoints, ViewJoin, connect, duckdb_join, feast_join, pit_query, service_views, split_points, split_sql, _lit, _q)
 from pipelines.store.feast_store import EMBEDDING_VIEW, REPO, assert_no_drift, embedding_view, open_store, parse_time, source_glob
 
 SPLITS = ("train", "valid", "test")
@@ -114,33 +113,40 @@ def read_entity_frame(source) -> pa.Table:
 
 # -- build -------------------------------------------------------------------------------------
 
-def _split_stats(out: Path, split: str, views: list[ViewJoin], embeddings: str) -> dict:
-    """Counts read back from the written files (only scalar columns, so it stays cheap)."""
-    files = sorted((out / f"split={split}").glob("*.parquet"))
-    if not files:
-        return {"rows": 0, "positives": 0, "positive_rate": None, "min_event_timestamp": None, "max_event_timestamp": None, "files": []}
-    probes = {}
-    schema = pq.read_schema(files[0])
-    for view in views:  # a scalar field of each view: null exactly where the view had no value
-        scalar = next((f for f in view.fields if f in schema.names and not pa.types.is_list(schema.field(f).type)), None)
-        if scalar:
-            probes[view.name] = scalar
-    # One streaming aggregate in DuckDB: the split is never loaded whole (it can hold 10^7 rows).
-    names = sorted(probes)
-    nulls = "".join(f', count(*) - count("{probes[v]}")' for v in names)
-    file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
-    con = connect()
-    try:
-        rows, positives, lo, hi, *missing = con.execute(
-            f"SELECT count(*), sum(label), min(event_timestamp), max(event_timestamp){nulls} "
-            f"FROM read_parquet({file_list})").fetchone()
-    finally:
-        con.close()
-    positives = positives or 0
-    return {"rows": rows, "positives": int(positives), "positive_rate": positives / rows if rows else None,
-            "min_event_timestamp": lo.isoformat() if lo else None, "max_event_timestamp": hi.isoformat() if hi else None,
-            "rows_without_view": {v: int(n) for v, n in zip(names, missing)},
-            "files": [str(f.relative_to(out)) for f in files]}
+def _split_stats(out: Path, written: list[tuple], entity_stats: dict, views: list[ViewJoin]) -> dict:
+    """Per split: rows, files and each view's missing rows from the writer's statistics of the files
+    it wrote (``COPY ... RETURN_STATS``: nothing is read back), labels and time range from the
+    entity rows the split holds."""
+    probes: dict[str, str] = {}
+    splits = {name: {"rows": 0, "files": [], "nulls": {}} for name in SPLITS}
+    for filename, count, columns, partition in written:
+        split = splits[partition["split"]]
+        split["rows"] += count
+        split["files"].append(str(Path(filename).resolve().relative_to(out)))
+        for view in views:  # a scalar field of each view: null exactly where the view had no value
+            probe = probes.setdefault(view.name, next((f for f in view.fields if _q(f) in columns
+                                                       and f'{_q(f)}."element"' not in columns), None))  # not a list
+            if probe and _q(probe) in columns:
+                split["nulls"][view.name] = split["nulls"].get(view.name, 0) + int(columns[_q(probe)]["null_count"])
+    stats = {}
+    for name in SPLITS:
+        split, ent = splits[name], entity_stats.get(name, {})
+        rows, positives = split["rows"], ent.get("positives", 0)
+        if rows != ent.get("rows", 0):
+            raise EntityFrameError(f"split {name}: wrote {rows} rows for {ent.get('rows', 0)} entity rows")
+        stats[name] = {"rows": rows, "positives": int(positives), "positive_rate": positives / rows if rows else None,
+                       "min_event_timestamp": ent["min"].isoformat() if ent.get("min") else None,
+                       "max_event_timestamp": ent["max"].isoformat() if ent.get("max") else None,
+                       "rows_without_view": {v: n for v, n in sorted(split["nulls"].items())} if rows else {},
+                       "files": sorted(split["files"])}
+    return stats
+
+
+def _entity_split_stats(con, split: SplitPoints) -> dict:
+    """Rows, positives and event-time range of each split, from the registered entity rows (one pass)."""
+    got = con.execute(f"SELECT split, count(*), sum(label), min(event_timestamp), max(event_timestamp) "
+                      f"FROM (SELECT label, event_timestamp, {split_sql('event_timestamp', split)} FROM entity) GROUP BY split").fetchall()
+    return {name: {"rows": rows, "positives": positives or 0, "min": lo, "max": hi} for name, rows, positives, lo, hi in got}
 
 
 def embedding_view_name(store, service_name: str) -> str | None:
@@ -192,13 +198,13 @@ def build(store, service_name: str, entity_source, out: str | Path, engine: str 
             query = f"SELECT *, {split_sql('event_timestamp', split)} FROM feast_rows"
         else:
             raise ValueError(f"engine must be duckdb or feast, got {engine!r}")
-        con.execute(f"COPY ({query}) TO {_lit(str(tmp))} (FORMAT parquet, PARTITION_BY (split), "
-                    f"ROW_GROUP_SIZE {ROW_GROUP_SIZE}, OVERWRITE_OR_IGNORE)")
+        written = con.execute(f"COPY ({query}) TO {_lit(str(tmp))} (FORMAT parquet, PARTITION_BY (split), "
+                              f"ROW_GROUP_SIZE {ROW_GROUP_SIZE}, OVERWRITE_OR_IGNORE, RETURN_STATS)").fetchall()
         join_seconds = time.perf_counter() - join_began
-        splits = {name: _split_stats(tmp, name, views, embeddings) for name in SPLITS}
-        written = sum(s["rows"] for s in splits.values())
-        if written != entity.num_rows:
-            raise EntityFrameError(f"wrote {written} rows for {entity.num_rows} entity rows")
+        files = [(name, count, columns, partition) for name, count, _, _, columns, partition, _ in written]
+        if sum(f[1] for f in files) != entity.num_rows:
+            raise EntityFrameError(f"wrote {sum(f[1] for f in files)} rows for {entity.num_rows} entity rows")
+        splits = _split_stats(tmp, files, _entity_split_stats(con, split), views)
         features = [f"{v.name}:{f}" for v in views for f in v.fields]
         manifest = {
             "name": out.name,
@@ -235,8 +241,15 @@ def build(store, service_name: str, entity_source, out: str | Path, engine: str 
 
 
 def _duplicates(entity: pa.Table) -> int:
+    """Entity rows that repeat an earlier one exactly (each is an impression, kept and counted).
+
+    Distinct row hashes first: if every row hashes apart, no two rows are equal and the answer is
+    0; only otherwise (a duplicate, or a hash collision) are the rows themselves compared."""
     con = duckdb.connect()
     con.register("entity", entity)
+    rows, hashes = con.execute("SELECT count(*), count(DISTINCT hash(user_id, item_id, event_timestamp, label)) FROM entity").fetchone()
+    if rows == hashes:
+        return 0
     return int(con.execute("SELECT count(*) - count(DISTINCT (user_id, item_id, event_timestamp, label)) FROM entity").fetchone()[0])
 
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet  # noqa: F401 - pa.parquet
 import pytest
 
@@ -126,6 +127,11 @@ def test_build_writes_splits_manifest_and_saved_dataset(store, applied_repo, tmp
     assert manifest["splits"]["train"]["positive_rate"] == pytest.approx(3 / 4)
     assert manifest["feature_service"] == "ctr_dmf_v1" and manifest["vector_fields_by_reference"] == ["item_embeddings:mm_emb"]
     assert manifest["splits"]["test"]["min_event_timestamp"].startswith("2020-03-01")
+    for name, stats in manifest["splits"].items():  # the writer's statistics agree with the files as read back
+        part = pa.concat_tables([pa.parquet.read_table(tmp_path / "dmf_set" / f) for f in stats["files"]])
+        assert part.num_rows == stats["rows"] and pc.sum(part["label"]).as_py() == stats["positives"]
+        assert stats["rows_without_view"] == {"item_embeddings": part["has_image"].null_count, "item_stats": part["impressions"].null_count,
+                                              "user_sequence": part["hist_len"].null_count, "user_stats": part["user_impressions"].null_count}
     saved = store.get_saved_dataset("dmf_set").to_df()
     assert len(saved) == len(EVENTS) and "mm_emb" not in saved.columns and "hist_sim" not in saved.columns
     assert manifest["history"] == "reference" and manifest["request_time_fields"] == ["target_similarity:hist_sim", "target_similarity:target_has_emb"]
@@ -166,3 +172,4 @@ def test_duplicate_entity_rows_are_kept_and_counted(store):
     # unknown user and item: kept, features null
     assert got[2]["hist_item_ids"] is None and got[2]["impressions"] is None
     assert training_set._duplicates(entity) == 1
+    assert training_set._duplicates(entity.slice(1)) == 0  # every row apart: the row hashes alone answer
