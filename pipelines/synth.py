@@ -49,13 +49,16 @@ def make_items(n_items: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def item_texts(items: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
-    """Each item's (title, text), naming its adjective, colour, shape and topic."""
+def item_texts(items: dict[str, np.ndarray], distinct: bool = False) -> tuple[list[str], list[str]]:
+    """Each item's (title, text), naming its adjective, colour, shape and topic. The vocabulary gives
+    3,840 texts, so large catalogues repeat them (the encoder sees each once); ``distinct`` adds
+    the item's model number, one text per item as in a real catalogue."""
     color_names = list(COLORS)
     titles, texts = [], []
-    for c, s, t, a in zip(items["color"], items["shape"], items["topic"], items["adjective"]):
+    for i, c, s, t, a in zip(items["item_id"], items["color"], items["shape"], items["topic"], items["adjective"]):
         titles.append(f"{ADJECTIVES[a].title()} {color_names[c]} {SHAPES[s]}")
-        texts.append(f"A {ADJECTIVES[a]} {color_names[c]} {SHAPES[s]} for {TOPICS[t]} lovers.")
+        texts.append(f"A {ADJECTIVES[a]} {color_names[c]} {SHAPES[s]} for {TOPICS[t]} lovers."
+                     + (f" Model {i:06d}." if distinct else ""))
     return titles, texts
 
 
@@ -93,8 +96,9 @@ def click_logit(user_color: np.ndarray, user_shape: np.ndarray, color: np.ndarra
     return -1.6 + 2.2 * (user_color == color) + 1.4 * (user_shape == shape) + quality
 
 
-def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int, seed: int) -> dict:
-    """Write items.parquet, events.parquet and the images under ``out``; returns a summary of counts and the positive rate."""
+def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int, seed: int, distinct_texts: bool = False) -> dict:
+    """Write items.parquet, events.parquet and the images under ``out``; returns a summary of counts and the positive rate.
+    ``distinct_texts``: every item's text its own (see ``item_texts``); the events do not change."""
     out.mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed)
     item_seed, user_seed, image_seed, *chunk_seeds = seeds.spawn(3 + (n_events + CHUNK - 1) // CHUNK)
@@ -111,7 +115,7 @@ def generate(out: Path, n_users: int, n_items: int, n_events: int, n_images: int
         path = image_dir / f"{items['item_id'][i]}.png"
         draw_image(path, int(items["color"][i]), int(items["shape"][i]), image_rng)
         image_uris[i] = str(path.resolve())
-    titles, texts = item_texts(items)
+    titles, texts = item_texts(items, distinct_texts)
     pq.write_table(pa.table({
         "item_id": items["item_id"],
         "title": titles,
@@ -158,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--images", type=int, default=1_000, help="items that get a drawn image (the rest have none)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--distinct-texts", action="store_true",
+                        help="one text per item (a model number added): the vocabulary alone gives 3,840 texts")
     args = parser.parse_args(argv)
     if args.events > 10_000_000:
         parser.error("--events is capped at 10M")
     start = time.perf_counter()
-    summary = generate(Path(args.out), args.users, args.items, args.events, args.images, args.seed)
+    summary = generate(Path(args.out), args.users, args.items, args.events, args.images, args.seed, args.distinct_texts)
     print(f"synth: {summary} in {time.perf_counter() - start:.1f}s -> {args.out}/items.parquet, {args.out}/events.parquet")
     return 0
 

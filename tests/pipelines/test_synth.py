@@ -32,3 +32,13 @@ def test_different_seeds_differ(tmp_path):
     a = pq.read_table(tmp_path / "a" / "events.parquet")["label"].to_numpy()
     b = pq.read_table(tmp_path / "b" / "events.parquet")["label"].to_numpy()
     assert not np.array_equal(a, b)
+
+
+def test_distinct_texts_give_one_text_per_item_and_the_same_events(tmp_path):
+    plain = synth.generate(tmp_path / "a", n_users=50, n_items=5_000, n_events=2_000, n_images=0, seed=4)
+    distinct = synth.generate(tmp_path / "b", n_users=50, n_items=5_000, n_events=2_000, n_images=0, seed=4, distinct_texts=True)
+    assert plain == distinct
+    a, b = (pq.read_table(tmp_path / d / "items.parquet").to_pandas() for d in "ab")
+    assert a["text"].nunique() < 3_841 and b["text"].nunique() == 5_000
+    assert all(y.startswith(x[:-1]) for x, y in zip(a["text"], b["text"]))  # the same words, a model number added
+    assert pq.read_table(tmp_path / "a" / "events.parquet").equals(pq.read_table(tmp_path / "b" / "events.parquet"))
