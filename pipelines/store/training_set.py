@@ -113,21 +113,22 @@ def read_entity_frame(source) -> pa.Table:
 
 # -- build -------------------------------------------------------------------------------------
 
-def _split_stats(out: Path, written: list[tuple], entity_stats: dict, views: list[ViewJoin]) -> dict:
+def _split_stats(out: Path, written: list[dict], entity_stats: dict, views: list[ViewJoin]) -> dict:
     """Per split: rows, files and each view's missing rows from the writer's statistics of the files
-    it wrote (``COPY ... RETURN_STATS``: nothing is read back), labels and time range from the
-    entity rows the split holds."""
-    probes: dict[str, str] = {}
-    splits = {name: {"rows": 0, "files": [], "nulls": {}} for name in SPLITS}
-    for filename, count, columns, partition in written:
-        split = splits[partition["split"]]
-        split["rows"] += count
-        split["files"].append(str(Path(filename).resolve().relative_to(out)))
-        for view in views:  # a scalar field of each view: null exactly where the view had no value
-            probe = probes.setdefault(view.name, next((f for f in view.fields if _q(f) in columns
-                                                       and f'{_q(f)}."element"' not in columns), None))  # not a list
-            if probe and _q(probe) in columns:
-                split["nulls"][view.name] = split["nulls"].get(view.name, 0) + int(columns[_q(probe)]["null_count"])
+    it wrote (``COPY ... RETURN_STATS`` rows: nothing is read back), labels and time range from the
+    entity rows the split holds. A split whose written rows differ from its entity rows is an error."""
+    # A scalar field of each view, null exactly where the view had no value; every file has the same
+    # columns (a list column's statistics are keyed by its element, so it is passed over).
+    columns = written[0]["column_statistics"] if written else {}
+    probes = {view.name: probe for view in views
+              if (probe := next((f for f in view.fields if _q(f) in columns and f'{_q(f)}."element"' not in columns), None))}
+    splits = {name: {"rows": 0, "files": [], "nulls": dict.fromkeys(sorted(probes), 0)} for name in SPLITS}
+    for file in written:
+        split = splits[file["partition_keys"]["split"]]
+        split["rows"] += file["count"]
+        split["files"].append(str(Path(file["filename"]).resolve().relative_to(out)))
+        for view, probe in probes.items():
+            split["nulls"][view] += int(file["column_statistics"][_q(probe)]["null_count"])
     stats = {}
     for name in SPLITS:
         split, ent = splits[name], entity_stats.get(name, {})
@@ -137,7 +138,7 @@ def _split_stats(out: Path, written: list[tuple], entity_stats: dict, views: lis
         stats[name] = {"rows": rows, "positives": int(positives), "positive_rate": positives / rows if rows else None,
                        "min_event_timestamp": ent["min"].isoformat() if ent.get("min") else None,
                        "max_event_timestamp": ent["max"].isoformat() if ent.get("max") else None,
-                       "rows_without_view": {v: n for v, n in sorted(split["nulls"].items())} if rows else {},
+                       "rows_without_view": split["nulls"] if rows else {},
                        "files": sorted(split["files"])}
     return stats
 
@@ -198,13 +199,12 @@ def build(store, service_name: str, entity_source, out: str | Path, engine: str 
             query = f"SELECT *, {split_sql('event_timestamp', split)} FROM feast_rows"
         else:
             raise ValueError(f"engine must be duckdb or feast, got {engine!r}")
-        written = con.execute(f"COPY ({query}) TO {_lit(str(tmp))} (FORMAT parquet, PARTITION_BY (split), "
-                              f"ROW_GROUP_SIZE {ROW_GROUP_SIZE}, OVERWRITE_OR_IGNORE, RETURN_STATS)").fetchall()
+        copied = con.execute(f"COPY ({query}) TO {_lit(str(tmp))} (FORMAT parquet, PARTITION_BY (split), "
+                             f"ROW_GROUP_SIZE {ROW_GROUP_SIZE}, OVERWRITE_OR_IGNORE, RETURN_STATS)")
+        names = [column[0] for column in copied.description]
+        written = [dict(zip(names, row)) for row in copied.fetchall()]  # one row per file written
         join_seconds = time.perf_counter() - join_began
-        files = [(name, count, columns, partition) for name, count, _, _, columns, partition, _ in written]
-        if sum(f[1] for f in files) != entity.num_rows:
-            raise EntityFrameError(f"wrote {sum(f[1] for f in files)} rows for {entity.num_rows} entity rows")
-        splits = _split_stats(tmp, files, _entity_split_stats(con, split), views)
+        splits = _split_stats(tmp, written, _entity_split_stats(con, split), views)
         features = [f"{v.name}:{f}" for v in views for f in v.fields]
         manifest = {
             "name": out.name,

@@ -162,6 +162,16 @@ def test_entity_frame_errors_name_the_problem():
         training_set.read_entity_frame(bad_label)
 
 
+def test_a_split_written_short_of_its_entity_rows_is_an_error(tmp_path):
+    out = tmp_path.resolve()
+    written = [{"filename": str(out / "split=train" / "data_0.parquet"), "count": 3, "column_statistics": {}, "partition_keys": {"split": "train"}}]
+    entity = {"train": {"rows": 4, "positives": 1, "min": None, "max": None}}
+    with pytest.raises(EntityFrameError, match="split train: wrote 3 rows for 4 entity rows"):
+        training_set._split_stats(out, written, entity, [])
+    entity["train"]["rows"] = 3
+    assert training_set._split_stats(out, written, entity, [])["train"]["files"] == ["split=train/data_0.parquet"]
+
+
 def test_duplicate_entity_rows_are_kept_and_counted(store):
     views = training_set.service_views(store, "ctr_din_v1")
     dup = pd.DataFrame({"user_id": [1, 1, 7], "item_id": [14, 14, 999], "label": [1, 1, 0],
