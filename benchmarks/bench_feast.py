@@ -27,11 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.resources import machine_description, measured, write_section
-from pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
-from pipelines.store import feast_store, training_set
-from pipelines import synth
-from pipelines.spark.session import build_spark
-from serving.online import OnlineReader
+from mmfs.pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
+from mmfs.store import feast_store, training_set
+from mmfs.pipelines import synth
+from mmfs.pipelines.spark.session import build_spark
+from mmfs.online.reader import OnlineReader
+from mmfs.store.repo import init_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Feast: training sets, materialisation, online reads"
@@ -80,7 +81,7 @@ def tables_for(work: Path, n_events: int, n_items: int, embeddings_root: Path) -
 def repo_copy(work: Path, name: str, port: int | None = None) -> Path:
     repo = work / name / "feature_repo"
     shutil.rmtree(repo.parent, ignore_errors=True)
-    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    init_repo(repo)
     if port:
         path = repo / "feature_store.redis.yaml"
         path.write_text(path.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))

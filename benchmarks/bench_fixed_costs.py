@@ -35,11 +35,12 @@ GOAL_S = 5.0
 # The route `mmfs apply` took before it ran Feast's apply in-process (kept here to measure against).
 OLD_APPLY = """
 import sys
-from pipelines.store import feast_store as f
-fs_yaml = f.yaml_path("duckdb", f.REPO)
-f.encoders_file.write(f.encoders_file.encoders_path(f.REPO, sys.argv[1], f.REPO), sys.argv[1])
-f.assert_no_drift(f.declared_views(f.REPO, sys.argv[1], fs_yaml))
-f.feast_cli(["apply"], "duckdb", f.REPO, sys.argv[1])
+from mmfs.store import feast_store as f
+from mmfs.store.repo import PACKAGED_REPO as REPO
+fs_yaml = f.yaml_path("duckdb", REPO)
+f.encoders_file.write(f.encoders_file.encoders_path(REPO, sys.argv[1], True), sys.argv[1])
+f.assert_no_drift(f.declared_views(REPO, sys.argv[1], fs_yaml))
+f.feast_cli(["apply"], "duckdb", REPO, sys.argv[1])
 """
 
 
@@ -48,7 +49,7 @@ def per_expectation_validate(df, table_rules, stage: str):
     key, then ``df.count()``; each expectation runs its query twice (rows and row count)."""
     import great_expectations as gx
 
-    from pipelines.spark.validation import RuleResult, ValidationReport, ge_context
+    from mmfs.pipelines.spark.validation import RuleResult, ValidationReport, ge_context
 
     context = ge_context()
     source = context.data_sources.add_or_update_spark(name=f"old_{table_rules.table}_{stage}")
@@ -78,7 +79,7 @@ def per_expectation_validate(df, table_rules, stage: str):
 
 
 def job_stages(raw: Path, out: str) -> list[tuple[str, object, list[str]]]:
-    from pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
+    from mmfs.pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
 
     return [
         ("ingest", ingest.main, ["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet", "--out", out]),
@@ -104,8 +105,8 @@ def run_jobs(raw: Path, out: str, rounds: int) -> dict[str, list[float]]:
 
 def validated_tables(spark, out: str) -> list[tuple[object, object]]:
     """(cached table, its output rules) for every table the jobs wrote."""
-    from pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
-    from pipelines.spark.table_io import read_meta, read_table
+    from mmfs.pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
+    from mmfs.pipelines.spark.table_io import read_meta, read_table
 
     identity = read_meta(spark, f"{out}/item_embeddings")["encoder_identity"]
     image_dim = identity["image"] and identity["image"]["dim"]
@@ -123,7 +124,7 @@ def validated_tables(spark, out: str) -> list[tuple[object, object]]:
 
 
 def compare_validation(spark, out: str) -> list[dict]:
-    from pipelines.spark.validation import ge_validate
+    from mmfs.pipelines.spark.validation import ge_validate
 
     rows = []
     for df, table_rules in validated_tables(spark, out):
@@ -187,9 +188,9 @@ def report(session_s: float, jobs: dict[str, list[float]], validation: list[dict
 
 def run(work: Path, events: int, rounds: int = 2) -> tuple[str, dict]:
     """Measure everything above under ``work``; returns (the markdown section, the figures)."""
-    from pipelines import synth
-    from pipelines.jobs.run_pipeline import start_session
-    from pipelines.spark.session import build_spark
+    from mmfs.pipelines import synth
+    from mmfs.pipelines.jobs.run_pipeline import start_session
+    from mmfs.pipelines.spark.session import build_spark
 
     raw = work / "fixed_raw"
     synth.generate(raw, n_users=max(1, events // 10), n_items=max(2, events // 5), n_events=events, n_images=0, seed=5)

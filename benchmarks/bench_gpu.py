@@ -4,7 +4,7 @@
 
 Measures, on the device given (CUDA by default), in one run:
 
-- text encoding (``pipelines.encoders``, bf16 autocast on CUDA) with MiniLM-L6 (the packaged
+- text encoding (``mmfs.pipelines.encoders``, bf16 autocast on CUDA) with MiniLM-L6 (the packaged
   weights) and with a BERT-base-sized model (12 x 768; **random weights**, flagged in the table:
   no BERT-base weights ship in a package), items/s and achieved FLOP/s against the device's bf16
   dense ceiling, at batch 256 and 1024. FLOPs per batch: 2 x (non-embedding parameters) x padded
@@ -52,9 +52,9 @@ def sync(device: str) -> None:
 
 
 def texts_for(n: int) -> list[str]:
-    from pipelines import synth
+    from mmfs.pipelines import synth
     import pyarrow.parquet as pq
-    from pipelines.spark.encoding import item_text
+    from mmfs.pipelines.spark.encoding import item_text
 
     with tempfile.TemporaryDirectory() as tmp:
         synth.generate(Path(tmp), n_users=10, n_items=n, n_events=10, n_images=0, seed=1)
@@ -66,7 +66,7 @@ def bert_base_random(folder: Path) -> str:
     """A BERT-base-sized model (12 layers, 768 hidden, 12 heads, 3072 FFN) with random weights and
     MiniLM's tokenizer (the same uncased WordPiece vocabulary), saved where the loader reads a local folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel
-    from pipelines.encoders import DEFAULT_TEXT_MODEL, _text_model_path
+    from mmfs.pipelines.encoders import DEFAULT_TEXT_MODEL, _text_model_path
 
     torch.manual_seed(0)
     BertModel(BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)).save_pretrained(folder)
@@ -75,7 +75,7 @@ def bert_base_random(folder: Path) -> str:
 
 
 def text_figures(model: str, label: str, texts: list[str], device: str, batches: tuple[int, ...], peak: float | None) -> list[dict]:
-    from pipelines.encoders import EncoderConfig, load_text_encoder
+    from mmfs.pipelines.encoders import EncoderConfig, load_text_encoder
 
     encoder = load_text_encoder(EncoderConfig(text_model=model, device=device))
     cfg = encoder.model.config
@@ -106,8 +106,8 @@ def text_figures(model: str, label: str, texts: list[str], device: str, batches:
 def _decode_one(payload: bytes) -> np.ndarray:
     from PIL import Image
 
-    from pipelines.encoders import EfficientNetLite0Encoder
-    from pipelines.images import resize_center_crop
+    from mmfs.pipelines.encoders import EfficientNetLite0Encoder
+    from mmfs.pipelines.images import resize_center_crop
 
     image = Image.open(io.BytesIO(payload)).convert("RGB")
     pixels = np.asarray(resize_center_crop(image, EfficientNetLite0Encoder.image_size), dtype=np.float32) / 255.0
@@ -117,7 +117,7 @@ def _decode_one(payload: bytes) -> np.ndarray:
 def image_figures(device: str, n: int) -> dict:
     from PIL import Image
 
-    from pipelines.encoders import EncoderConfig, load_image_encoder
+    from mmfs.pipelines.encoders import EncoderConfig, load_image_encoder
 
     rng = np.random.default_rng(0)
     payloads = []
@@ -146,9 +146,9 @@ def image_figures(device: str, n: int) -> dict:
 
 
 def dmf_figures(device: str, steps: int, batch: int = 1024, L: int = 50, D: int = 64, n_items: int = 100_000) -> dict:
-    from model.config import DataSpec, ModelConfig
-    from model.models import build_model
-    from model.train import train_step
+    from mmfs.model.config import DataSpec, ModelConfig
+    from mmfs.model.models import build_model
+    from mmfs.model.train import train_step
 
     dev = torch.device(device)
     torch.manual_seed(0)

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     import psutil
 
     from benchmarks.resources import machine_description, serving_process
-    from pipelines.store.feast_store import parse_time
+    from mmfs.store.feast_store import parse_time
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(ROOT / "out" / "movielens"))

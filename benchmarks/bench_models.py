@@ -4,8 +4,8 @@ FuxiCTR's own DIN and DCNv2 and model-free baselines, on the same rows, in one r
 Every model trains on the same tables and the same time split (80% / 90% event-time quantiles),
 with the same seeds, the same budget and the same selection: early stopping on validation AUC,
 the test split read once, after selection. mmfs's models read their feature service's training
-set; FuxiCTR's read the same rows exported by ``model.export_fuxictr`` (checked row for row).
-The model-free baselines (``model.baselines``) need no selection at all. Three data sets:
+set; FuxiCTR's read the same rows exported by ``mmfs.model.export_fuxictr`` (checked row for row).
+The model-free baselines (``mmfs.model.baselines``) need no selection at all. Three data sets:
 
 - MovieLens ml-latest-small (bundled; text-only items), 5 seeds;
 - two synthetic sets with a planted content signal (``mmfs synth``: clicks depend on the match
@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.resources import machine_description
-from model.config import ModelConfig
-from model.models import SERVICES
-from model.train import TrainConfig, train
+from mmfs.model.config import ModelConfig
+from mmfs.model.models import SERVICES
+from mmfs.model.train import TrainConfig, train
+from mmfs.store.repo import init_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = "MovieLens ml-latest-small"
@@ -72,8 +73,8 @@ def log(message: str) -> None:
 # -- data ------------------------------------------------------------------------------------------
 
 def ensure_synthetic(work: Path, name: str, users: int, items: int, events: int, images: int) -> Path:
-    from pipelines.jobs import run_pipeline
-    from pipelines import synth
+    from mmfs.pipelines.jobs import run_pipeline
+    from mmfs.pipelines import synth
 
     raw, root = work / f"{name}_raw", work / name
     if not (root / "target_similarity").exists() or not (root / "user_stats").exists():
@@ -83,7 +84,7 @@ def ensure_synthetic(work: Path, name: str, users: int, items: int, events: int,
 
 
 def ensure_tables(root: Path, source_args: list[str]) -> None:
-    from pipelines.jobs import run_pipeline
+    from mmfs.pipelines.jobs import run_pipeline
 
     if not all((root / t).exists() for t in ("target_similarity", "item_stats", "user_stats")):
         run_pipeline.main(source_args + ["--out", str(root)])
@@ -91,11 +92,11 @@ def ensure_tables(root: Path, source_args: list[str]) -> None:
 
 def build_sets(work: Path, root: Path, name: str) -> dict[str, Path]:
     """Every service's training set over ``root``, through a copy of the feature repo."""
-    from pipelines.store import feast_store, training_set
+    from mmfs.store import feast_store, training_set
 
     repo = work / f"repo_{name}" / "feature_repo"
     shutil.rmtree(repo.parent, ignore_errors=True)
-    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    init_repo(repo)
     feast_store.apply("duckdb", repo, root)
     store = feast_store.open_store("duckdb", repo, root)
     sets = {}
@@ -110,7 +111,7 @@ def split_arrays(training_set: Path, split: str) -> dict[str, np.ndarray]:
     """One split through mmfs's loader, whole (the bench's sets are small)."""
     import torch
 
-    from model.data import LoaderConfig, TrainingSetDataset
+    from mmfs.model.data import LoaderConfig, TrainingSetDataset
 
     data = TrainingSetDataset(training_set, LoaderConfig(split=split, batch_size=1 << 20, shuffle=False, vectors=()))
     batches = list(data)
@@ -121,8 +122,8 @@ def split_arrays(training_set: Path, split: str) -> dict[str, np.ndarray]:
 
 def baseline_rows(training_set: Path, dataset: str) -> list[dict]:
     """Constant, popularity, co-like and popularity x user rate on valid and test."""
-    from model.baselines import CoLike, Popularity
-    from model.metrics import auc, gauc, logloss
+    from mmfs.model.baselines import CoLike, Popularity
+    from mmfs.model.metrics import auc, gauc, logloss
 
     s = {split: split_arrays(training_set, split) for split in ("train", "valid", "test")}
     tr = s["train"]
@@ -191,7 +192,7 @@ def run_peers(training_set: Path, work: Path, dataset: str, seeds: int, budget: 
     import pyarrow.parquet as pq
 
     from benchmarks.fuxictr_peer import PEERS, train_peer
-    from model.export_fuxictr import SPLITS, check_export, export
+    from mmfs.model.export_fuxictr import SPLITS, check_export, export
 
     out = work / f"fuxictr_{slug(dataset)}"
     exported = export(training_set, out)
@@ -227,10 +228,10 @@ def slices(sets: dict[str, Path], work: Path, dataset: str) -> list[dict]:
     unseen target items, and with the whole history masked at test time."""
     import torch
 
-    from model.data import LoaderConfig, TrainingSetDataset
-    from model.metrics import auc
-    from model.checkpoint import load_checkpoint, model_vectors
-    from model.train import prepare
+    from mmfs.model.data import LoaderConfig, TrainingSetDataset
+    from mmfs.model.metrics import auc
+    from mmfs.model.checkpoint import load_checkpoint, model_vectors
+    from mmfs.model.train import prepare
 
     out = []
     for label, config in MODELS.items():
@@ -440,7 +441,7 @@ def write_report(rows: list[dict], order: dict[str, list[str]], budgets: dict[st
              "the best pass's weights are kept. FuxiCTR's models: the same epochs, batch and learning rate, Adam, FuxiCTR's own early "
              "stopping (patience 2 epochs) and learning-rate cut on plateau. Selection on validation AUC only; test read once.",
              "Same rows for every model: each mmfs model reads its feature service's training set (same tables, same time split: 80% / 90% "
-             "event-time quantiles); FuxiCTR's read those rows exported by `model.export_fuxictr` and checked row for row "
+             "event-time quantiles); FuxiCTR's read those rows exported by `mmfs.model.export_fuxictr` and checked row for row "
              "(row count, labels, users, every history and target, the target's vector). GAUC: per-user AUC weighted by impressions, "
              "users with both classes only. Model-free baselines are fitted on the train split.", ""]
     for dataset, labels in order.items():

@@ -23,12 +23,12 @@ import torch
 
 from benchmarks import bench_fixed_costs
 from benchmarks.resources import machine_description, measured, write_section
-from pipelines.jobs import encode_items, ingest, target_similarity, user_sequences
-from pipelines import synth
-from pipelines.encoders import EncoderConfig, load_image_encoder, load_text_encoder
-from pipelines.images import decode_image
-from pipelines.spark.encoding import item_text
-from pipelines.spark.session import build_spark
+from mmfs.pipelines.jobs import encode_items, ingest, target_similarity, user_sequences
+from mmfs.pipelines import synth
+from mmfs.pipelines.encoders import EncoderConfig, load_image_encoder, load_text_encoder
+from mmfs.pipelines.images import decode_image
+from mmfs.pipelines.spark.encoding import item_text
+from mmfs.pipelines.spark.session import build_spark
 
 ROOT = Path(__file__).resolve().parents[1]
 FEAST_SECTION = "## Feast: training sets, materialisation, online reads"

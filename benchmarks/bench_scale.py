@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 from benchmarks.resources import machine_description, measured
+from mmfs.store.repo import init_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench_out" / "scale"
 REPORT = ROOT / "docs" / "scaling.md"
-MMFS = [sys.executable, "-m", "pipelines.cli"]
+MMFS = [sys.executable, "-m", "mmfs.cli"]
 NOTES_MARKER = "<!-- notes below this line are kept when bench_scale rewrites the tables above -->"
 STAGES = ("synth", "ingest", "encode_items", "user_sequences", "item_stats", "user_stats", "target_similarity", "feast_apply",
           "training_set", "train_dmf", "materialize_redis_feast", "materialize_redis_spark", "score")
@@ -66,7 +67,7 @@ def run_logged(cmd: list[str], log: Path, env: dict | None = None) -> None:
 def prepare_repo(work: Path, port: int, name: str = "feature_repo") -> Path:
     repo = work / name / "feature_repo"
     shutil.rmtree(repo, ignore_errors=True)
-    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    init_repo(repo)
     path = repo / "feature_store.redis.yaml"
     path.write_text(path.read_text().replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
     return repo
@@ -115,9 +116,9 @@ def score_main(argv: list[str]) -> int:
     """Score 100 candidates for 200 users through the Redis online store; write latency figures."""
     import numpy as np
 
-    from pipelines.store import feast_store
-    from serving.scorer import Scorer
-    from serving.tuning import tune_for_serving
+    from mmfs.store import feast_store
+    from mmfs.serving.scorer import Scorer
+    from mmfs.serving.tuning import tune_for_serving
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)

@@ -40,8 +40,9 @@ import torch
 
 from benchmarks.resources import machine_description, write_section
 from benchmarks.serving_report import END, SECTION, chart, section
-from pipelines.store import feast_store
-from pipelines.store.feast_store import parse_time
+from mmfs.store import feast_store
+from mmfs.store.feast_store import parse_time
+from mmfs.store.repo import init_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1, 100, 500, 1200)
@@ -76,7 +77,7 @@ def prepare_store(work: Path, root: Path, config: str = "duckdb", port: int | No
 
     repo = work / f"repo_{config}" / "feature_repo"
     shutil.rmtree(repo.parent, ignore_errors=True)
-    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    init_repo(repo)
     add_bench_services(repo, precompute=config == "redis")
     if port is not None:
         path = repo / "feature_store.redis.yaml"
@@ -100,8 +101,8 @@ def pick_user_and_items(root: Path, at: dt.datetime, max_c: int, seed: int = 0) 
 
 def feast_request(store, scorer, user: int, items: list[int], at: dt.datetime):
     """The same request through Feast's standard get_online_features path, then our scoring."""
-    from serving.item_features import ItemRows
-    from serving.online import MISSING, MISSING_US, PRESENT, stamp_us
+    from mmfs.serving.item_features import ItemRows
+    from mmfs.online.reader import MISSING, MISSING_US, PRESENT, stamp_us
 
     seq = store.get_online_features(features=["user_sequence:hist_item_ids"], entity_rows=[{"user_id": user}]).to_dict()
     hist = [int(x) for x in (seq["hist_item_ids"][0] or [])][-scorer.max_len:]
@@ -124,8 +125,8 @@ def feast_request(store, scorer, user: int, items: list[int], at: dt.datetime):
 
 
 def bench_in_process(store, checkpoint: Path, user: int, items: list[int], at: dt.datetime, base: int, with_feast: bool) -> list[dict]:
-    from serving.scorer import Scorer, ScorerConfig
-    from serving.tuning import tune_for_serving
+    from mmfs.serving.scorer import Scorer, ScorerConfig
+    from mmfs.serving.tuning import tune_for_serving
 
     warm = Scorer.from_checkpoint(checkpoint, store)
     per_request = Scorer.from_checkpoint(checkpoint, store, ScorerConfig(user_cache_size=0))  # warm items, user side each time
@@ -163,8 +164,8 @@ def bench_in_process(store, checkpoint: Path, user: int, items: list[int], at: d
 
 def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
     """Decoupled target attention vs early fusion at C = 1200 (random weights, speed only)."""
-    from model.dmf import DMF
-    from model.checkpoint import load_checkpoint
+    from mmfs.model.dmf import DMF
+    from mmfs.model.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     spec, config = meta["data_spec"], model.config
@@ -308,11 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{root} has no tables: run `make demo` first")
     checkpoint = Path(args.checkpoint or root / "models" / "dmf" / "checkpoint.pt")
     if not checkpoint.exists():
-        from model.train import main as train_main
+        from mmfs.model.train import main as train_main
 
         train_main(["--model", "dmf", "--training-set", str(root / "training_sets" / "ctr_dmf_v1"), "--out", str(checkpoint.parent), "--max_epochs=3"])
     results = {"at": args.at.isoformat(), "machine": machine_description()}
-    from model.checkpoint import load_checkpoint
+    from mmfs.model.checkpoint import load_checkpoint
 
     _, meta = load_checkpoint(checkpoint)
     m = meta["config"]["model"]

@@ -3,7 +3,7 @@
 On a copy of the MovieLens tables ``make demo`` writes (applied and materialised to AS_OF):
 
 - freshness: ``mmfs stream --trigger-s 1`` runs in its own process; one click at a time lands in the
-  event log (``serving.landing``) and the time until the online store serves the user's new
+  event log (``mmfs.core.events.landing``) and the time until the online store serves the user's new
   sequence (the read the scorer makes, polled every 10 ms) is measured, p50 and p99;
 - sustained: events land at a fixed rate (files every 0.2 s) for a while at each of a few rates;
   per micro-batch, the time from its oldest file landing to its rows being visible, p50/p99, and
@@ -13,7 +13,7 @@ On a copy of the MovieLens tables ``make demo`` writes (applied and materialised
 - ``mmfs consistency`` over the requests that run logged, against the tables after the stream
   ran (the stream's rows included), and its wall time.
 
-Writes docs/streaming.md (the machine described) and docs/stream_freshness.png.
+Writes docs/mmfs.streaming.md (the machine described) and docs/stream_freshness.png.
 """
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.resources import machine_description
-from pipelines.store import feast_store
-from pipelines.store.feast_store import parse_time
-from serving.landing import Event, EventLanding
+from mmfs.store import feast_store
+from mmfs.store.feast_store import parse_time
+from mmfs.core.events.landing import Event, EventLanding
+from mmfs.store.repo import init_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.timezone.utc
@@ -50,7 +51,7 @@ def prepare(root: Path, work: Path, at: dt.datetime) -> tuple[Path, Path]:
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(root, tables, ignore=lambda d, names: [n for n in names if Path(d) == root and n in SKIP])
     repo = work / "feature_repo"
-    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    init_repo(repo)
     feast_store.apply("duckdb", repo, tables)
     feast_store.materialize("duckdb", repo, tables, end=at)
     return tables, repo
@@ -92,7 +93,7 @@ def wait_visible(reader, user: int, ts: dt.datetime, timeout: float, poll: float
 
 def start_stream(tables: Path, repo: Path, trigger_s: float, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "stream", "--root", str(tables), "--repo", str(repo),
+    return subprocess.Popen([sys.executable, "-m", "mmfs.cli", "stream", "--root", str(tables), "--repo", str(repo),
                              "--trigger-s", str(trigger_s), "--conf", "spark.ui.enabled=false"],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
@@ -103,7 +104,7 @@ def batches(tables: Path) -> list[dict]:
 
 
 def bench_freshness(tables: Path, repo: Path, users: list[int], items: list[int], clock: Clock, n: int, rng) -> dict:
-    from serving.online import OnlineReader
+    from mmfs.online.reader import OnlineReader
 
     reader = OnlineReader(feast_store.open_store("duckdb", repo, tables), "ctr_dmf_v1")
     landing = EventLanding(tables)
@@ -151,8 +152,8 @@ def bench_logging(tables: Path, repo: Path, checkpoint: Path, at: dt.datetime, n
     """In-process scoring with and without the request log, interleaved."""
     import torch
 
-    from serving.request_log import RequestLog
-    from serving.scorer import Scorer
+    from mmfs.serving.request_log import RequestLog
+    from mmfs.serving.scorer import Scorer
 
     torch.set_num_threads(1)
     store = feast_store.open_store("duckdb", repo, tables)
@@ -181,7 +182,7 @@ def bench_logging(tables: Path, repo: Path, checkpoint: Path, at: dt.datetime, n
 def run_consistency(tables: Path, work: Path, training_set: Path) -> dict:
     """``mmfs consistency`` over the logged requests, in its own process; its report and wall time."""
     began = time.time()
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "consistency", "--root", str(tables), "--out", str(work / "consistency"),
+    done = subprocess.run([sys.executable, "-m", "mmfs.cli", "consistency", "--root", str(tables), "--out", str(work / "consistency"),
                            "--training-set", str(training_set),
                            "--max-psi", "5", "--conf", "spark.ui.enabled=false"], env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True)
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="10,100,500,2000,4000,8000")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--log-requests", type=int, default=400)
-    parser.add_argument("--report", default=str(ROOT / "docs" / "streaming.md"))
+    parser.add_argument("--report", default=str(ROOT / "docs" / "mmfs.streaming.md"))
     args = parser.parse_args(argv)
     root, work = Path(args.root), Path(args.work)
     if not (root / "user_sequence_snapshots").exists():
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result["logging"]), flush=True)
     stream = start_stream(tables, repo, 1.0, work / "stream.log")
     try:
-        from serving.online import OnlineReader
+        from mmfs.online.reader import OnlineReader
 
         reader = OnlineReader(feast_store.open_store("duckdb", repo, tables), "ctr_dmf_v1")
         user, ts = users[0], clock.next()

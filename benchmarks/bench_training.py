@@ -9,9 +9,9 @@ bench_feast), in one run:
   tables the by-reference build joins (snapshot keys, user stats, item stats, embedding status),
   no TTL, no created timestamps, no split, nothing written; and the single join with the
   snapshot table alone (the shape of DuckDB's own ASOF benchmark);
-- the loader (``model.data.TrainingSetDataset``, DMF's inputs: history, s_j, mm_emb) in samples/s
+- the loader (``mmfs.model.data.TrainingSetDataset``, DMF's inputs: history, s_j, mm_emb) in samples/s
   over the train split of each set, one process; and the loader as it was before histories went by
-  reference (``model/data.py`` and ``pipelines/features/item_index.py`` of ``--previous``, read with
+  reference (``model/data.py`` and ``core/features/item_index.py`` of ``--previous``, read with
   ``git show``) over the inline set, in the same run: the throughput the loader must keep.
 
 Results go to docs/benchmarks.md, section "Training sets by reference".
@@ -30,10 +30,10 @@ from pathlib import Path
 
 from benchmarks.bench_feast import prepare_embeddings, repo_copy, tables_for
 from benchmarks.resources import machine_description, measured, write_section
-from model.data import LoaderConfig, TrainingSetDataset
-from pipelines.spark.session import build_spark
-from pipelines.store import feast_store, training_set
-from pipelines.store.pit_join import _lit, _q
+from mmfs.model.data import LoaderConfig, TrainingSetDataset
+from mmfs.pipelines.spark.session import build_spark
+from mmfs.store import feast_store, training_set
+from mmfs.store.pit_join import _lit, _q
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Training sets by reference"
@@ -66,14 +66,14 @@ def previous_loader(commit: str):
         done = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, text=True)
         return done.stdout if done.returncode == 0 else None
 
-    data, index = source("model/data.py"), source("pipelines/features/item_index.py")
+    data, index = source("model/data.py"), source("core/features/item_index.py")
     if data is None or index is None:
         return None
     modules = {}
     for name, text in (("mmfs_previous_item_index", index), ("mmfs_previous_data", data)):
         module = types.ModuleType(name)
         sys.modules[name] = module
-        exec(compile(text.replace("from pipelines.features.item_index import", "from mmfs_previous_item_index import"),
+        exec(compile(text.replace("from mmfs.core.features.item_index import", "from mmfs_previous_item_index import"),
                      f"{commit}:{name}", "exec"), module.__dict__)
         modules[name] = module
     return modules["mmfs_previous_data"]

@@ -3,10 +3,10 @@
 FuxiCTR 2.3.10 (the ``bench`` extra) ships ``model_zoo/LongCTR``: its DIN, DCNv2 and
 ``LongCTRDataLoader`` are used unmodified. Its ``run_expid.py`` pins fuxictr 2.3.2, so this is
 the small runner it would otherwise be: the feature map and data come from
-``model.export_fuxictr`` (checked row for row against the training set), the model trains with
+``mmfs.model.export_fuxictr`` (checked row for row against the training set), the model trains with
 FuxiCTR's own ``fit`` (Adam, early stopping on validation AUC with its patience, its default
 learning-rate cut on plateau, gradient clipping), and valid/test predictions are scored with
-mmfs's metrics (``model.metrics``), test read once after selection.
+mmfs's metrics (``mmfs.model.metrics``), test read once after selection.
 
     python -m benchmarks.fuxictr_peer --training-set out/movielens/training_sets/ctr_dmf_v1 --model DIN --seed 0
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.export_fuxictr import SPLITS, Export
-from model.metrics import all_metrics
+from mmfs.model.export_fuxictr import SPLITS, Export
+from mmfs.model.metrics import all_metrics
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def train_peer(exported: Export, peer: PeerConfig, seed: int, max_epochs: int, p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.export_fuxictr import check_export, export
+    from mmfs.model.export_fuxictr import check_export, export
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--training-set", required=True)

@@ -50,7 +50,7 @@ def feast_server(config: str, repo: Path, root: Path, workers: int = 1, ready_ti
     """``feast serve`` over ``repo`` in a process of its own on a free loopback port; yields its base URL."""
     import httpx
 
-    from pipelines.store.feast_store import repo_env, yaml_path
+    from mmfs.store.feast_store import repo_env, yaml_path
     from tests.support.processes import stop, wait_started
     from tests.support.redis_server import free_port
 
@@ -109,8 +109,8 @@ def forward_loop(argv: list[str]) -> int:
 
     import torch
 
-    from pipelines.store import feast_store
-    from serving.scorer import Scorer
+    from mmfs.store import feast_store
+    from mmfs.serving.scorer import Scorer
 
     p = argparse.ArgumentParser()
     for flag in ("--checkpoint", "--root", "--repo", "--items", "--at"):

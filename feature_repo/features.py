@@ -2,7 +2,7 @@
 
 Static declarations, as in Feast's templates. Two inputs, both files or paths the user owns:
 
-- the table root the Spark jobs wrote: ``MMFS_TABLE_ROOT`` (default ``<repo>/../out/movielens``);
+- the table root the Spark jobs wrote: ``MMFS_TABLE_ROOT`` (required; mmfs sets it);
 - ``encoders.yaml``, written by ``mmfs apply`` from the embedding tables' metadata (beside this
   file in a user's own copy of the repo, else ``<table root>/encoders.yaml``): one embedding view
   per entry, ``v1`` as ``item_embeddings`` and a backfill's ``v2`` as ``item_embeddings_v2`` with
@@ -16,7 +16,7 @@ Request-time features: the target-aware similarities s_j = cos(m_t, m_j) need th
 every history item j, a lookup an OnDemandFeatureView cannot make (it sees one row's features). So
 they are not an ODFV: offline, the Spark job ``target_similarity`` writes them for training rows
 (``target_similarity_fv``); online, the scorer computes them from ``item_embeddings_fv`` with the
-same function (``pipelines.features.similarity.target_similarity``).
+same function (``mmfs.core.features.similarity.target_similarity``).
 """
 import os
 from datetime import timedelta
@@ -26,7 +26,11 @@ import yaml
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Bool, Float32, Int32, Int64
 
-TABLE_ROOT = os.environ.get("MMFS_TABLE_ROOT", str(Path(__file__).resolve().parents[1] / "out" / "movielens"))
+TABLE_ROOT = os.environ.get("MMFS_TABLE_ROOT", "")
+if not TABLE_ROOT:  # a default would declare some other tables, silently
+    raise RuntimeError("features.py declares the tables of one table root: set MMFS_TABLE_ROOT to the root the Spark jobs "
+                       "wrote (mmfs sets it for you; by hand: export MMFS_TABLE_ROOT=<root> MMFS_FEAST_STATE=<root>/_feast, "
+                       "or <this repo>/data for a repo of your own)")
 TTL = timedelta(days=3650)  # sequences and similarities age out after ten years; stats and embeddings never
 DEFAULT_ENCODER = {"version": "v1", "table": "item_embeddings", "encoder_id": "", "mm_dim": 64, "text_dim": 384, "image_dim": 1280}
 

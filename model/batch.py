@@ -1,5 +1,5 @@
-"""The model's input tensors, named and built once: the training loader (``model.data``) fills
-them from training-set rows, the online scorer (``serving.scorer``) from online rows, with the
+"""The model's input tensors, named and built once: the training loader (``mmfs.model.data``) fills
+them from training-set rows, the online scorer (``mmfs.serving.scorer``) from online rows, with the
 same functions, so a model sees the same tensors offline and online.
 
 Keys (B rows, L history positions, D vector dim):
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.layers import OOV
+from mmfs.model.layers import OOV
 
 ITEM_STATS_COLUMNS = ("impressions", "clicks", "ctr")
 USER_STATS_COLUMNS = ("user_impressions", "user_clicks", "user_ctr")

@@ -13,9 +13,9 @@ import torch
 
 from dataclasses import asdict
 
-from model.config import DataSpec, ModelConfig
-from model.models import build_model
-from model.vocab import IdVocab
+from mmfs.model.config import DataSpec, ModelConfig
+from mmfs.model.models import build_model
+from mmfs.model.vocab import IdVocab
 
 
 def model_vectors(name: str, manifest: dict) -> tuple[str, ...]:

@@ -3,8 +3,8 @@
 
 Notation: B batch, C candidates, L history length, D id-embedding dim, M multimodal dim,
 K similarity buckets, N similarity tiers. Every model maps a batch to logits (B,); the loss
-lives in ``model.train``. Batches carry ``item_idx`` (B,) and ``hist_idx`` (B, L), vocabulary
-indices added by ``model.vocab`` (0 = padding, 1 = unseen id), plus the loader's tensors.
+lives in ``mmfs.model.train``. Batches carry ``item_idx`` (B,) and ``hist_idx`` (B, L), vocabulary
+indices added by ``mmfs.model.vocab`` (0 = padding, 1 = unseen id), plus the loader's tensors.
 """
 from __future__ import annotations
 

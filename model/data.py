@@ -8,12 +8,12 @@ Histories that the training set holds by reference (``--history reference``, the
 looked up here by the row's snapshot key (``SnapshotIndex``: the user_sequence row the
 point-in-time join picked), and the request-time features (``hist_sim``, and the target's
 embedding status) are computed here at the row's time with the function the scorer calls,
-``pipelines.features.similarity.target_similarity``.
+``mmfs.core.features.similarity.target_similarity``.
 
 Embedding vectors that the training set holds by reference (``--embeddings reference``, the
 default) are looked up here point-in-time, for the target and every history item, in the
 encoder's versioned embedding table: the version with ``event_timestamp <= T`` and
-``created_timestamp <= T`` for the row's time T (``pipelines.features.item_index``, the same lookup the
+``created_timestamp <= T`` for the row's time T (``mmfs.core.features.item_index``, the same lookup the
 similarity job uses).
 
 A batch is a dict of tensors; B rows, L = max_len history positions (oldest first, right-padded):
@@ -48,9 +48,9 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields
-from pipelines.features.item_index import MISSING, ItemEmbeddingIndex, KeyRanges, to_micros
-from pipelines.features.similarity import target_similarity
+from mmfs.model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields
+from mmfs.core.features.item_index import MISSING, ItemEmbeddingIndex, KeyRanges, to_micros
+from mmfs.core.features.similarity import target_similarity
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
-from model.layers import MLP, IdEmbedding, MultiHeadTargetAttention
+from mmfs.model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
+from mmfs.model.layers import MLP, IdEmbedding, MultiHeadTargetAttention
 
 
 def cosine_alpha_bar(steps: int) -> torch.Tensor:

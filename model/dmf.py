@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
-from model.layers import MLP, DecoupledTargetAttention, IdEmbedding, ModalityCentricInterest
+from mmfs.model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
+from mmfs.model.layers import MLP, DecoupledTargetAttention, IdEmbedding, ModalityCentricInterest
 
 
 @dataclass

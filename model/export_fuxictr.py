@@ -14,10 +14,10 @@ FuxiCTR's ``LongCTRDataLoader`` reads three parquet files per data set:
   the row of mmfs's id vocabulary (1 = unseen in train), and ``mm_emb``, the fused embedding.
   An item index is one *version* of one item's embedding (or "no embedding yet"), and each row
   and each history position points at the version valid at the row's time, the loader's own
-  point-in-time lookup (``pipelines.features.item_index``).
+  point-in-time lookup (``mmfs.core.features.item_index``).
 
 FuxiCTR's loader stacks the columns into one int64 array, so the dense item and user stats
-(``model.data.dense_block``) enter as bucketed categoricals: log1p(count) in quarter steps and
+(``mmfs.model.data.dense_block``) enter as bucketed categoricals: log1p(count) in quarter steps and
 the smoothed CTR in 1/50 steps, bucket 0 meaning "unknown".
 
 ``check_export`` re-reads the export and compares it with the training set: row count, labels,
@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from model.data import LoaderConfig, TrainingSetDataset, load_embedding_index, read_manifest
-from model.vocab import IdVocab
-from pipelines.features.item_index import MISSING
+from mmfs.model.data import LoaderConfig, TrainingSetDataset, load_embedding_index, read_manifest
+from mmfs.model.vocab import IdVocab
+from mmfs.core.features.item_index import MISSING
 
 SPLITS = ("train", "valid", "test")
 COUNT_BUCKETS = 64  # log1p(count) * 4, capped; 0 = unknown

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
-from model.layers import MLP, CrossNetwork, IdEmbedding, MultiHeadTargetAttention, SENet
+from mmfs.model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
+from mmfs.model.layers import MLP, CrossNetwork, IdEmbedding, MultiHeadTargetAttention, SENet
 
 
 class MMCTRDIN(nn.Module):

@@ -29,16 +29,16 @@ import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from model.checkpoint import model_vectors, save_checkpoint
-from model.data import LoaderConfig, TrainingSetDataset, read_manifest
-from model.layers import IdEmbedding
-from model.metrics import all_metrics, auc
-from model.batch import perturb_for_training, with_vocab_indices
-from model.config import DataSpec
-from model.report import plot_curve
-from model.train_config import TrainConfig, options_help, resolve_config, with_overrides  # noqa: F401 - mmfs train's config
-from model.models import SERVICES, build_model
-from model.vocab import IdVocab
+from mmfs.model.checkpoint import model_vectors, save_checkpoint
+from mmfs.model.data import LoaderConfig, TrainingSetDataset, read_manifest
+from mmfs.model.layers import IdEmbedding
+from mmfs.model.metrics import all_metrics, auc
+from mmfs.model.batch import perturb_for_training, with_vocab_indices
+from mmfs.model.config import DataSpec
+from mmfs.model.report import plot_curve
+from mmfs.model.train_config import TrainConfig, options_help, resolve_config, with_overrides  # noqa: F401 - mmfs train's config
+from mmfs.model.models import SERVICES, build_model
+from mmfs.model.vocab import IdVocab
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def _distributed_worker(config_json: str) -> dict:
     """Runs in each TorchDistributor process (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR)."""
     import torch.distributed as dist
 
-    from model.train import TrainConfig, train, with_overrides  # noqa: F811 - fresh process
+    from mmfs.model.train import TrainConfig, train, with_overrides  # noqa: F811 - fresh process
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
@@ -268,7 +268,7 @@ def run_distributed(config: TrainConfig, num_processes: int) -> dict:
 
 
 def save(config: TrainConfig, model, vocab: IdVocab, spec: DataSpec, manifest: dict, metrics: dict) -> None:
-    """Write ``checkpoint.pt`` (``model.checkpoint.save_checkpoint``), ``metrics.json`` and ``curve.png`` under ``config.output_dir``."""
+    """Write ``checkpoint.pt`` (``mmfs.model.checkpoint.save_checkpoint``), ``metrics.json`` and ``curve.png`` under ``config.output_dir``."""
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", model, asdict(config), vocab, spec, manifest)
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {config.model.name} trains on {read_manifest(config.training_set)['feature_service']} "
               f"(its own service is {SERVICES[config.model.name]})", file=sys.stderr)
     if args.distributed:
-        from pipelines.spark.session import build_spark
+        from mmfs.pipelines.spark.session import build_spark
 
         build_spark("mmfs-train")  # TorchDistributor runs under the active SparkSession
         metrics = run_distributed(config, args.distributed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from model.config import ModelConfig
+from mmfs.model.config import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from model.data import open_history, read_manifest, snapshot_rows
-from model.layers import OOV, PAD
+from mmfs.model.data import open_history, read_manifest, snapshot_rows
+from mmfs.model.layers import OOV, PAD
 
 
 class IdVocab:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipelines.images import resize_center_crop
+from mmfs.pipelines.images import resize_center_crop
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

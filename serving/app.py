@@ -3,7 +3,7 @@
     mmfs serve --checkpoint out/movielens/models/dmf/checkpoint.pt --root out/movielens [--config redis]
 
 Endpoints: ``POST /score`` (one user, up to ``--max-candidates`` items; what it used is written to
-the served-feature log, ``serving.request_log``), ``POST /events`` (impressions and clicks: checked
+the served-feature log, ``mmfs.serving.request_log``), ``POST /events`` (impressions and clicks: checked
 with ingest's rules and appended to the event log's landing folder, 202; ``mmfs stream`` applies
 them, and the score after its next micro-batch sees them), ``GET /health`` (the process is up),
 ``GET /ready`` (model and store loaded; 503 before, or while the online store fails),
@@ -40,14 +40,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.api import EventsRequest, EventsResponse, ScoreRequest, ScoreResponse, offline_docs
-from serving.runtime import BodyLimit, ServeSettings, Shed, State
+from mmfs.serving.api import EventsRequest, EventsResponse, ScoreRequest, ScoreResponse, offline_docs
+from mmfs.serving.runtime import BodyLimit, ServeSettings, Shed, State
 
 log = logging.getLogger("mmfs.serve")
 
 def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=None) -> FastAPI:
     """The HTTP app over ``settings``. By default it opens the store and loads the checkpoint itself
-    (``mmfs serve``); given a ``serving.scorer.Scorer``, it serves that one and opens nothing
+    (``mmfs serve``); given a ``mmfs.serving.scorer.Scorer``, it serves that one and opens nothing
     (``settings.checkpoint``, ``config`` and ``repo`` are then unused; ``root`` still takes events and the log)."""
     state = State(settings)
     state.injected = scorer
@@ -142,9 +142,9 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
         """Run ``fn`` on the worker and map what it raises: the client's mistakes are 4xx, a failing
         store 503 (and not ready until a probe finds it back), anything else 500. No internal
         text goes back; the log has it."""
-        from serving.landing import InvalidEvents
-        from serving.online import store_errors
-        from serving.scorer import BadRequest
+        from mmfs.core.events.landing import InvalidEvents
+        from mmfs.online.reader import store_errors
+        from mmfs.serving.scorer import BadRequest
 
         if state.scorer is None:
             return None, refuse(endpoint, 503, "the model and store are still loading" if not state.load_error else
@@ -189,7 +189,7 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
 
     @app.post("/events", response_model=EventsResponse, status_code=202)
     async def events(request: EventsRequest):
-        from serving.landing import Event
+        from mmfs.core.events.landing import Event
 
         batch = [Event(e.user_id, e.item_id, e.event_timestamp.astimezone(dt.timezone.utc), e.label) for e in request.events]
         done, error = await on_worker("/events", lambda: state.landing.land(batch))
@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     """``mmfs serve``."""
     import uvicorn
 
+    from mmfs.store.feast_store import add_repo_args
+
     parser = argparse.ArgumentParser(prog="mmfs serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--root", required=True, help="table root the pipeline wrote (POST /events lands files under it)")
@@ -218,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-log", default="", help="where the served-feature log goes (default <root>/_served; off: none)")
     parser.add_argument("--request-log-queue", type=int, default=ServeSettings.request_log_queue,
                         help="records waiting to be written beyond this are dropped and counted (default %(default)s)")
-    parser.add_argument("--config", default="duckdb", help="feature_repo config: duckdb (SQLite online store), redis, spark")
-    parser.add_argument("--repo", default="")
+    add_repo_args(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-candidates", type=int, default=2000)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = ServeSettings(checkpoint=args.checkpoint, root=args.root, config=args.config, repo=args.repo,
+    settings = ServeSettings(checkpoint=args.checkpoint, root=args.root, config=args.config, repo=args.repo or "",
                              max_candidates=args.max_candidates, item_cache_size=args.item_cache_size,
                              torch_threads=args.torch_threads,
                              max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, workers=args.workers,
@@ -247,6 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     else:  # uvicorn starts the processes; each builds its app from the settings in the environment
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
-        uvicorn.run("serving.app:app_from_environment", factory=True, workers=args.workers, host=args.host, port=args.port,
+        uvicorn.run("mmfs.serving.app:app_from_environment", factory=True, workers=args.workers, host=args.host, port=args.port,
                     log_level=args.log_level, access_log=False)
     return 0

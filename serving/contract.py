@@ -2,7 +2,7 @@
 with the same features, and embeddings from the same encoder."""
 from __future__ import annotations
 
-from pipelines.store.feast_store import embedding_view as embedding_view_of
+from mmfs.core.contracts.names import embedding_view as embedding_view_of
 
 
 class StoreMismatch(RuntimeError):

@@ -13,7 +13,6 @@ value's own timestamp, cached or not.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import time
@@ -26,8 +25,8 @@ import numpy as np
 
 from feast.protos.feast.types.Value_pb2 import FloatList, Value as ValueProto
 
-from serving.online import MISSING_US, OnlineReader, float_list
-from serving.online_fast import RawRows
+from mmfs.online.reader import MISSING_US, OnlineReader, float_list
+from mmfs.online.rows import RawRows
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The served-feature log: what the scorer actually used, one record per ``POST /score``.
 
-A record (``pipelines.contracts.tables.REQUEST_LOG``) holds the request id, the time it was scored
+A record (``mmfs.core.contracts.tables.REQUEST_LOG``) holds the request id, the time it was scored
 as of, the user, the candidates, every feature value the model read with its status (present,
 stale, missing), the similarities s_j, the scores, the model and the feature service. ``mmfs
 consistency`` joins these records with the offline point-in-time values at each request's time.
@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.contracts.tables import REQUEST_LOG
-from serving.online import MISSING_CODE, STATUS_NAMES
+from mmfs.core.contracts.tables import REQUEST_LOG
+from mmfs.online.reader import MISSING_CODE, STATUS_NAMES
 
 log = logging.getLogger("mmfs.serve")
 STATUS = np.array(STATUS_NAMES)  # by status code

@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.contracts.names import REQUEST_LOG_SUBDIR
-from serving.metrics import Metrics
+from mmfs.core.contracts.names import REQUEST_LOG_SUBDIR
+from mmfs.serving.metrics import Metrics
 
 log = logging.getLogger("mmfs.serve")
 
@@ -47,8 +47,8 @@ class State:
 
         self.settings = settings
         self.scorer = None
-        self.landing = None  # serving.landing.EventLanding
-        self.request_log = None  # serving.request_log.RequestLog
+        self.landing = None  # mmfs.core.events.landing.EventLanding
+        self.request_log = None  # mmfs.serving.request_log.RequestLog
         self.load_error: str | None = None
         self.store_error: str | None = None
         # One worker: scoring is CPU-bound torch work on 2 cores, and the SQLite connection and the
@@ -75,8 +75,8 @@ class State:
 
     def probe(self) -> None:
         """Re-check the online store (on the worker, between requests): sets or clears store_error."""
-        from serving.online import StoreUnavailable, probe_store
-        from serving.scorer import SEQUENCE_VIEW
+        from mmfs.online.reader import StoreUnavailable, probe_store
+        from mmfs.serving.scorer import SEQUENCE_VIEW
 
         try:
             probe_store(self.scorer.reader, SEQUENCE_VIEW)
@@ -92,18 +92,18 @@ class State:
     def load(self) -> None:
         """Open the store, load the scorer, the event landing and the served-feature log, then probe the store; a failure is kept in
         ``load_error`` and logged, not raised."""
-        from pipelines.store.feast_store import REPO, open_store
-        from serving.landing import EventLanding
-        from serving.request_log import RequestLog
-        from serving.scorer import Scorer, ScorerConfig
-        from serving.tuning import ProcessTuning, tune_for_serving
+        from mmfs.store.feast_store import open_store
+        from mmfs.core.events.landing import EventLanding
+        from mmfs.serving.request_log import RequestLog
+        from mmfs.serving.scorer import Scorer, ScorerConfig
+        from mmfs.serving.tuning import ProcessTuning, tune_for_serving
 
         try:
             s = self.settings
             if self.injected is not None:  # the caller built them: nothing is opened here
                 scorer, store = self.injected, self.injected.reader.store
             else:
-                store = open_store(s.config, s.repo or REPO, s.root)
+                store = open_store(s.config, s.repo or None, s.root)
                 scorer = Scorer.from_checkpoint(s.checkpoint, store, ScorerConfig(max_candidates=s.max_candidates,
                                                                                   item_cache_size=s.item_cache_size))
             if s.tune_process:

@@ -14,7 +14,7 @@ embeddings from another encoder. Per request it reads:
   after ``item_cache_max_age_s`` (for registries that are not a local file). TTL is judged on each
   request from the value's own timestamp, cached or not.
 
-It computes s_j with the one shared function (``pipelines.features.similarity``), builds the same tensors
+It computes s_j with the one shared function (``mmfs.core.features.similarity``), builds the same tensors
 the training loader builds, and runs DMF's decoupled path: ``encode_user`` once, then
 ``score_candidates`` for all C candidates in one batch. Other models run ``forward`` on the
 user's history broadcast to C rows.
@@ -38,17 +38,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields, with_vocab_indices
-from model.checkpoint import load_checkpoint, model_vectors
-from pipelines.store.feast_store import EMBEDDING_VIEW
-from pipelines.store.feast_store import embedding_view as embedding_view_of
-from pipelines.features.similarity import target_similarity
-from serving.contract import StoreMismatch, check_store, store_features  # noqa: F401 - StoreMismatch: what Scorer() raises
-from pipelines.contracts.names import CHANGED_ITEMS_FILE
-from serving.item_features import ChangedItems, ItemFeatureCache, ItemFeatures, ItemRows, UserSideCache
-from serving.request_log import Served
-from serving.results import ItemScore, Prepared, ScoreResult
-from serving.online import MISSING, MISSING_CODE, PRESENT, PRESENT_CODE, STALE, STALE_CODE, OnlineReader, ViewRows
+from mmfs.model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields, with_vocab_indices
+from mmfs.model.checkpoint import load_checkpoint, model_vectors
+from mmfs.core.contracts.names import ITEM_EMBEDDINGS_VIEW as EMBEDDING_VIEW, embedding_view as embedding_view_of
+from mmfs.core.features.similarity import target_similarity
+from mmfs.serving.contract import StoreMismatch, check_store, store_features  # noqa: F401 - StoreMismatch: what Scorer() raises
+from mmfs.core.contracts.names import CHANGED_ITEMS_FILE
+from mmfs.serving.item_features import ChangedItems, ItemFeatureCache, ItemFeatures, ItemRows, UserSideCache
+from mmfs.serving.request_log import Served
+from mmfs.serving.results import ItemScore, Prepared, ScoreResult
+from mmfs.online.reader import MISSING, MISSING_CODE, PRESENT, PRESENT_CODE, STALE, STALE_CODE, OnlineReader, ViewRows
 
 SEQUENCE_VIEW = "user_sequence"
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # the tables' validated range starts here
@@ -254,7 +253,7 @@ class Scorer:
         the view's rows for the C candidates, followed in the embedding view by the user's
         (truncated) ``hist`` unless ``side`` (a cached user side) gives the history's vectors.
         ``status`` is the sequence's status, ``user_stats`` the user's online stats row, if the
-        service has them. The same tensors, built by the same ``model.batch`` functions, as the
+        service has them. The same tensors, built by the same ``mmfs.model.batch`` functions, as the
         training loader's."""
         user_flags, stale = self._user_flags(status, user_stats)
         C, L = len(items), max(len(hist), 1)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.store.feast_store import parse_time
+from mmfs.store.feast_store import parse_time
 
 
 def candidates(root: Path, user: int, at, n: int) -> tuple[list[int], dict[int, str]]:
@@ -106,7 +106,7 @@ def click_and_rescore(console, url: str, root: Path, config: str, user: int, at,
     posted.raise_for_status()
     console.print(f"POST /events: user {user} clicked {clicked} ({titles.get(clicked, '?')}) at {click_at.isoformat()}: "
                   f"{posted.status_code}, landed in {posted.json()['file']}", markup=False)
-    streamed = subprocess.run([sys.executable, "-m", "pipelines.cli", "stream", "--root", str(root), "--config", config, "--available-now",
+    streamed = subprocess.run([sys.executable, "-m", "mmfs.cli", "stream", "--root", str(root), "--config", config, "--available-now",
                                "--conf", "spark.ui.enabled=false"], capture_output=True, text=True)
     summary = [line for line in streamed.stdout.splitlines() if line.startswith("mmfs stream:")]
     console.print(summary[-1] if summary else f"mmfs stream failed ({streamed.returncode}): {streamed.stderr[-2000:]}", markup=False)
@@ -126,10 +126,10 @@ def newest_in_history(root: Path, config: str, service: str, user: int, item: in
     """Whether ``item`` is the newest entry of the user's sequence in the online store (the row the scorer reads)."""
     import datetime as dt
 
-    from pipelines.store.feast_store import REPO, open_store
-    from serving.online import OnlineReader
+    from mmfs.store.feast_store import open_store
+    from mmfs.online.reader import OnlineReader
 
-    reader = OnlineReader(open_store(config, REPO, root), service)
+    reader = OnlineReader(open_store(config, None, root), service)  # the repo mmfs apply recorded for the root
     hist = reader.read("user_sequence", [user], now=dt.datetime.now(dt.timezone.utc)).values["hist_item_ids"][0] or []
     return bool(hist) and hist[-1] == item
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", args.checkpoint, "--root", args.root,
+    server = subprocess.Popen([sys.executable, "-m", "mmfs.cli", "serve", "--checkpoint", args.checkpoint, "--root", args.root,
                                "--config", args.config, "--port", str(port), "--log-level", "warning"])
     url = f"http://127.0.0.1:{port}"
     try:

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.contracts.names import CHANGED_ITEMS_FILE, INCREMENT_LOG_SUBDIR, USER_SEQUENCE_VIEW
+from mmfs.core.contracts.names import CHANGED_ITEMS_FILE, INCREMENT_LOG_SUBDIR, USER_SEQUENCE_VIEW
 
 LOG = INCREMENT_LOG_SUBDIR
 CRASH_ENV = "MMFS_CRASH_AT"

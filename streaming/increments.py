@@ -11,11 +11,11 @@
   ``similarity_batch`` from the offline embedding table, point-in-time). A training set built
   afterwards joins these rows exactly as the batch jobs would have written them.
 
-Snapshots and stats follow the batch jobs' rules, imported from ``pipelines.features``: the
+Snapshots and stats follow the batch jobs' rules, imported from ``mmfs.core.features``: the
 snapshot after a positive at t holds the last N positives up to t, ordered by (time, item),
 stamped t + 1 µs (``next_history``, ``stamp_after``); stats count the events up to t, stamped
 t + 1 µs, ctr smoothed with the table's prior (``running_stats_rows``). They continue from each
-key's newest offline row (``streaming.state``), exact to the microsecond; the online store is
+key's newest offline row (``mmfs.streaming.state``), exact to the microsecond; the online store is
 written, never counted on. The ``sequences`` rows (each event's history) are appended too; the
 ``user_sequence_current`` table is the batch's (the online store is the stream's current).
 
@@ -25,7 +25,7 @@ Exactly once:
   repeated in the batch, is a retry and a no-op (counted as ``duplicates``); the same key with
   the other label is a conflict (returned in ``conflicts`` and not applied;
   the stream quarantines them);
-- durable before visible (``streaming.increment_log``): every row a batch produces is committed to
+- durable before visible (``mmfs.streaming.increment_log``): every row a batch produces is committed to
   ``<root>/_stream/log/<batch>/`` before the online store and the tables see it; a failure after
   the commit is finished by the next batch (or the next start), before anything else. The stream
   names a batch after Spark's batch id, so a batch Spark replays after a crash finds its own
@@ -50,17 +50,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.contracts import tables as C
-from pipelines.contracts.names import ITEM_STATS_VIEW, USER_SEQUENCE_VIEW, USER_STATS_VIEW
-from pipelines.features.item_index import ItemEmbeddingIndex
-from pipelines.features.similarity import similarity_batch
-from pipelines.features.snapshot import STAMP_AFTER_US, next_history, stamp_after
-from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT, running_stats_rows
-from serving.landing import Event, KnownItems, check_events
-from serving.online import OnlineReader
-from streaming import increment_log
-from streaming.increment_log import LOG  # noqa: F401 - where committed batches wait
-from streaming.state import NewestRows
+from mmfs.core.contracts import tables as C
+from mmfs.core.contracts.names import ITEM_STATS_VIEW, USER_SEQUENCE_VIEW, USER_STATS_VIEW
+from mmfs.core.features.item_index import ItemEmbeddingIndex
+from mmfs.core.features.similarity import similarity_batch
+from mmfs.core.features.snapshot import STAMP_AFTER_US, next_history, stamp_after
+from mmfs.core.features.stats import PRIOR_CTR, PRIOR_WEIGHT, running_stats_rows
+from mmfs.core.events.landing import Event, KnownItems, check_events
+from mmfs.online.reader import OnlineReader
+from mmfs.streaming import increment_log
+from mmfs.streaming.increment_log import LOG  # noqa: F401 - where committed batches wait
+from mmfs.streaming.state import NewestRows
 
 # (view, entity key, stats columns, offline table): the running-stats rule applied per entity
 STATS_VIEWS = ((ITEM_STATS_VIEW, "item_id", ("impressions", "clicks", "ctr"), C.ITEM_STATS),
@@ -97,7 +97,7 @@ class IncrementWriter:
         self._index: tuple | None = None  # (table stamp, index, encoder id)
         self.known = KnownItems(self.root)
         self.recover()
-        # What each rule counts on from: the newest offline row per key (streaming.state).
+        # What each rule counts on from: the newest offline row per key (mmfs.streaming.state).
         self.newest = {C.USER_SEQUENCE_SNAPSHOTS.name: NewestRows(self.root / C.USER_SEQUENCE_SNAPSHOTS.name, "user_id",
                                                                   ("hist_item_ids", "hist_ts_us"))}
         for view, key, names, table in STATS_VIEWS:
@@ -112,7 +112,7 @@ class IncrementWriter:
 
     def _embedding_index(self) -> tuple[ItemEmbeddingIndex | None, str]:
         """The offline embedding table's mm_emb versions, reloaded when the table is rewritten."""
-        from model.data import load_embedding_index
+        from mmfs.model.data import load_embedding_index
 
         table = self.root / "item_embeddings"
         if not any(table.glob("*.parquet")):

@@ -6,10 +6,10 @@ Spark Structured Streaming.
 Reads the landing folder (``<root>/_landing/events`` by default; ``POST /events`` appends there,
 any producer may) with Spark's file source, one JSON line per event. Each micro-batch:
 
-1. parses and checks every line with ingest's rules (``serving.landing.parse_line``); a line that
+1. parses and checks every line with ingest's rules (``mmfs.core.events.landing.parse_line``); a line that
    breaks one is quarantined to ``<root>/quarantine/stream/<batch>.parquet`` with the rule and the
    reason, never dropped;
-2. applies the rest with the batch jobs' rules (``streaming.increments.IncrementWriter``): new
+2. applies the rest with the batch jobs' rules (``mmfs.streaming.increments.IncrementWriter``): new
    sequence snapshots and stats to the online store through Feast's ``write_to_online_store``,
    and the rows appended to the offline tables as the batch jobs would have written them;
 3. reports itself: one JSON line per batch in ``<root>/_stream/batches.jsonl`` (events applied,
@@ -18,7 +18,7 @@ any producer may) with Spark's file source, one JSON line per event. Each micro-
 Exactly once: Spark's checkpoint (``<root>/_stream/checkpoint``) records which files each batch
 read and which batches committed; a batch Spark replays after a crash has the same id and the same
 files, and the writer's log and event keys make the replay a no-op for what was already applied
-(``streaming.increments``). Late events (older than what is online for their user or item) go to
+(``mmfs.streaming.increments``). Late events (older than what is online for their user or item) go to
 the batch path (``feedback_events``, ``late_events``) and are counted, never dropped silently.
 
 Order: Spark's file source takes files in modification-time order (milliseconds), and a micro-batch
@@ -41,11 +41,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.contracts import tables as C
-from pipelines.contracts.names import STREAM_SUBDIR
-from pipelines.spark.args import add_common_args, spark_from_args
-from pipelines.spark.table_io import job_main
-from serving.landing import landing_dir, parse_line
+from mmfs.core.contracts import tables as C
+from mmfs.core.contracts.names import STREAM_SUBDIR
+from mmfs.pipelines.spark.args import add_common_args, spark_from_args
+from mmfs.pipelines.spark.table_io import job_main
+from mmfs.core.events.landing import landing_dir, parse_line
 
 log = logging.getLogger("mmfs.stream")
 UTC = dt.timezone.utc
@@ -121,15 +121,14 @@ def start(spark, writer, root: Path, landing: Path, checkpoint: Path, trigger_s:
 @job_main
 def main(argv: list[str] | None = None) -> int:
     """``mmfs stream``."""
-    from pipelines.store.feast_store import REPO, open_store
-    from streaming.increments import IncrementWriter
+    from mmfs.store.feast_store import add_repo_args, open_store
+    from mmfs.streaming.increments import IncrementWriter
 
     parser = argparse.ArgumentParser(prog="mmfs stream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="table root the batch jobs wrote and mmfs apply registered")
     parser.add_argument("--landing", default="", help="the event log folder (default <root>/_landing/events)")
     parser.add_argument("--checkpoint", default="", help="Spark's checkpoint folder (default <root>/_stream/checkpoint)")
-    parser.add_argument("--config", default="duckdb", help="feature_repo config: duckdb (SQLite online store), redis, spark")
-    parser.add_argument("--repo", default="")
+    add_repo_args(parser)
     parser.add_argument("--trigger-s", type=float, default=1.0, help="micro-batch interval in seconds (default %(default)s)")
     parser.add_argument("--max-files-per-trigger", type=int, default=1000)
     parser.add_argument("--available-now", action="store_true", help="process what has landed, then stop")
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     root = Path(args.root)
     spark = spark_from_args(args, "mmfs-stream")
-    store = open_store(args.config, args.repo or REPO, root)
+    store = open_store(args.config, args.repo, root)
     writer = IncrementWriter(store, root)
     query = start(spark, writer, root, Path(args.landing) if args.landing else landing_dir(root),
                   Path(args.checkpoint) if args.checkpoint else root / STREAM_SUBDIR / "checkpoint",

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def spark():
-    from pipelines.spark.session import build_spark
+    from mmfs.pipelines.spark.session import build_spark
 
     session = build_spark(
         "mmfs-tests",

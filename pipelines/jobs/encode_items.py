@@ -27,16 +27,16 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.features.fusion import pca_artifact
-from pipelines.spark import reports
-from pipelines.spark.encoding import CACHE_COLUMNS, PhaseTimer, content_hash, encode, fit_pca, with_mm_emb
-from pipelines.encoders import NO_IMAGE_MODEL, EncoderConfig, load_image_encoder, load_text_encoder
-from pipelines.images import NO_IMAGE_ROOT
-from pipelines.spark.args import add_common_args, spark_from_args
-from pipelines.spark.schemas import ENCODED_SCHEMA, ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
-from pipelines.spark.session import task_progress
-from pipelines.spark.table_io import job_main, read_meta, read_side_file, read_table, table_exists, write_table
-from pipelines.spark.validation import Rule, TableRules, assert_valid_output, unit_vector_rule, validate_and_split
+from mmfs.core.features.fusion import pca_artifact
+from mmfs.pipelines.spark import reports
+from mmfs.pipelines.spark.encoding import CACHE_COLUMNS, PhaseTimer, content_hash, encode, fit_pca, with_mm_emb
+from mmfs.pipelines.encoders import NO_IMAGE_MODEL, EncoderConfig, load_image_encoder, load_text_encoder
+from mmfs.pipelines.images import NO_IMAGE_ROOT
+from mmfs.pipelines.spark.args import add_common_args, spark_from_args
+from mmfs.pipelines.spark.schemas import ENCODED_SCHEMA, ITEM_EMBEDDINGS_SCHEMA, QUARANTINE_SCHEMA, columns
+from mmfs.pipelines.spark.session import task_progress
+from mmfs.pipelines.spark.table_io import job_main, read_meta, read_side_file, read_table, table_exists, write_table
+from mmfs.pipelines.spark.validation import Rule, TableRules, assert_valid_output, unit_vector_rule, validate_and_split
 
 log = logging.getLogger("mmfs.encode_items")
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.spark import reports
-from pipelines.features.event_rules import EARLIEST, EVENT_KEY, latest_allowed, reason, sql_time
-from pipelines.spark.args import add_common_args, spark_from_args
-from pipelines.spark.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, columns
-from pipelines.spark.sources import read_files, read_movielens
-from pipelines.spark.table_io import job_main, write_table
-from pipelines.spark.validation import (
+from mmfs.pipelines.spark import reports
+from mmfs.core.events.rules import EARLIEST, EVENT_KEY, latest_allowed, reason, sql_time
+from mmfs.pipelines.spark.args import add_common_args, spark_from_args
+from mmfs.pipelines.spark.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, columns
+from mmfs.pipelines.spark.sources import read_files, read_movielens
+from mmfs.pipelines.spark.table_io import job_main, write_table
+from mmfs.pipelines.spark.validation import (
     Rule,
     TableRules,
     ValidationReport,
@@ -72,8 +72,8 @@ def item_rules(now: dt.datetime) -> TableRules:
 
 
 def event_rules(now: dt.datetime) -> TableRules:
-    """``pipelines.features.event_rules`` as Spark predicates over the parsed columns (the scorer's feedback
-    path checks the same rules in Python; ``tests/pipelines/features/test_event_rules.py`` holds them equal)."""
+    """``mmfs.core.events.rules`` as Spark predicates over the parsed columns (the scorer's feedback
+    path checks the same rules in Python; ``tests/core/events/test_rules.py`` holds them equal)."""
     latest = _latest_allowed(now)
     sql = {
         "user_id_integral": "_user_id IS NOT NULL",

@@ -17,13 +17,13 @@ import sys
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.spark import reports
-from pipelines.features.snapshot import STAMP_AFTER_SQL
-from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT, smoothed_ctr
-from pipelines.spark.args import add_common_args, spark_from_args
-from pipelines.spark.schemas import ITEM_STATS_SCHEMA, columns
-from pipelines.spark.table_io import job_main, read_table, write_table
-from pipelines.spark.validation import Rule, TableRules, assert_valid_output
+from mmfs.pipelines.spark import reports
+from mmfs.core.features.snapshot import STAMP_AFTER_SQL
+from mmfs.core.features.stats import PRIOR_CTR, PRIOR_WEIGHT, smoothed_ctr
+from mmfs.pipelines.spark.args import add_common_args, spark_from_args
+from mmfs.pipelines.spark.schemas import ITEM_STATS_SCHEMA, columns
+from mmfs.pipelines.spark.table_io import job_main, read_table, write_table
+from mmfs.pipelines.spark.validation import Rule, TableRules, assert_valid_output
 
 
 

@@ -14,9 +14,9 @@ import time
 
 from rich.console import Console
 
-from pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
-from pipelines.spark.session import build_spark
-from pipelines.spark.validation import ge_context
+from mmfs.pipelines.jobs import encode_items, ingest, item_stats, target_similarity, user_sequences, user_stats
+from mmfs.pipelines.spark.session import build_spark
+from mmfs.pipelines.spark.validation import ge_context
 
 console = Console()
 

@@ -5,7 +5,7 @@
 Reads ``<root>/sequences`` and ``<root>/item_embeddings``; writes ``<root>/target_similarity``.
 Embeddings are taken point-in-time: for a row at time T, each item's newest version with
 event_timestamp <= T and created_timestamp <= T (what the online store held at T). The values
-come from ``pipelines.features.similarity.target_similarity``, the function the online scorer imports.
+come from ``mmfs.core.features.similarity.target_similarity``, the function the online scorer imports.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.spark import reports
-from pipelines.features.item_index import ItemEmbeddingIndex
-from pipelines.features.similarity import similarity_batch
-from pipelines.spark.args import add_common_args, spark_from_args
-from pipelines.spark.schemas import TARGET_SIMILARITY_SCHEMA, columns
-from pipelines.spark.table_io import job_main, read_meta, read_table, write_table
-from pipelines.spark.validation import Rule, TableRules, assert_valid_output
+from mmfs.pipelines.spark import reports
+from mmfs.core.features.item_index import ItemEmbeddingIndex
+from mmfs.core.features.similarity import similarity_batch
+from mmfs.pipelines.spark.args import add_common_args, spark_from_args
+from mmfs.pipelines.spark.schemas import TARGET_SIMILARITY_SCHEMA, columns
+from mmfs.pipelines.spark.table_io import job_main, read_meta, read_table, write_table
+from mmfs.pipelines.spark.validation import Rule, TableRules, assert_valid_output
 
 
 def output_rules() -> TableRules:

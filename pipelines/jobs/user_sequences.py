@@ -18,12 +18,12 @@ import sys
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.features.snapshot import STAMP_AFTER_SQL
-from pipelines.spark import reports
-from pipelines.spark.args import add_common_args, spark_from_args
-from pipelines.spark.schemas import SEQUENCES_SCHEMA, SNAPSHOT_SCHEMA, columns
-from pipelines.spark.table_io import job_main, read_meta, read_table, table_exists, write_table
-from pipelines.spark.validation import Rule, TableRules, assert_valid_output
+from mmfs.core.features.snapshot import STAMP_AFTER_SQL
+from mmfs.pipelines.spark import reports
+from mmfs.pipelines.spark.args import add_common_args, spark_from_args
+from mmfs.pipelines.spark.schemas import SEQUENCES_SCHEMA, SNAPSHOT_SCHEMA, columns
+from mmfs.pipelines.spark.table_io import job_main, read_meta, read_table, table_exists, write_table
+from mmfs.pipelines.spark.validation import Rule, TableRules, assert_valid_output
 
 DEFAULT_MAX_LEN = 50
 

@@ -16,11 +16,11 @@ import sys
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.features.stats import PRIOR_CTR, PRIOR_WEIGHT
-from pipelines.jobs.item_stats import run_stats_job, running_stats
-from pipelines.spark.schemas import USER_STATS_SCHEMA, columns
-from pipelines.spark.table_io import job_main
-from pipelines.spark.validation import Rule, TableRules
+from mmfs.core.features.stats import PRIOR_CTR, PRIOR_WEIGHT
+from mmfs.pipelines.jobs.item_stats import run_stats_job, running_stats
+from mmfs.pipelines.spark.schemas import USER_STATS_SCHEMA, columns
+from mmfs.pipelines.spark.table_io import job_main
+from mmfs.pipelines.spark.validation import Rule, TableRules
 
 
 def output_rules() -> TableRules:

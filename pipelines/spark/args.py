@@ -5,8 +5,8 @@ import argparse
 
 from pyspark.sql import SparkSession
 
-from pipelines.spark.session import build_spark
-from pipelines.spark.validation import DEFAULT_MAX_INVALID_FRACTION
+from mmfs.pipelines.spark.session import build_spark
+from mmfs.pipelines.spark.validation import DEFAULT_MAX_INVALID_FRACTION
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """The encode job's Spark steps: the encoders run inside Spark (``mapInPandas``, models loaded
 once per Python worker: the UDFs of model inference), and the PCA is fitted in Spark and applied
-to every partition (``pipelines.features.fusion``)."""
+to every partition (``mmfs.core.features.fusion``)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,11 +18,11 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.contracts.tables import ENCODER_CACHE
-from pipelines.encoders import EncoderConfig, load_image_encoder, load_text_encoder
-from pipelines.images import decode_image
-from pipelines.features.fusion import fuse
-from pipelines.spark.schemas import ENCODED_SCHEMA, ITEM_EMBEDDINGS_SCHEMA, columns
+from mmfs.core.contracts.tables import ENCODER_CACHE
+from mmfs.pipelines.encoders import EncoderConfig, load_image_encoder, load_text_encoder
+from mmfs.pipelines.images import decode_image
+from mmfs.core.features.fusion import fuse
+from mmfs.pipelines.spark.schemas import ENCODED_SCHEMA, ITEM_EMBEDDINGS_SCHEMA, columns
 
 log = logging.getLogger("mmfs.encode_items")
 CACHE_COLUMNS = ENCODER_CACHE.names  # the encoder cache: ENCODED's rows with the encoder's key

@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.spark.validation import ValidationReport
+from mmfs.pipelines.spark.validation import ValidationReport
 
 console = Console(stderr=False)
 

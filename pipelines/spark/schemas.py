@@ -1,4 +1,4 @@
-"""The tables' Spark schemas, built from their one declaration in ``pipelines.contracts.tables``.
+"""The tables' Spark schemas, built from their one declaration in ``mmfs.core.contracts.tables``.
 
 The column lists here are the ``select`` contracts at the ends of each transform.
 """
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-from pipelines.contracts import tables as C
-from pipelines.contracts.tables import RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS  # noqa: F401 - the adapters' contract
+from mmfs.core.contracts import tables as C
+from mmfs.core.contracts.tables import RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS  # noqa: F401 - the adapters' contract
 
 _SPARK = {C.INT64: T.LongType(), C.INT32: T.IntegerType(), C.FLOAT32: T.FloatType(), C.BOOL: T.BooleanType(),
           C.STRING: T.StringType(), C.TIMESTAMP: T.TimestampType(), C.FLOAT64: T.DoubleType(),

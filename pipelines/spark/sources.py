@@ -1,12 +1,12 @@
 """The raw-input adapters ``mmfs ingest`` reads with: each returns (raw items, raw events) with the
-raw contract's columns (``pipelines.contracts.tables.RAW_ITEM_COLUMNS`` / ``RAW_EVENT_COLUMNS``,
+raw contract's columns (``mmfs.core.contracts.tables.RAW_ITEM_COLUMNS`` / ``RAW_EVENT_COLUMNS``,
 ../shared/DESIGN.md section 1); ingest then parses, validates and quarantines them."""
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.contracts.tables import RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS
+from mmfs.core.contracts.tables import RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS
 
 
 def read_movielens(spark: SparkSession, input_dir: str) -> tuple[DataFrame, DataFrame]:

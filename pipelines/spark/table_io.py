@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.contracts.names import META_FILE  # _mmfs_meta.json: a leading underscore, so Spark and pyarrow skip it as data
+from mmfs.core.contracts.names import META_FILE  # _mmfs_meta.json: a leading underscore, so Spark and pyarrow skip it as data
 
 
 class TableWriteError(RuntimeError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.spark.schemas import QUARANTINE_SCHEMA, columns
+from mmfs.pipelines.spark.schemas import QUARANTINE_SCHEMA, columns
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 log = logging.getLogger(__name__)

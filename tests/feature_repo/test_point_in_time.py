@@ -6,7 +6,7 @@ join (feature_ts <= entity_ts) reproduces exactly the history strictly before ea
 import pandas as pd
 import pytest  # noqa: F401
 
-from pipelines.store import feast_store
+from mmfs.store import feast_store
 from tests.support.feast_tables import EVENTS
 
 

@@ -3,8 +3,8 @@ import datetime as dt
 
 import pytest
 
-from pipelines.store import feast_store, training_set
-from serving.online import PRESENT, OnlineReader
+from mmfs.store import feast_store, training_set
+from mmfs.online.reader import PRESENT, OnlineReader
 from tests.support.feast_tables import copy_repo
 
 

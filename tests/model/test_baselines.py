@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from model.baselines import CoLike, Popularity
+from mmfs.model.baselines import CoLike, Popularity
 
 
 def test_popularity_smooths_towards_the_train_rate_and_scores_unseen_items_with_it():

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from model.data import LoaderConfig, TrainingSetDataset, pad_lists
-from pipelines.store import feast_store, training_set
-from pipelines.store.training_set import SplitPoints
+from mmfs.model.data import LoaderConfig, TrainingSetDataset, pad_lists
+from mmfs.store import feast_store, training_set
+from mmfs.store.training_set import SplitPoints
 from tests.support.feast_tables import EVENTS
 
 
@@ -82,7 +82,7 @@ def test_workers_and_ranks_share_row_groups_without_overlap(applied_repo, tmp_pa
 
 
 def test_embedding_index_treats_null_and_empty_vectors_as_no_version(tmp_path):
-    from model.data import load_embedding_index
+    from mmfs.model.data import load_embedding_index
 
     ts = pa.array([at("2020-01-01")] * 3, pa.timestamp("us", tz="UTC"))
     pq.write_table(pa.table({"item_id": [1, 2, 3], "event_timestamp": ts, "created_timestamp": ts,
@@ -143,7 +143,7 @@ def test_a_snapshot_key_missing_from_its_table_is_an_error_naming_it(dmf_set, tm
 
 
 def test_snapshot_index_keeps_the_newest_items_and_pads():
-    from model.data import SnapshotIndex
+    from mmfs.model.data import SnapshotIndex
 
     lists = pa.array([[1, 2, 3], [7], None, [4, 5]], pa.list_(pa.int64()))
     index = SnapshotIndex(np.array([2, 1, 1, 3]), np.array([10, 20, 10, 10]), lists)

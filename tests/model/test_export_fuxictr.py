@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model.export_fuxictr import ExportMismatch, check_export, export
-from pipelines.store import feast_store, training_set
-from pipelines.store.training_set import SplitPoints
+from mmfs.model.export_fuxictr import ExportMismatch, check_export, export
+from mmfs.store import feast_store, training_set
+from mmfs.store.training_set import SplitPoints
 
 
 def at(text):

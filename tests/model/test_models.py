@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model.config import DataSpec, ModelConfig
+from mmfs.model.config import DataSpec, ModelConfig
 
-from model.models import build_model
-from model.train import forward, loss_fn
+from mmfs.model.models import build_model
+from mmfs.model.train import forward, loss_fn
 
 B, L, M, N_ITEMS = 6, 5, 8, 20
 SPEC = DataSpec(n_items=N_ITEMS, mm_dim=M, modal_dims=(("text_emb", 6), ("image_emb", 4)))

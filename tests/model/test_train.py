@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from model.data import LoaderConfig, TrainingSetDataset
-from model.metrics import gauc
-from model.config import ModelConfig
-from model.checkpoint import load_checkpoint
-from model.train import TrainConfig, prepare, resolve_config, train
-from pipelines.store import feast_store, training_set
-from pipelines.store.training_set import SplitPoints
+from mmfs.model.data import LoaderConfig, TrainingSetDataset
+from mmfs.model.metrics import gauc
+from mmfs.model.config import ModelConfig
+from mmfs.model.checkpoint import load_checkpoint
+from mmfs.model.train import TrainConfig, prepare, resolve_config, train
+from mmfs.store import feast_store, training_set
+from mmfs.store.training_set import SplitPoints
 
 
 def at(text):
@@ -64,7 +64,7 @@ def test_train_writes_a_checkpoint_that_reloads_to_the_same_logits(dmf_set, tmp_
         logits = model(batch)
     # The checkpoint is the model that was selected and evaluated, not just a loadable one: its
     # logits give back the validation metrics the training run reported.
-    from model.metrics import all_metrics
+    from mmfs.model.metrics import all_metrics
 
     reloaded = all_metrics(batch["user_id"].numpy(), batch["label"].numpy(), logits.numpy())
     assert reloaded["rows"] == saved["valid"]["rows"]
@@ -76,7 +76,7 @@ def test_train_writes_a_checkpoint_that_reloads_to_the_same_logits(dmf_set, tmp_
 def test_torch_distributor_trains_data_parallel_in_two_processes(dmf_set, tmp_path, spark):
     import pyarrow.parquet as pq
 
-    from model.train import run_distributed
+    from mmfs.model.train import run_distributed
 
     for path in (dmf_set / "split=train").glob("*.parquet"):  # several row groups, so both ranks get data
         pq.write_table(pq.read_table(path), path, row_group_size=1)
@@ -91,8 +91,8 @@ def test_torch_distributor_trains_data_parallel_in_two_processes(dmf_set, tmp_pa
 def test_cli_lists_every_option_and_refuses_bad_ones_in_one_line(capsys):
     import dataclasses
 
-    from model.config import ModelConfig
-    from model.train import TrainConfig, main
+    from mmfs.model.config import ModelConfig
+    from mmfs.model.train import TrainConfig, main
 
     with pytest.raises(SystemExit) as shown:
         main(["--help"])

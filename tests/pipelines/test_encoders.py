@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from pipelines.encoders import (
+from mmfs.pipelines.encoders import (
     EncoderConfig,
     EncoderLoadError,
     load_image_encoder,
     load_text_encoder,
 )
-from pipelines.images import decode_image
+from mmfs.pipelines.images import decode_image
 from tests.support.images import image_roots, make_image_files
 
 

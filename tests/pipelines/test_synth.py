@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines import synth
+from mmfs.pipelines import synth
 
 
 def test_same_seed_same_data_and_the_planted_signal_is_there(tmp_path):

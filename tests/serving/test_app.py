@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.store import feast_store
-from serving.app import ServeSettings, create_app
+from mmfs.store import feast_store
+from mmfs.serving.app import ServeSettings, create_app
 from tests.support.feast_tables import copy_repo
 from tests.serving.test_scorer import START, served, wait_until  # noqa: F401 - the module's fixture
 
@@ -168,8 +168,8 @@ def _status(url: str) -> int:
 def test_an_injected_scorer_is_served_and_nothing_is_opened(served, monkeypatch):  # noqa: F811
     """create_app(settings, scorer=...) serves the caller's Scorer: the app opens no store and
     loads no checkpoint of its own (the settings name a checkpoint that does not exist)."""
-    from pipelines.store import feast_store as fs
-    from serving.scorer import Scorer
+    from mmfs.store import feast_store as fs
+    from mmfs.serving.scorer import Scorer
 
     scorer = Scorer.from_checkpoint(served["checkpoint"], served["store"])
     monkeypatch.setattr(fs, "open_store", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the app opened a store")))

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from feast.protos.feast.types.Value_pb2 import FloatList, Value
 
-from serving.item_features import ItemColumns, float_lists, scalars
-from serving.online_fast import MISSING_US, RawRows
+from mmfs.serving.item_features import ItemColumns, float_lists, scalars
+from mmfs.online.rows import MISSING_US, RawRows
 
 
 def blob(values) -> bytes:
@@ -33,7 +33,7 @@ def rows_for(ids):
 
 
 def cached(columns, ids):
-    from serving.item_features import decode_rows
+    from mmfs.serving.item_features import decode_rows
 
     columns.insert(ids, decode_rows(rows_for(ids), {"x": 0}))
 
@@ -56,7 +56,7 @@ def test_columns_evict_first_in_first_out_and_keep_what_was_recached():
 def test_columns_grow_past_the_first_allocation_and_clear():
     columns = ItemColumns({"v": 2}, capacity=5000)
     ids = list(range(3000))
-    from serving.item_features import decode_rows
+    from mmfs.serving.item_features import decode_rows
 
     columns.insert(ids, decode_rows(RawRows([MISSING_US] * 3000, {"v": [None] * 3000}), {"v": 2}))
     assert len(columns.rows.stamps_us) >= 3000 and (columns.lookup(ids) >= 0).all()
@@ -66,7 +66,7 @@ def test_columns_grow_past_the_first_allocation_and_clear():
 
 @pytest.mark.parametrize("capacity", [2, 100])
 def test_a_request_larger_than_the_cache_is_answered_whole(capacity, tmp_path):
-    from serving.item_features import ItemFeatureCache, ItemFeatures
+    from mmfs.serving.item_features import ItemFeatureCache, ItemFeatures
 
     class Reader:
         views = {"item_stats": (type("FV", (), {"join_keys": ["item_id"]})(), ["x"])}

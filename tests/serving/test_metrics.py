@@ -6,7 +6,7 @@ import sys
 
 from prometheus_client import generate_latest
 
-from serving.metrics import Metrics
+from mmfs.serving.metrics import Metrics
 
 
 def test_two_apps_count_apart_and_the_text_format_is_prometheus():
@@ -26,7 +26,7 @@ def test_two_apps_count_apart_and_the_text_format_is_prometheus():
 
 def test_feast_imported_first_does_not_share_values_between_apps():
     code = ("import feast.metrics, os; assert os.environ.get('PROMETHEUS_MULTIPROC_DIR');"
-            "from prometheus_client import generate_latest; from serving.metrics import Metrics;"
+            "from prometheus_client import generate_latest; from mmfs.serving.metrics import Metrics;"
             "a, b = Metrics(), Metrics(); a.requests.labels('/x', 200).inc(); b.requests.labels('/x', 200).inc();"
             "print([l for l in generate_latest(b.registry).decode().splitlines() if l.startswith('mmfs_requests_total')])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(), check=True)

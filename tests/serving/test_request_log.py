@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from prometheus_client import generate_latest
 
-from pipelines.contracts.tables import REQUEST_LOG
-from serving.metrics import Metrics
-from serving.request_log import RequestLog, Served
+from mmfs.core.contracts.tables import REQUEST_LOG
+from mmfs.serving.metrics import Metrics
+from mmfs.serving.request_log import RequestLog, Served
 
 AT = dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -56,7 +56,7 @@ def test_a_full_queue_drops_and_counts_never_blocks(tmp_path, monkeypatch):
 
 def test_a_failed_write_is_counted_and_scoring_goes_on(tmp_path, monkeypatch):
     log = RequestLog(tmp_path / "log", scorer(), flush_rows=1)
-    monkeypatch.setattr("serving.request_log.pq.write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr("mmfs.serving.request_log.pq.write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     log.submit(served(0))
     log.close()
     assert (log.written, log.dropped) == (0, 1)

@@ -11,14 +11,14 @@ import pytest
 import torch
 from pyspark.sql import Row
 
-from model.data import LoaderConfig, TrainingSetDataset
-from model.config import ModelConfig
-from model.checkpoint import load_checkpoint
-from model.train import TrainConfig, prepare, train
-from pipelines.store import feast_store, training_set
-from serving.contract import StoreMismatch, check_store
-from serving.scorer import BadRequest, Scorer, ScorerConfig
-from streaming import job as stream
+from mmfs.model.data import LoaderConfig, TrainingSetDataset
+from mmfs.model.config import ModelConfig
+from mmfs.model.checkpoint import load_checkpoint
+from mmfs.model.train import TrainConfig, prepare, train
+from mmfs.store import feast_store, training_set
+from mmfs.serving.contract import StoreMismatch, check_store
+from mmfs.serving.scorer import BadRequest, Scorer, ScorerConfig
+from mmfs.streaming import job as stream
 from tests.support.feast_tables import copy_repo, write_tables
 
 UTC = dt.timezone.utc
@@ -94,7 +94,7 @@ def offline_logits(checkpoint, sets, vectors=("mm_emb",)) -> dict:
 def test_online_logits_equal_offline_training_rows(served, model, online, tmp_path):
     """Skew test: materialise up to T, score online; the logit equals the model's on the training row.
     DMF runs the decoupled path online and forward offline; DIN runs forward on a broadcast history.
-    On SQLite and on a real Redis: both are read by serving/online_fast.py."""
+    On SQLite and on a real Redis: both are read by online/rows.py."""
     import contextlib
 
     from tests.support.redis_server import redis_server
@@ -209,7 +209,7 @@ def test_a_scorer_leaves_the_process_alone_and_the_server_tunes_it(served):
 
     from threadpoolctl import threadpool_info
 
-    from serving.tuning import ProcessTuning, tune_for_serving
+    from mmfs.serving.tuning import ProcessTuning, tune_for_serving
 
     def blas():
         return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
@@ -240,7 +240,7 @@ def test_store_checks_refuse_another_service_or_encoder(served):
 def test_http_app(served):
     from fastapi.testclient import TestClient
 
-    from serving.app import ServeSettings, create_app
+    from mmfs.serving.app import ServeSettings, create_app
 
     at = (START + dt.timedelta(days=31)).isoformat()
     # The online store as this test needs it, whatever ran before (the test also runs alone).
@@ -310,7 +310,7 @@ def test_http_app(served):
     newest = con.execute(f"SELECT user_impressions, user_clicks, user_ctr FROM read_parquet('{root}/user_stats/*.parquet') "
                          "WHERE user_id = 1 ORDER BY event_timestamp DESC LIMIT 1").fetchone()
     assert newest[:2] == recount and newest[2] == pytest.approx((recount[1] + 0.5 * 2) / (recount[0] + 2))
-    from serving.online import OnlineReader
+    from mmfs.online.reader import OnlineReader
 
     online = OnlineReader(served["store"], "ctr_dmf_v1").read("user_stats", [1], now=dt.datetime.fromisoformat(clicked) + dt.timedelta(hours=1))
     assert (online.values["user_impressions"][0], online.values["user_clicks"][0]) == recount
@@ -337,7 +337,7 @@ def wait_until(condition, seconds: float) -> bool:
 def test_ready_reports_a_failed_load(served, tmp_path, caplog):
     from fastapi.testclient import TestClient
 
-    from serving.app import ServeSettings, create_app
+    from mmfs.serving.app import ServeSettings, create_app
 
     settings = ServeSettings(checkpoint=str(tmp_path / "missing.pt"), root=str(served["root"]), repo=str(served["repo"]))
     with TestClient(create_app(settings, load_in_background=False)) as client:
@@ -356,7 +356,7 @@ def test_ready_is_false_while_redis_is_down_and_recovers(served, tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from serving.app import ServeSettings, create_app
+    from mmfs.serving.app import ServeSettings, create_app
     from tests.support.redis_server import free_port, redis_server
 
     port = free_port()
@@ -400,8 +400,8 @@ def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_pat
     import json
     import shutil
 
-    from pipelines.jobs import target_similarity
-    from pipelines.spark.table_io import write_table
+    from mmfs.pipelines.jobs import target_similarity
+    from mmfs.pipelines.spark.table_io import write_table
 
     root = tmp_path / "root"
     shutil.copytree(served["root"], root, ignore=shutil.ignore_patterns("training_sets"))
@@ -412,7 +412,7 @@ def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_pat
     v1_before = {t: fingerprint(t) for t in ("item_embeddings", "target_similarity")}
     # The backfill: a 3-d encoder, written beside v1 (as encode-items --table item_embeddings_v2 writes it).
     v2_rows = [Row(**{**r.asDict(), "mm_emb": [r.mm_emb[0] * 0.6, r.mm_emb[1] * 0.6, 0.8], "encoder_id": "enc-v2"}) for r in embedding_rows()]
-    from pipelines.spark.schemas import ITEM_EMBEDDINGS_SCHEMA
+    from mmfs.pipelines.spark.schemas import ITEM_EMBEDDINGS_SCHEMA
 
     write_table(spark.createDataFrame(v2_rows, ITEM_EMBEDDINGS_SCHEMA), str(root / "item_embeddings_v2"),
                 meta={"encoder_identity": {"encoder_id": "enc-v2", "mm_dim": 3, "text": {"dim": 1}}})
@@ -424,7 +424,7 @@ def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_pat
     store = feast_store.open_store("duckdb", repo, root)
     services = {s.name for s in store.list_feature_services()}
     assert {"ctr_dmf_v1", "ctr_dmf_v2"} <= services
-    from serving.contract import store_features
+    from mmfs.serving.contract import store_features
 
     assert store_features(store, "ctr_dmf_v1") == store_features(served["store"], "ctr_dmf_v1")
     assert {f.split(":")[0] for f in store_features(store, "ctr_dmf_v2")} == {"user_sequence", "user_stats", "item_stats", "target_similarity_v2", "item_embeddings_v2"}

@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from pipelines.store import feast_store
-from serving.online import OnlineReader
-from streaming import job as stream
+from mmfs.store import feast_store
+from mmfs.online.reader import OnlineReader
+from mmfs.streaming import job as stream
 from tests.serving.test_scorer import START, served  # noqa: F401 - the module's fixture
 from tests.support.feast_tables import copy_repo
 from tests.support.serve_process import serving_process, worker_pids

@@ -6,14 +6,14 @@ import os
 import duckdb
 import pytest
 
-from pipelines.store import feast_store
+from mmfs.store import feast_store
 
-from pipelines.jobs import ingest, user_sequences
-from pipelines.spark.table_io import read_table
-from serving.landing import Event, InvalidEvents
-from streaming import increment_log
-from streaming.increments import LOG, IncrementWriter
-from serving.online import OnlineReader
+from mmfs.pipelines.jobs import ingest, user_sequences
+from mmfs.pipelines.spark.table_io import read_table
+from mmfs.core.events.landing import Event, InvalidEvents
+from mmfs.streaming import increment_log
+from mmfs.streaming.increments import LOG, IncrementWriter
+from mmfs.online.reader import OnlineReader
 from tests.support.feast_tables import copy_repo, write_tables
 
 UTC = dt.timezone.utc

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from pyspark.sql import Row
 
-from pipelines.jobs import item_stats, target_similarity, user_sequences, user_stats
-from pipelines.spark.schemas import EVENTS_SCHEMA
-from pipelines.store import feast_store
-from serving.landing import Event, EventLanding
-from serving.online import OnlineReader
-from streaming.increment_log import CRASH_ENV
+from mmfs.pipelines.jobs import item_stats, target_similarity, user_sequences, user_stats
+from mmfs.pipelines.spark.schemas import EVENTS_SCHEMA
+from mmfs.store import feast_store
+from mmfs.core.events.landing import Event, EventLanding
+from mmfs.online.reader import OnlineReader
+from mmfs.streaming.increment_log import CRASH_ENV
 from tests.support.feast_tables import EVENTS, angle, copy_repo, embedding_rows, write_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def stream(root: Path, repo: Path, crash: str | None = None, max_files: int = 1)
     env.pop(CRASH_ENV, None)
     if crash:
         env[CRASH_ENV] = crash
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "stream", "--root", str(root), "--repo", str(repo), "--available-now",
+    return subprocess.run([sys.executable, "-m", "mmfs.cli", "stream", "--root", str(root), "--repo", str(repo), "--available-now",
                            "--max-files-per-trigger", str(max_files), "--conf", "spark.ui.enabled=false"],
                           env=env, capture_output=True, text=True, timeout=600)
 

@@ -1,19 +1,18 @@
 """A tiny table root with adversarial histories, and a Feast repo applied over it."""
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 from pyspark.sql import Row
 
-from pipelines.jobs import item_stats, target_similarity, user_sequences, user_stats
-from pipelines.spark.schemas import EVENTS_SCHEMA, ITEM_EMBEDDINGS_SCHEMA
-from pipelines.spark.table_io import write_table
+from mmfs.pipelines.jobs import item_stats, target_similarity, user_sequences, user_stats
+from mmfs.pipelines.spark.schemas import EVENTS_SCHEMA, ITEM_EMBEDDINGS_SCHEMA
+from mmfs.pipelines.spark.table_io import write_table
+from mmfs.store.repo import init_repo
 from datetime import datetime
 
 ts = datetime.fromisoformat
 
-REPO = Path(__file__).resolve().parents[2]
 # The tiny embedding table records its encoder as the encode job does: mmfs apply declares these lengths.
 IDENTITY = {"encoder_id": "e", "mm_dim": 2, "text": {"dim": 1}, "image": {"dim": 3}}
 
@@ -67,9 +66,8 @@ def write_tables(spark, root: Path, events=EVENTS, embeddings=None) -> dict:
 
 
 def copy_repo(dest: Path) -> Path:
-    repo = dest / "feature_repo"
-    shutil.copytree(REPO / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    return repo
+    """A user's own repo, as ``mmfs init`` writes it: its state in its own data/ folder."""
+    return init_repo(dest / "feature_repo")
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +79,8 @@ def tiny_root(spark, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def applied_repo(tiny_root, tmp_path_factory):
-    """feature_repo/ copied, applied over the tiny tables with the default config."""
-    from pipelines.store import feast_store
+    """A repo written by mmfs init, applied over the tiny tables with the default config."""
+    from mmfs.store import feast_store
 
     root, _ = tiny_root
     repo = copy_repo(tmp_path_factory.mktemp("repo"))

@@ -35,7 +35,7 @@ def serving_process(checkpoint, root, repo=None, ready_timeout_s: float = 180, w
     from tests.support.redis_server import free_port
 
     port = free_port()
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--checkpoint", str(checkpoint), "--root", str(root),
+    cmd = [sys.executable, "-m", "mmfs.cli", "serve", "--checkpoint", str(checkpoint), "--root", str(root),
            *(["--repo", str(repo)] if repo else []), "--port", str(port), "--log-level", "warning",
            "--workers", str(workers), *extra]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])

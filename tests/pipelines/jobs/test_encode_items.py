@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipelines.jobs import encode_items
-from pipelines.encoders import EncoderConfig, EncoderLoadError
-from pipelines.spark.schemas import ITEMS_SCHEMA
+from mmfs.pipelines.jobs import encode_items
+from mmfs.pipelines.encoders import EncoderConfig, EncoderLoadError
+from mmfs.pipelines.spark.schemas import ITEMS_SCHEMA
 from tests.support.times import ts
 from tests.support.images import image_roots, make_image_files
 
@@ -101,7 +101,7 @@ def test_incremental_run_encodes_only_changed_contents_and_equals_a_full_recompu
     import io
     import json
 
-    from pipelines.spark.table_io import write_table
+    from mmfs.pipelines.spark.table_io import write_table
 
     root = tmp_path / "root"
     write_table(_items_v1(spark), str(root / "items"))

@@ -4,9 +4,9 @@ import json
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines.jobs import ingest
-from pipelines.spark.sources import read_files
-from pipelines.spark.validation import ValidationError
+from mmfs.pipelines.jobs import ingest
+from mmfs.pipelines.spark.sources import read_files
+from mmfs.pipelines.spark.validation import ValidationError
 from tests.support.times import ts
 
 NOW = dt.datetime(2026, 1, 1)
@@ -120,7 +120,7 @@ def test_feedback_events_recorded_online_join_the_next_full_run(spark, tmp_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.spark.schemas import EVENTS_SCHEMA
+    from mmfs.pipelines.spark.schemas import EVENTS_SCHEMA
 
     events = spark.createDataFrame([(1, 10, ts("2020-01-01 00:00:00"), 1)], EVENTS_SCHEMA)
     assert ingest.with_feedback(spark, events, str(tmp_path)).count() == 1  # no landing table: unchanged

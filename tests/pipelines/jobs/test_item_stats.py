@@ -2,9 +2,9 @@
 import pytest
 from pyspark.sql import Row
 
-from pipelines.jobs.item_stats import output_rules, transform
-from pipelines.spark.schemas import EVENTS_SCHEMA
-from pipelines.spark.validation import assert_valid_output
+from mmfs.pipelines.jobs.item_stats import output_rules, transform
+from mmfs.pipelines.spark.schemas import EVENTS_SCHEMA
+from mmfs.pipelines.spark.validation import assert_valid_output
 from tests.support.times import ts
 
 EVENTS = [

@@ -5,8 +5,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from pipelines.jobs import run_pipeline
-from pipelines.spark.table_io import read_meta
+from mmfs.pipelines.jobs import run_pipeline
+from mmfs.pipelines.spark.table_io import read_meta
 
 MOVIELENS = str(Path(__file__).resolve().parents[3] / "data" / "movielens-small")
 
@@ -54,7 +54,7 @@ def test_pipeline_on_all_of_movielens(spark, tmp_path):
 
 def test_pipeline_on_synthetic_files_with_images(spark, tmp_path):
     """Your own files path: parquet items with drawn images, one of them corrupt, through every job."""
-    from pipelines import synth
+    from mmfs.pipelines import synth
 
     raw = tmp_path / "raw"
     synth.generate(raw, n_users=40, n_items=30, n_events=1500, n_images=12, seed=4)

@@ -1,9 +1,9 @@
 import numpy as np
 from pyspark.sql import Row
 
-from pipelines.spark.schemas import ITEM_EMBEDDINGS_SCHEMA, SEQUENCES_SCHEMA
-from pipelines.jobs.target_similarity import output_rules, transform
-from pipelines.spark.validation import assert_valid_output
+from mmfs.pipelines.spark.schemas import ITEM_EMBEDDINGS_SCHEMA, SEQUENCES_SCHEMA
+from mmfs.pipelines.jobs.target_similarity import output_rules, transform
+from mmfs.pipelines.spark.validation import assert_valid_output
 from tests.support.times import ts
 
 

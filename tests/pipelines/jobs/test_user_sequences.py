@@ -1,9 +1,9 @@
 """Point-in-time behaviour of the sequence job on small adversarial histories."""
 from pyspark.sql import Row
 
-from pipelines.spark.schemas import EVENTS_SCHEMA
-from pipelines.jobs.user_sequences import output_rules, transform
-from pipelines.spark.validation import assert_valid_output
+from mmfs.pipelines.spark.schemas import EVENTS_SCHEMA
+from mmfs.pipelines.jobs.user_sequences import output_rules, transform
+from mmfs.pipelines.spark.validation import assert_valid_output
 from tests.support.times import ts
 
 
@@ -82,7 +82,7 @@ def test_contract_refuses_a_history_item_at_the_events_own_time(spark):
     import pytest
     from pyspark.sql import functions as F
 
-    from pipelines.spark.validation import ValidationError
+    from mmfs.pipelines.spark.validation import ValidationError
 
     sequences = transform(events_df(spark, EVENTS), max_len=50)["sequences"]
     leaked = sequences.withColumn(  # the row at 2020-01-03 claims the positive at its own instant
@@ -102,9 +102,9 @@ def test_outputs_pass_their_contract(spark):
 
 
 def test_incremental_run_recomputes_affected_users_and_equals_a_full_recompute(spark, tmp_path, capsys):
-    from pipelines.jobs import user_sequences
-    from pipelines.spark.schemas import EVENTS_SCHEMA
-    from pipelines.spark.table_io import write_table
+    from mmfs.pipelines.jobs import user_sequences
+    from mmfs.pipelines.spark.schemas import EVENTS_SCHEMA
+    from mmfs.pipelines.spark.table_io import write_table
 
     def events(rows):
         return spark.createDataFrame([(u, i, ts(t), label) for u, i, t, label in rows], EVENTS_SCHEMA)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipelines.spark.encoding import fit_pca
+from mmfs.pipelines.spark.encoding import fit_pca
 
 
 def test_one_pass_pca_equals_numpy_svd(spark):

@@ -2,7 +2,7 @@
 import logging
 import time
 
-from pipelines.spark.session import QUIET_LOGGERS, quiet_known_noise, task_progress
+from mmfs.pipelines.spark.session import QUIET_LOGGERS, quiet_known_noise, task_progress
 
 
 def test_long_jobs_report_task_progress(spark, caplog):

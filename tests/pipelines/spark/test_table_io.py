@@ -1,7 +1,7 @@
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines.spark.table_io import read_meta, read_table, write_table
+from mmfs.pipelines.spark.table_io import read_meta, read_table, write_table
 
 
 def test_write_replaces_and_keeps_metadata(spark, tmp_path):
@@ -53,8 +53,8 @@ def _events_table(spark, path, n):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbled"])
 def test_a_corrupt_parquet_file_fails_the_job_with_an_error_naming_it(spark, tmp_path, damage):
-    from pipelines.jobs import user_sequences
-    from pipelines.spark.table_io import TableReadError
+    from mmfs.pipelines.jobs import user_sequences
+    from mmfs.pipelines.spark.table_io import TableReadError
 
     files = _events_table(spark, tmp_path / "root" / "events", 2000)
     victim = files[0]
@@ -85,7 +85,7 @@ def test_a_job_killed_mid_write_keeps_the_old_output_and_a_rerun_completes(spark
     import duckdb
 
     root = tmp_path / "root"
-    job = [sys.executable, "-m", "pipelines.cli", "user-sequences", "--root", str(root), "--master", "local[2]"]
+    job = [sys.executable, "-m", "mmfs.cli", "user-sequences", "--root", str(root), "--master", "local[2]"]
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
     count = lambda table: duckdb.connect().execute(f"select count(*) from '{root}/{table}/*.parquet'").fetchone()[0]  # noqa: E731
 

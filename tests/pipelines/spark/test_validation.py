@@ -1,7 +1,7 @@
 """ge_validate: all of a table's rules in one great-expectations expectation, counted per rule."""
 import logging
 
-from pipelines.spark.validation import Rule, TableRules, assert_valid_output, failed_counts_query, ge_validate
+from mmfs.pipelines.spark.validation import Rule, TableRules, assert_valid_output, failed_counts_query, ge_validate
 
 ROWS = [  # (id, version, score)
     (1, 1, 0.5),
@@ -62,7 +62,7 @@ def test_an_empty_table_passes(spark):
 
 def test_an_expectation_that_errors_reports_minus_one_never_a_pass(spark, caplog):
     broken = TableRules("scores", (Rule("no_such_column", "missing_column > 0", "refers to nothing"),), ("id",))
-    with caplog.at_level(logging.ERROR, logger="pipelines.spark.validation"):
+    with caplog.at_level(logging.ERROR, logger="mmfs.pipelines.spark.validation"):
         report = ge_validate(scores(spark), broken, stage="output")
     assert report.failed_rows_by_rule == {"no_such_column": -1, "duplicate_key": -1}
     assert not report.success and report.rows == 8

@@ -1,0 +1,99 @@
+"""mmfs apply: schema drift between a table and its feature view fails with the column named."""
+import shutil
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from mmfs.store import feast_store
+from mmfs.store.feast_store import SchemaDriftError
+from tests.support.feast_tables import copy_repo
+
+
+def rewrite(table_dir, change):
+    for path in table_dir.glob("*.parquet"):
+        pq.write_table(change(pq.read_table(path)), path)
+
+
+def test_drift_fails_apply_naming_view_table_and_column(tiny_root, tmp_path):
+    root, _ = tiny_root
+    drifted = tmp_path / "tables"
+    shutil.copytree(root, drifted)
+    rewrite(drifted / "item_stats", lambda t: t.drop_columns(["clicks"]))
+    rewrite(drifted / "item_embeddings", lambda t: t.set_column(
+        t.schema.get_field_index("mm_emb"), "mm_emb",
+        pa.array([v + [0.0] for v in t.column("mm_emb").to_pylist()], pa.list_(pa.float32()))))
+    rewrite(drifted / "target_similarity", lambda t: t.set_column(
+        t.schema.get_field_index("target_has_emb"), "target_has_emb", pc.cast(t.column("target_has_emb"), pa.int32())))
+    repo = copy_repo(tmp_path)
+    with pytest.raises(SchemaDriftError) as error:
+        feast_store.apply("duckdb", repo, drifted)
+    message = str(error.value)
+    assert "3 table/feature-view mismatch" in message
+    assert "view item_stats" in message and "column clicks: column missing" in message
+    assert "column mm_emb: vector length [3] in the table, feature view declares 2" in message
+    assert "column target_has_emb: type int32 does not match declared Bool" in message
+    assert not (repo / "data" / "registry.db").exists()  # nothing was applied
+
+
+def test_cli_reports_drift_as_an_error_exit(tiny_root, tmp_path, capsys):
+    root, _ = tiny_root
+    drifted = tmp_path / "tables"
+    shutil.copytree(root, drifted)
+    rewrite(drifted / "user_sequence_snapshots", lambda t: t.drop_columns(["hist_ts_us"]))
+    repo = copy_repo(tmp_path)
+    assert feast_store.main_apply(["--root", str(drifted), "--repo", str(repo)]) == 2
+    assert "view user_sequence" in capsys.readouterr().err
+
+
+def test_a_registry_applied_for_other_tables_is_refused_naming_both(applied_repo, tmp_path):
+    """training-set --root B over a registry applied for root A must not mix A's features with B's events."""
+    repo, root = applied_repo
+    other = tmp_path / "other_tables"
+    shutil.copytree(root, other)
+    assert feast_store.open_store("duckdb", repo, root).get_feature_service("ctr_dmf_v1")  # its own root: fine
+    with pytest.raises(feast_store.StoreRootMismatch) as refused:
+        feast_store.open_store("duckdb", repo, other)
+    assert str(root) in str(refused.value) and str(other) in str(refused.value)
+    from mmfs.store import training_set
+
+    with pytest.raises(feast_store.StoreRootMismatch):
+        training_set.main(["--root", str(other), "--repo", str(repo), "--out", str(tmp_path / "set")])
+    assert not (tmp_path / "set").exists()
+
+
+def test_feast_ui_serves_our_views_and_services(applied_repo):
+    """Feast's web UI (``mmfs ui``) over our repo: its REST registry API lists every view and
+    service, and the UI page itself is served (needs feast[grpcio])."""
+    from fastapi.testclient import TestClient
+    from feast import ui_server
+
+    repo, root = applied_repo
+    store = feast_store.open_store("duckdb", repo, root)
+    client = TestClient(ui_server.get_app(store, store.project))
+    views = {v["spec"]["name"] for v in client.get("/api/v1/feature_views", params={"project": "mmfs"}).json()["featureViews"]}
+    assert {"user_sequence", "user_stats", "item_stats", "item_embeddings", "target_similarity"} <= views
+    services = {s["spec"]["name"] for s in client.get("/api/v1/feature_services", params={"project": "mmfs"}).json()["featureServices"]}
+    assert {"ctr_dmf_v1", "ctr_din_v1", "ctr_mmctr_din_v1", "ctr_diffmsin_v1"} <= services
+    page = client.get("/")
+    assert page.status_code == 200 and "<!doctype html>" in page.text.lower()
+    assert client.get("/projects-list.json").json()["projects"][0]["id"] == "mmfs"
+
+
+def test_a_corrupt_table_file_is_named_by_apply_and_training_set(tiny_root, tmp_path, capsys):
+    from mmfs import cli
+
+    root, _ = tiny_root
+    broken = tmp_path / "tables"
+    shutil.copytree(root, broken)
+    repo = copy_repo(tmp_path)
+    feast_store.apply("duckdb", repo, broken)
+    victim = sorted((broken / "item_stats").glob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated: no footer
+    for argv in (["apply", "--root", str(broken), "--repo", str(repo)],
+                 ["training-set", "--root", str(broken), "--repo", str(repo), "--out", str(tmp_path / "set")]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read {victim}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "set").exists()
