@@ -230,7 +230,8 @@ def slices(sets: dict[str, Path], work: Path, dataset: str) -> list[dict]:
 
     from mmfs.model.data import LoaderConfig, TrainingSetDataset
     from mmfs.model.metrics import auc
-    from mmfs.model.checkpoint import load_checkpoint, model_vectors
+    from mmfs.model.checkpoint import load_checkpoint
+    from mmfs.model.models import model_vectors
     from mmfs.model.train import prepare
 
     out = []

@@ -101,7 +101,7 @@ def pick_user_and_items(root: Path, at: dt.datetime, max_c: int, seed: int = 0) 
 
 def feast_request(store, scorer, user: int, items: list[int], at: dt.datetime):
     """The same request through Feast's standard get_online_features path, then our scoring."""
-    from mmfs.serving.item_features import ItemRows
+    from mmfs.online.columns import ItemRows
     from mmfs.online.reader import MISSING, MISSING_US, PRESENT, stamp_us
 
     seq = store.get_online_features(features=["user_sequence:hist_item_ids"], entity_rows=[{"user_id": user}]).to_dict()

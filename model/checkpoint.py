@@ -1,8 +1,7 @@
 """Checkpoints as the scorer and the benchmarks read them: no trainer, no Spark.
 
 ``save_checkpoint`` writes a trained model and ``load_checkpoint`` rebuilds it (tensors and strings
-only, so ``torch.load(..., weights_only=True)`` refuses anything else); ``model_vectors`` names
-the embedding vectors a model family reads from its feature service.
+only, so ``torch.load(..., weights_only=True)`` refuses anything else).
 """
 from __future__ import annotations
 
@@ -16,16 +15,6 @@ from dataclasses import asdict
 from mmfs.model.config import DataSpec, ModelConfig
 from mmfs.model.models import build_model
 from mmfs.model.vocab import IdVocab
-
-
-def model_vectors(name: str, manifest: dict) -> tuple[str, ...]:
-    """The embedding vectors model family ``name`` reads: none for din, the manifest's text_emb and/or
-    image_emb for diffmsin, else mm_emb."""
-    if name == "din":
-        return ()
-    if name == "diffmsin":
-        return tuple(v for v in ("text_emb", "image_emb") if any(f.endswith(f":{v}") for f in manifest["features"]))
-    return ("mm_emb",)
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -26,6 +26,14 @@ class DiffMSIN(nn.Module):
     over the modality representations), feature dynamic adaptive fusion (FDAF), and a
     knowledge-decoupling loss on the cosine between modality representations."""
 
+    NAME = "diffmsin"
+    SERVICE = "ctr_diffmsin_v1"
+
+    @staticmethod
+    def vectors(features: list[str]) -> tuple[str, ...]:
+        """One vector per modality its service holds: ``text_emb`` and/or ``image_emb``."""
+        return tuple(v for v in ("text_emb", "image_emb") if any(f.endswith(f":{v}") for f in features))
+
     def __init__(self, spec: DataSpec, config: ModelConfig):
         super().__init__()
         if not spec.modal_dims:

@@ -11,6 +11,14 @@ from mmfs.model.layers import MLP, DinAttention, IdEmbedding
 class DIN(nn.Module):
     """Deep Interest Network: activation-unit attention of the target id over the history ids."""
 
+    NAME = "din"
+    SERVICE = "ctr_din_v1"  # the feature service it trains and serves on (feature_repo/features.py)
+
+    @staticmethod
+    def vectors(features: list[str]) -> tuple[str, ...]:
+        """The embedding vectors it reads from its service's ``features`` (``view:feature``): none."""
+        return ()
+
     def __init__(self, spec: DataSpec, config: ModelConfig):
         super().__init__()
         D = config.id_dim

@@ -36,6 +36,14 @@ class DMF(nn.Module):
     are mixed by alpha.
     """
 
+    NAME = "dmf"
+    SERVICE = "ctr_dmf_v1"  # a backfilled encoder's checkpoint names ctr_dmf_v2 in its manifest
+
+    @staticmethod
+    def vectors(features: list[str]) -> tuple[str, ...]:
+        """The fused multimodal vector ``mm_emb`` (m_t, m_j of s_j = cos(m_t, m_j))."""
+        return ("mm_emb",)
+
     def __init__(self, spec: DataSpec, config: ModelConfig):
         super().__init__()
         if not (config.enriched_branch or config.centric_branch):

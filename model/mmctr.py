@@ -13,6 +13,14 @@ class MMCTRDIN(nn.Module):
     """MMCTR challenge DIN (arXiv 2504.18961): items as [id emb ; projected PCA(text)+PCA(image)],
     multi-head target attention, SENet over the fields, optional cross network, DNN."""
 
+    NAME = "mmctr_din"
+    SERVICE = "ctr_mmctr_din_v1"
+
+    @staticmethod
+    def vectors(features: list[str]) -> tuple[str, ...]:
+        """The fused PCA(text) + PCA(image) vector, ``mm_emb``."""
+        return ("mm_emb",)
+
     def __init__(self, spec: DataSpec, config: ModelConfig):
         super().__init__()
         D = config.id_dim

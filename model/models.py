@@ -1,5 +1,7 @@
-"""The model registry: one file per model (``din``, ``mmctr``, ``dmf``, ``diff_msin``), built by
-name from a ``DataSpec`` and a ``ModelConfig`` (``mmfs.model.config``), each with its feature service."""
+"""The model registry: one file per model (``din``, ``mmctr``, ``dmf``, ``diff_msin``), each declaring
+its own facts (``NAME``, the feature ``SERVICE`` it reads, the embedding ``vectors`` it reads from
+it); the registry's tables are built from them, and models are built by name from a ``DataSpec``
+and a ``ModelConfig`` (``mmfs.model.config``)."""
 from __future__ import annotations
 
 from torch import nn
@@ -10,8 +12,9 @@ from mmfs.model.din import DIN
 from mmfs.model.dmf import DMF
 from mmfs.model.mmctr import MMCTRDIN
 
-MODELS = {"din": DIN, "mmctr_din": MMCTRDIN, "dmf": DMF, "diffmsin": DiffMSIN}
-SERVICES = {"din": "ctr_din_v1", "mmctr_din": "ctr_mmctr_din_v1", "dmf": "ctr_dmf_v1", "diffmsin": "ctr_diffmsin_v1"}
+FAMILIES = (DIN, MMCTRDIN, DMF, DiffMSIN)
+MODELS = {family.NAME: family for family in FAMILIES}
+SERVICES = {family.NAME: family.SERVICE for family in FAMILIES}
 
 
 def build_model(spec: DataSpec, config: ModelConfig) -> nn.Module:
@@ -19,3 +22,11 @@ def build_model(spec: DataSpec, config: ModelConfig) -> nn.Module:
     if config.name not in MODELS:
         raise ValueError(f"unknown model {config.name!r}; one of {sorted(MODELS)}")
     return MODELS[config.name](spec, config)
+
+
+def model_vectors(name: str, manifest: dict) -> tuple[str, ...]:
+    """The embedding vectors model family ``name`` reads from the features its training set's
+    ``manifest`` (or a checkpoint) lists."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; one of {sorted(MODELS)}")
+    return MODELS[name].vectors(manifest["features"])

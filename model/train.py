@@ -29,7 +29,7 @@ import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from mmfs.model.checkpoint import model_vectors, save_checkpoint
+from mmfs.model.checkpoint import save_checkpoint
 from mmfs.model.data import LoaderConfig, TrainingSetDataset, read_manifest
 from mmfs.model.layers import IdEmbedding
 from mmfs.model.metrics import all_metrics, auc
@@ -37,7 +37,7 @@ from mmfs.model.batch import perturb_for_training, with_vocab_indices
 from mmfs.model.config import DataSpec
 from mmfs.model.report import plot_curve
 from mmfs.model.train_config import TrainConfig, options_help, resolve_config, with_overrides  # noqa: F401 - mmfs train's config
-from mmfs.model.models import SERVICES, build_model
+from mmfs.model.models import SERVICES, build_model, model_vectors
 from mmfs.model.vocab import IdVocab
 
 

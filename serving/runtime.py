@@ -76,7 +76,7 @@ class State:
     def probe(self) -> None:
         """Re-check the online store (on the worker, between requests): sets or clears store_error."""
         from mmfs.online.reader import StoreUnavailable, probe_store
-        from mmfs.serving.scorer import SEQUENCE_VIEW
+        from mmfs.core.contracts.names import USER_SEQUENCE_VIEW as SEQUENCE_VIEW
 
         try:
             probe_store(self.scorer.reader, SEQUENCE_VIEW)

@@ -38,25 +38,22 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mmfs.model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields, with_vocab_indices
-from mmfs.model.checkpoint import load_checkpoint, model_vectors
+from mmfs.model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, with_vocab_indices
+from mmfs.model.checkpoint import load_checkpoint
+from mmfs.model.models import model_vectors
 from mmfs.core.contracts.names import ITEM_EMBEDDINGS_VIEW as EMBEDDING_VIEW, embedding_view as embedding_view_of
 from mmfs.core.features.similarity import target_similarity
+from mmfs.serving.inputs import SEQUENCE_VIEW, USER_STATS_VIEW, BadRequest, candidate_ids, item_flags, item_stats_fields, user_flags, user_keys, vector_fields  # noqa: F401 - BadRequest: what score() raises
 from mmfs.serving.contract import StoreMismatch, check_store, store_features  # noqa: F401 - StoreMismatch: what Scorer() raises
 from mmfs.core.contracts.names import CHANGED_ITEMS_FILE
-from mmfs.serving.item_features import ChangedItems, ItemFeatureCache, ItemFeatures, ItemRows, UserSideCache
+from mmfs.online.columns import ItemRows
+from mmfs.serving.caches import ChangedItems, UserSideCache
+from mmfs.serving.item_features import ItemFeatureCache, ItemFeatures
 from mmfs.serving.request_log import Served
 from mmfs.serving.results import ItemScore, Prepared, ScoreResult
-from mmfs.online.reader import MISSING, MISSING_CODE, PRESENT, PRESENT_CODE, STALE, STALE_CODE, OnlineReader, ViewRows
+from mmfs.online.reader import PRESENT, OnlineReader, ViewRows
 
-SEQUENCE_VIEW = "user_sequence"
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # the tables' validated range starts here
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
-USER_STATS_VIEW = "user_stats"
-
-
-class BadRequest(ValueError):
-    """A request the scorer will not score (too many candidates, wrong types)."""
 
 
 @dataclass(frozen=True)
@@ -126,30 +123,6 @@ class Scorer:
 
     # -- scoring -----------------------------------------------------------------------------------
 
-    def validate(self, user_id, item_ids) -> list[int]:
-        """The candidate ids as ints; ``BadRequest`` for a non-int64 user or item id, no candidates or more than ``max_candidates``."""
-        if isinstance(user_id, bool) or not isinstance(user_id, (int, np.integer)):
-            raise BadRequest(f"user_id must be an integer, got {user_id!r}")
-        if not INT64_MIN <= int(user_id) <= INT64_MAX:
-            raise BadRequest(f"user_id {user_id} is outside int64")
-        items = list(item_ids)
-        if not items:
-            raise BadRequest("item_ids is empty: send at least one candidate")
-        if len(items) > self.config.max_candidates:
-            raise BadRequest(f"{len(items)} candidates is more than the limit of {self.config.max_candidates}")
-        if set(map(type, items)) <= {int}:  # the common case, checked without a Python loop per id
-            try:
-                np.asarray(items, np.int64)
-                return items
-            except OverflowError:
-                pass
-        for i, item in enumerate(items):  # name the first bad id
-            if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
-                raise BadRequest(f"item_ids[{i}] must be an integer, got {item!r}")
-            if not INT64_MIN <= int(item) <= INT64_MAX:
-                raise BadRequest(f"item_ids[{i}] = {item} is outside int64")
-        return [int(i) for i in items]
-
     def online_from(self) -> dt.datetime | None:
         """The start of the sequence view's first materialised interval: the online store holds
         nothing older, so a request for an earlier time cannot be answered point-in-time. Re-read
@@ -185,7 +158,7 @@ class Scorer:
         items get an error entry instead of a score. With a ``served_hook`` (the request log), the
         values used are handed to it and the result carries the record's ``request_id``."""
         began = time.perf_counter()
-        items = self.validate(user_id, item_ids)
+        items = candidate_ids(user_id, item_ids, self.config.max_candidates)
         now = now or dt.datetime.now(dt.timezone.utc)
         self.cache.check()
         self._drop_changed()
@@ -211,7 +184,7 @@ class Scorer:
         logits = logits.float().numpy().astype(np.float64)  # (C,)
         t_model = time.perf_counter()
         if side is None:
-            self.user_cache.put(key, {**{k: prepared.tensors[k] for k in self._user_keys(prepared.tensors)}, "state": state})
+            self.user_cache.put(key, {**{k: prepared.tensors[k] for k in user_keys(prepared.tensors)}, "state": state})
         probabilities = 1.0 / (1.0 + np.exp(-logits))  # (C,)
         results = self._results(items, probabilities, logits, prepared)
         request_id = self._log(now, int(user_id), items, probabilities, prepared, seq, hist, user_stats, rows) if self.served_hook else ""
@@ -255,23 +228,23 @@ class Scorer:
         ``status`` is the sequence's status, ``user_stats`` the user's online stats row, if the
         service has them. The same tensors, built by the same ``mmfs.model.batch`` functions, as the
         training loader's."""
-        user_flags, stale = self._user_flags(status, user_stats)
+        user_flags_, stale = user_flags(status, user_stats)
         C, L = len(items), max(len(hist), 1)
         hist_ids = np.zeros((1, L), np.int64)
         hist_mask = np.zeros((1, L), bool)
         hist_ids[0, :len(hist)] = hist
         hist_mask[0, :len(hist)] = True
         codes = {view: self.reader.status_codes(view, rows[view].stamps_us[:C], now) for view in self.item_views}  # (C,) each
-        flags, known_any, item_stale = self._item_flags(codes, C)
+        flags, known_any, item_stale = item_flags(codes, C, self.embedding_view)
         batch: dict[str, np.ndarray] = {"item_id": np.asarray(items, np.int64), "hist_item_ids": hist_ids, "hist_mask": hist_mask}
-        batch.update(self._vector_fields(C, len(hist), rows, codes, now, L, side))
+        batch.update(vector_fields(self.vectors, self.embedding_view, self.reader, C, len(hist), rows, codes, now, L, side))
         similarity_ms = 0.0
         if "mm_emb" in batch:
             t_sim0 = time.perf_counter()
             sims = target_similarity(batch["mm_emb"], batch["hist_mm_emb"], batch["hist_mm_emb_found"])  # (C, L)
             batch.update(similarity_fields(sims, batch["mm_emb_found"][:, None] & batch["hist_mm_emb_found"]))  # (C, L)
             similarity_ms = (time.perf_counter() - t_sim0) * 1e3
-        batch.update(self._item_stats(C, rows, codes))
+        batch.update(item_stats_fields(C, rows, codes, self.item_views))
         user_known = user_stats is not None and user_stats.status[0] == PRESENT
         user_values = [float(user_stats.values[f][0]) if user_known else 0.0 for f in USER_STATS_COLUMNS]
         user = stats_fields(USER_STATS_COLUMNS, *(np.full(1, v) for v in user_values), np.array([user_known]))
@@ -280,88 +253,17 @@ class Scorer:
         in_vocab = tensors["item_idx"].numpy() > 1
         for c in np.flatnonzero(~in_vocab).tolist():
             flags[c] = flags[c] + ["new_item"]
-        return Prepared(tensors, flags, ~known_any & ~in_vocab, user_flags, stale + item_stale, similarity_ms, codes)
-
-    @staticmethod
-    def _user_flags(status: str, user_stats: ViewRows | None) -> tuple[list[str], int]:
-        """The user's flags (stale or missing sequence and stats) and how many of them are stale."""
-        flags, stale = [], 0
-        if status == STALE:
-            flags.append(f"stale:{SEQUENCE_VIEW}")
-            stale += 1
-        elif status == MISSING:
-            flags.append("no_sequence")
-        if user_stats is not None and user_stats.status[0] == STALE:
-            flags.append(f"stale:{USER_STATS_VIEW}")
-            stale += 1
-        elif user_stats is not None and user_stats.status[0] != PRESENT:
-            flags.append(f"no_{USER_STATS_VIEW}")
-        return flags, stale
-
-    def _item_flags(self, codes: dict[str, np.ndarray], C: int) -> tuple[list[list[str]], np.ndarray, int]:
-        """Each candidate's flags, whether any item view knows it, and the count of stale values;
-        only the candidates with a stale or missing value are visited."""
-        flags: list[list[str]] = [[] for _ in range(C)]
-        known_any, stale = np.zeros(C, bool), 0
-        for view, code in codes.items():
-            known_any |= code != MISSING_CODE
-            stale_at = np.flatnonzero(code == STALE_CODE).tolist()
-            for c in stale_at:
-                flags[c].append(f"stale:{view}")
-            stale += len(stale_at)
-            missing = "no_embedding" if view == self.embedding_view else f"no_{view}"
-            for c in np.flatnonzero(code == MISSING_CODE).tolist():
-                flags[c].append(missing)
-        return flags, known_any, stale
-
-    def _vector_fields(self, C: int, H: int, rows: dict[str, ItemRows], codes: dict[str, np.ndarray], now: dt.datetime, L: int,
-                       side: dict | None = None) -> dict:
-        """Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere. The
-        history's come from ``side`` when the user side is cached, else from rows C..C+H of the
-        embedding view."""
-        if not self.vectors:
-            return {}
-        emb = rows[self.embedding_view]
-        fresh = codes[self.embedding_view] == PRESENT_CODE  # (C,)
-        if side is None:
-            hist_fresh = self.reader.status_codes(self.embedding_view, emb.stamps_us[C:C + H], now) == PRESENT_CODE  # (H,)
-        out = {}
-        for vector in self.vectors:
-            found = emb.found[vector][:C] & fresh  # (C,)
-            target = np.where(found[:, None], emb.values[vector][:C], np.float32(0))  # (C, D)
-            if side is not None:
-                h, hf = side[f"hist_{vector}"].numpy(), side[f"hist_{vector}_found"].numpy()  # (1, L, D), (1, L)
-            else:
-                h = np.zeros((1, L, target.shape[1]), np.float32)  # (1, L, D)
-                hf = np.zeros((1, L), bool)
-                hf[0, :H] = emb.found[vector][C:C + H] & hist_fresh
-                h[0, :H] = np.where(hf[0, :H, None], emb.values[vector][C:C + H], np.float32(0))
-            out.update(vector_fields(vector, target, found, h, hf))
-        return out
-
-    def _item_stats(self, C: int, rows: dict[str, ItemRows], codes: dict[str, np.ndarray]) -> dict:
-        """The candidates' item stats block (all unknown for a service without item_stats)."""
-        if "item_stats" not in self.item_views:
-            return stats_fields(ITEM_STATS_COLUMNS, np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C, bool))
-        stats = rows["item_stats"]
-        known = codes["item_stats"] == PRESENT_CODE  # (C,)
-        values = [np.where(known, stats.values[f][:C], 0.0) for f in ITEM_STATS_COLUMNS]
-        return stats_fields(ITEM_STATS_COLUMNS, *values, known)
-
-    @staticmethod
-    def _user_keys(tensors: dict) -> list[str]:
-        """The tensors of the user's side (the history), as opposed to the candidates'."""
-        return [k for k in tensors if k.startswith("hist_") and k not in ("hist_sim", "hist_sim_mask")]
+        return Prepared(tensors, flags, ~known_any & ~in_vocab, user_flags_, stale + item_stale, similarity_ms, codes)
 
     def forward(self, tensors: dict[str, torch.Tensor], C: int, state=None) -> tuple[torch.Tensor, object]:
         """(logits (C,), the user state). DMF: encode_user once (U = 1), or ``state`` when cached,
         then score_candidates for all C at once."""
-        user_keys = self._user_keys(tensors)
+        history = user_keys(tensors)
         if self.decoupled:
             if state is None:
-                state = self.model.encode_user({k: tensors[k] for k in user_keys})
+                state = self.model.encode_user({k: tensors[k] for k in history})
             return self.model.score_candidates(state, tensors), state
         batch = dict(tensors)
-        for k in user_keys:  # one user's history, broadcast to the C rows (views, no copies)
+        for k in history:  # one user's history, broadcast to the C rows (views, no copies)
             batch[k] = tensors[k].expand(C, *tensors[k].shape[1:])
         return self.model(batch), None

@@ -14,14 +14,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from mmfs.core.contracts.tables import ENTITY
+from mmfs.store.entity_frame import ENTITY_COLUMNS, EntityFrameError
 from mmfs.store.schema import source_glob
-
-ENTITY_COLUMNS = tuple(ENTITY.names)
-
-
-class EntityFrameError(ValueError):
-    """The entity frame cannot be joined without losing or inventing rows."""
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,19 @@ def test_diffmsin_condition_attention_is_multihead_attention():
         cond, _ = m.cond(x.unsqueeze(1), reps, reps)
         expected = m.denoiser(torch.cat([x, m.time(t), cond.squeeze(1)], dim=-1))
         assert torch.allclose(m.predict_noise(x, t, m.condition_keys(reps)), expected, atol=1e-6)
+
+
+def test_each_model_reads_a_service_the_repo_declares_and_vectors_it_holds(applied_repo):
+    """The facts each model declares (its service, its vectors) hold against the Feast repo."""
+    from mmfs.model.models import FAMILIES, MODELS, SERVICES
+    from mmfs.store import feast_store
+
+    assert set(MODELS) == {"din", "mmctr_din", "dmf", "diffmsin"} and SERVICES["dmf"] == "ctr_dmf_v1"
+    repo, root = applied_repo
+    store = feast_store.open_store("duckdb", repo, root)
+    for family in FAMILIES:
+        service = store.get_feature_service(family.SERVICE)
+        features = [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+        vectors = family.vectors(features)
+        assert all(any(f.endswith(f":{v}") for f in features) for v in vectors), (family.NAME, vectors)
+        assert bool(vectors) == (family.NAME != "din"), family.NAME

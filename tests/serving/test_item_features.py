@@ -1,30 +1,10 @@
-"""The columnar item cache and the vector decoding, on tiny inline rows (no store)."""
-import numpy as np
+"""The columnar item cache, on tiny inline rows (no store)."""
 import pytest
-from feast.protos.feast.types.Value_pb2 import FloatList, Value
+from feast.protos.feast.types.Value_pb2 import Value
 
-from mmfs.serving.item_features import ItemColumns, float_lists, scalars
+from mmfs.online.columns import decode_rows
+from mmfs.serving.item_features import ItemColumns
 from mmfs.online.rows import MISSING_US, RawRows
-
-
-def blob(values) -> bytes:
-    return Value(float_list_val=FloatList(val=values)).SerializeToString()
-
-
-def test_vectors_decode_together_and_other_lengths_or_kinds_are_not_found():
-    blobs = [blob([1.0, 2.0, 3.0]), None, blob([1.0, 2.0]), Value(int64_val=7).SerializeToString(), blob([-0.5, 0.0, 4.25])]
-    out, found = float_lists(blobs, 3)
-    assert found.tolist() == [True, False, False, False, True]
-    assert out.tolist() == [[1, 2, 3], [0, 0, 0], [0, 0, 0], [0, 0, 0], [-0.5, 0, 4.25]]
-    # 128 floats: a two-byte length in the header
-    wide = np.linspace(-1, 1, 128, dtype=np.float32)
-    out, found = float_lists([blob(wide.tolist())], 128)
-    assert found.all() and np.array_equal(out[0], wide)
-
-
-def test_scalars_decode_and_lists_are_not_scalars():
-    values, found = scalars([Value(int64_val=5).SerializeToString(), None, Value(float_val=0.25).SerializeToString(), blob([1.0])])
-    assert values.tolist() == [5, 0, 0.25, 0] and found.tolist() == [True, False, True, False]
 
 
 def rows_for(ids):
@@ -33,8 +13,6 @@ def rows_for(ids):
 
 
 def cached(columns, ids):
-    from mmfs.serving.item_features import decode_rows
-
     columns.insert(ids, decode_rows(rows_for(ids), {"x": 0}))
 
 
@@ -56,8 +34,6 @@ def test_columns_evict_first_in_first_out_and_keep_what_was_recached():
 def test_columns_grow_past_the_first_allocation_and_clear():
     columns = ItemColumns({"v": 2}, capacity=5000)
     ids = list(range(3000))
-    from mmfs.serving.item_features import decode_rows
-
     columns.insert(ids, decode_rows(RawRows([MISSING_US] * 3000, {"v": [None] * 3000}), {"v": 2}))
     assert len(columns.rows.stamps_us) >= 3000 and (columns.lookup(ids) >= 0).all()
     columns.clear()

@@ -181,5 +181,5 @@ def test_duplicate_entity_rows_are_kept_and_counted(store):
     assert len(got) == 3 and got[0] == got[1] and got[0]["hist_item_ids"] == [10, 11, 12]
     # unknown user and item: kept, features null
     assert got[2]["hist_item_ids"] is None and got[2]["impressions"] is None
-    assert training_set._duplicates(entity) == 1
-    assert training_set._duplicates(entity.slice(1)) == 0  # every row apart: the row hashes alone answer
+    assert training_set.count_duplicates(entity) == 1
+    assert training_set.count_duplicates(entity.slice(1)) == 0  # every row apart: the row hashes alone answer
