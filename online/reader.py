@@ -166,7 +166,7 @@ class OnlineReader:
     def feast_rows(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]],
                    features: Sequence[str] | None = None) -> list[tuple[dt.datetime | None, dict | None]]:
         """``view``'s rows through Feast's provider ``online_read`` itself: the path for stores
-        ``online_fast`` does not read, and what ``read_rows`` must equal for those it does."""
+        ``mmfs.online.rows`` does not read, and what ``read_rows`` must equal for those it does."""
         fv, projected = self.views[view]
         join_keys = list(self.join_keys[view])
         entity_keys = [EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(int64_val=int(p)) for p in
