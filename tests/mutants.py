@@ -168,7 +168,7 @@ MUTANTS = (
            "        if False:",
            ("tests/store/test_training_set.py",)),
     Mutant("duplicate entity rows: distinct row hashes taken as the answer whatever they say",
-           "store/training_set.py",
+           "store/entity_frame.py",
            "    if rows == hashes:",
            "    if True:",
            ("tests/store/test_training_set.py",)),
