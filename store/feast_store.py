@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from mmfs.store import encoders_file
+from mmfs.store.registry_file import follow_root
 from mmfs.store.repo import find_repo, is_packaged, record_repo, repo_env, yaml_path
 from mmfs.store.schema import SchemaDriftError, assert_no_drift, check_views, source_glob  # noqa: F401 - the store's checks
 
@@ -127,6 +128,10 @@ def feast_apply(contents, fs_yaml: Path, table_root: str | Path | None) -> str:
     if not contents.projects:  # as the CLI: the project named in the yaml
         contents.projects.append(Project(name=config.project, description=config.project_description or ""))
     printed = io.StringIO()
+    relocated = _follow_root(config, repo)
+    if relocated:
+        print(f"The registry named the online store {', '.join(relocated)} (a copied or moved root): it now names this "
+              f"root's own, and the other was left untouched", file=printed)
     with contextlib.chdir(repo), contextlib.redirect_stdout(printed):
         for project in contents.projects:
             config.project = project.name
@@ -136,6 +141,15 @@ def feast_apply(contents, fs_yaml: Path, table_root: str | Path | None) -> str:
             # takes the sources' globs for paths and only warns that they do not exist.
             apply_total_with_repo_instance(store, project.name, store.registry, contents, skip_source_validation=True)
     return printed.getvalue()
+
+
+def _follow_root(config, repo: Path) -> list[str]:
+    """``registry_file.follow_root`` for a file registry over a SQLite online store (paths as Feast resolves them)."""
+    registry = getattr(config.registry, "path", config.registry)
+    if config.online_store.type != "sqlite" or getattr(config.registry, "registry_type", "file") != "file" or "://" in str(registry):
+        return []
+    resolve = lambda path: Path(path) if Path(path).is_absolute() else repo / path  # noqa: E731
+    return follow_root(resolve(registry), resolve(config.online_store.path))
 
 
 def apply(config: str = "duckdb", repo: Path | str | None = None, table_root: str | Path | None = None) -> str:

@@ -97,3 +97,40 @@ def test_a_corrupt_table_file_is_named_by_apply_and_training_set(tiny_root, tmp_
         err = capsys.readouterr().err
         assert f"cannot read {victim}" in err and "Traceback" not in err, err
     assert not (tmp_path / "set").exists()
+
+
+def _online_tables(path):
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        return sorted(name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+
+
+def test_apply_on_a_copied_or_moved_root_never_touches_the_source(tiny_root, tmp_path, monkeypatch):
+    """cp -r A B; mmfs apply --root B: B's copied registry named A's online store, and Feast's apply
+    dropped A's tables. Now the registry follows B, A keeps every table, and a moved root applies."""
+    from mmfs.store.repo import STATE_DIR_ENV
+    from mmfs.store.registry_file import follow_root
+
+    monkeypatch.delenv(STATE_DIR_ENV, raising=False)
+    root, _ = tiny_root
+    a = tmp_path / "a"
+    shutil.copytree(root, a, ignore=shutil.ignore_patterns("_feast"))
+    feast_store.apply("duckdb", None, a)
+    before = _online_tables(a / "_feast" / "online_store.db")
+    assert len(before) >= 4
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    with pytest.raises(feast_store.StoreRootMismatch):  # the copy's registry still reads A's tables
+        feast_store.open_store("duckdb", None, b)
+    printed = feast_store.apply("duckdb", None, b)
+    assert _online_tables(a / "_feast" / "online_store.db") == before  # the source keeps its store
+    assert "a copied or moved root" in printed
+    assert _online_tables(b / "_feast" / "online_store.db") == before
+    assert follow_root(b / "_feast" / "registry.db", b / "_feast" / "online_store.db") == []  # it names B's file now
+    feast_store.open_store("duckdb", None, a).get_feature_service("ctr_dmf_v1")  # both open, each on its own tables
+    feast_store.open_store("duckdb", None, b).get_feature_service("ctr_dmf_v1")
+    moved = tmp_path / "moved"
+    shutil.move(str(a), str(moved))
+    feast_store.apply("duckdb", None, moved)  # no FileNotFoundError on the old root's folder
+    assert not a.exists() and _online_tables(moved / "_feast" / "online_store.db") == before
