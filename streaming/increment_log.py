@@ -31,6 +31,10 @@ LOG = INCREMENT_LOG_SUBDIR
 CRASH_ENV = "MMFS_CRASH_AT"
 
 
+class PublishedError(RuntimeError):
+    """A batch whose output name is taken by a published file: applying it would lose that file."""
+
+
 def crash_point(point: str, batch_id: str) -> None:
     """SIGKILL this process when ``CRASH_ENV`` names this point of this batch (the crash tests)."""
     if os.environ.get(CRASH_ENV) == f"{point}:{batch_id}":
@@ -83,6 +87,10 @@ def apply(root: Path, batch_id: str, store, stats_views) -> dict:
     crash_point("after_online", batch_id)
     changed = sorted({int(i) for name in ("item_stats", "target_similarity") if (t := read(name)) is not None
                       for i in t.column("item_id").to_pylist()})
+    taken = [str(target) for target in final.values() if target.exists()]
+    if taken:  # a staged file's name already published: another checkpoint's batch, never to be replaced
+        raise PublishedError(f"batch {batch_id} would overwrite published output {taken}: it stays in {batch} "
+                             f"until the name clash is resolved")
     for n, (table, target) in enumerate(final.items()):
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(batch / f"{table}.parquet", target)

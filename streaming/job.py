@@ -8,7 +8,8 @@ any producer may) with Spark's file source, one JSON line per event. Each micro-
 
 1. parses and checks every line with ingest's rules (``mmfs.core.events.landing.parse_line``); a line that
    breaks one is quarantined to ``<root>/quarantine/stream/<batch>.parquet`` with the rule and the
-   reason, never dropped;
+   reason, never dropped (a batch is named ``stream-g<checkpoint generation>-<Spark's id>``:
+   ``mmfs.streaming.checkpoint``);
 2. applies the rest with the batch jobs' rules (``mmfs.streaming.increments.IncrementWriter``): new
    sequence snapshots and stats to the online store through Feast's ``write_to_online_store``,
    and the rows appended to the offline tables as the batch jobs would have written them;
@@ -46,29 +47,26 @@ from mmfs.core.contracts.names import STREAM_SUBDIR
 from mmfs.pipelines.spark.args import add_common_args, spark_from_args
 from mmfs.pipelines.spark.table_io import job_main
 from mmfs.core.events.landing import landing_dir, parse_line
+from mmfs.streaming.checkpoint import batch_name, generation as checkpoint_generation
 
 log = logging.getLogger("mmfs.stream")
 UTC = dt.timezone.utc
 
 
-def batch_name(batch_id: int) -> str:
-    """The increment log's name for Spark's micro-batch ``batch_id`` (the same on a replay)."""
-    return f"stream-{batch_id:010d}"
-
-
 class MicroBatches:
     """The foreachBatch function: one Spark micro-batch of landed lines -> quarantine, apply, report."""
 
-    def __init__(self, writer, root: Path):
+    def __init__(self, writer, root: Path, generation: int):
         self.writer = writer
         self.root = root
+        self.generation = generation  # the checkpoint's (mmfs.streaming.checkpoint): batch names never repeat across checkpoints
         self.report = root / STREAM_SUBDIR / "batches.jsonl"
         self.report.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, lines, batch_id: int) -> None:
         began = time.time()
         rows = lines.collect()  # a micro-batch is bounded by maxFilesPerTrigger: the driver applies it
-        name = batch_name(batch_id)
+        name = batch_name(self.generation, batch_id)
         known, now = self.writer.known.ids(), dt.datetime.now(UTC)
         events, bad, files = [], [], {}
         for row in rows:
@@ -106,14 +104,16 @@ class MicroBatches:
 
 def start(spark, writer, root: Path, landing: Path, checkpoint: Path, trigger_s: float, available_now: bool,
           max_files_per_trigger: int):
-    """Start the streaming query over ``landing``; returns it (``awaitTermination`` to wait)."""
+    """Start the streaming query over ``landing``; returns it (``awaitTermination`` to wait). The
+    checkpoint's generation names its batches (``mmfs.streaming.checkpoint``)."""
     from pyspark.sql import functions as F
 
     landing.mkdir(parents=True, exist_ok=True)
+    generation = checkpoint_generation(checkpoint, root, landing)
     lines = (spark.readStream.format("text").option("maxFilesPerTrigger", max_files_per_trigger).load(str(landing))
              .select("value", F.col("_metadata.file_path").alias("file"),
                      (F.unix_micros(F.col("_metadata.file_modification_time")) / 1e6).alias("landed")))
-    query = lines.writeStream.foreachBatch(MicroBatches(writer, root)).option("checkpointLocation", str(checkpoint))
+    query = lines.writeStream.foreachBatch(MicroBatches(writer, root, generation)).option("checkpointLocation", str(checkpoint))
     query = query.trigger(availableNow=True) if available_now else query.trigger(processingTime=f"{trigger_s} seconds")
     return query.queryName("mmfs-stream").start()
 

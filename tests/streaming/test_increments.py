@@ -143,3 +143,20 @@ def test_late_events_go_to_the_batch_path_and_are_reported_never_applied_online(
     same_instant = writer.record([Event(5, 12, AT, 1)])
     assert (same_instant["events"], same_instant["late"]) == (0, 1)
     assert offline_count(root, "item_stats", "item_id = 12 AND event_timestamp > '2020-07-31'::TIMESTAMPTZ") == 1
+
+
+def test_a_batch_whose_name_is_published_is_refused_and_kept(tmp_path):
+    """The last guard behind the checkpoint generations: applying a committed batch never replaces a
+    published file; the batch stays in the log, the file as it was."""
+    import pyarrow as pa
+
+    from mmfs.streaming import increment_log
+
+    increment_log.commit(tmp_path, "stream-g001-0000000000", {"events": pa.table({"x": [1]})})
+    published = tmp_path / "events" / "stream-g001-0000000000.parquet"
+    published.parent.mkdir()
+    published.write_bytes(b"an earlier checkpoint's batch")
+    with pytest.raises(increment_log.PublishedError, match="would overwrite"):
+        increment_log.apply(tmp_path, "stream-g001-0000000000", None, [])
+    assert published.read_bytes() == b"an earlier checkpoint's batch"
+    assert (tmp_path / increment_log.LOG / "stream-g001-0000000000" / "events.parquet").is_file()

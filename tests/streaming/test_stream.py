@@ -123,14 +123,14 @@ def test_stream_killed_mid_batch_and_restarted_equals_a_batch_recompute(spark, t
     land(root, NEW)
     (root / "_landing" / "events" / "z-bad.json").write_text('{"user_id": 1, "item_id": 999, "event_timestamp": "2020-07-09T00:00:00+00:00", '
                                                              '"label": 1}\nnot json\n')
-    killed = stream(root, repo, crash=f"{crash}:stream-0000000001")
+    killed = stream(root, repo, crash=f"{crash}:stream-g001-0000000001")
     assert killed.returncode == -9, killed.stderr[-3000:]
     done = stream(root, repo)
     assert done.returncode == 0, done.stderr[-3000:]
     report = [json.loads(line) for line in (root / "_stream" / "batches.jsonl").read_text().splitlines()]
     assert sum(b["quarantined"] for b in report) == 3 and not any(b["late"] for b in report), report
     # The killed batch ran again under its own id: what it had committed was finished, the rest a no-op.
-    assert [b["batch"] for b in report].count("stream-0000000001") == 1 and "0 late" in done.stdout
+    assert [b["batch"] for b in report].count("stream-g001-0000000001") == 1 and "0 late" in done.stdout
     unique = {(u, i, t): l for rows in NEW for u, i, t, l in rows if (u, i, t) != (2, 14, "2020-07-06 00:00:00") or l == 1}
     assert_stream_equals_batch(spark, root, repo, EVENTS + [(u, i, t, l) for (u, i, t), l in unique.items()])
     quarantined = duckdb.connect().execute(f"SELECT rule FROM read_parquet('{root}/quarantine/stream/*.parquet')").fetchall()
@@ -165,3 +165,40 @@ def test_a_day_of_movielens_replayed_through_the_stream_equals_the_batch(spark, 
     assert sum(b["events"] for b in report) == len(during) and not any(b["late"] or b["quarantined"] for b in report)
     assert math.ceil(len(by_hour) / 2) == len(report)
     assert_stream_equals_batch(spark, root, repo, rows)
+
+
+@pytest.mark.integration
+def test_a_reset_checkpoint_and_a_copied_root_never_overwrite_published_output(spark, tmp_path):
+    """A fresh checkpoint starts Spark's batch ids at 0 again: its batches are a new generation, so the
+    first run's files stay. A copy of the root streams on its own (its checkpoint named the source's
+    landing folder) and leaves the source as it was."""
+    import shutil
+
+    root, repo = applied_root(spark, tmp_path, EVENTS, embedding_rows())
+    land(root, NEW[:2])
+    first = stream(root, repo)
+    assert first.returncode == 0, first.stderr[-3000:]
+    published = {p.relative_to(root): p.read_bytes() for p in root.glob("*/stream-*.parquet")}
+    assert published and all(p.name.startswith("stream-g001-") for p in published)
+    shutil.rmtree(root / "_stream" / "checkpoint")  # reset: deleted, as a corrupt one would be
+    land(root, NEW[2:])
+    second = stream(root, repo)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {p: (root / p).read_bytes() for p in published} == published  # nothing published was replaced
+    assert any(p.name.startswith("stream-g002-") for p in root.glob("events/stream-*.parquet"))
+    unique = {(u, i, t): l for rows in NEW for u, i, t, l in rows if (u, i, t) != (2, 14, "2020-07-06 00:00:00") or l == 1}
+    everything = EVENTS + [(u, i, t, l) for (u, i, t), l in unique.items()]
+    assert_stream_equals_batch(spark, root, repo, everything)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    source = {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    feast_store.apply("duckdb", repo, copy)  # the user repo's registry now reads the copy's tables
+    land(copy, [[(4, 11, "2020-07-09 00:00:00", 1)]])
+    third = stream(copy, repo)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "set aside" in third.stderr and (copy / "_stream" / "checkpoint.g002-for-another-root").is_dir()
+    new_key = (4, 11, dt.datetime(2020, 7, 9, tzinfo=UTC))
+    assert new_key in offline(copy, "events", "user_id, item_id, event_timestamp")
+    assert new_key not in offline(root, "events", "user_id, item_id, event_timestamp")
+    assert {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == source
