@@ -14,7 +14,8 @@ item stats. Per feature, over every (request, entity) pair:
 - ``extra``: the scorer used a value the offline table does not have at that time.
 
 A value the scorer flagged stale was not used (the training join drops it too): counted as
-``stale``, not as missing. The drift table is the PSI of each numeric feature between the training
+``stale``, not as missing; nor was one stamped after the request's time (a replay with ``at`` in
+the past, when the online store holds a newer row): counted as ``future``. The drift table is the PSI of each numeric feature between the training
 set (``--training-set``; its train split) and what was served, over ten quantile bins of the
 training values; a PSI is judged only with ``--min-samples`` served values (on a handful it
 measures the sample, not the drift). Writes ``consistency.json``, ``consistency.md`` and ``consistency.png`` under
@@ -89,7 +90,7 @@ def compare(joined: DataFrame, feature: str, status: str, served: str, offline: 
         equal = F.col(served) == F.col(offline)
     else:
         equal = F.col(served) == F.col(offline).cast("double")
-    kind = (F.when(F.col(status) == "stale", "stale").when(used & has & equal, "match").when(used & has, "mismatch")
+    kind = (F.when(F.col(status) == "stale", "stale").when(F.col(status) == "future", "future").when(used & has & equal, "match").when(used & has, "mismatch")
             .when(~used & has, "missing").when(used & ~has, "extra").otherwise("absent"))
     return joined.select(F.lit(feature).alias("feature"), kind.alias("kind")).groupBy("feature", "kind").count()
 
@@ -119,7 +120,7 @@ def consistency_counts(log: DataFrame, tables: dict[str, DataFrame]) -> dict[str
 def rates(counts: dict[str, int]) -> dict:
     """The Chronon-style rates of one feature: over the pairs where either side has a value."""
     compared = sum(counts.get(k, 0) for k in ("match", "mismatch", "missing", "extra"))
-    out = {k: counts.get(k, 0) for k in ("match", "mismatch", "missing", "extra", "stale", "absent")}
+    out = {k: counts.get(k, 0) for k in ("match", "mismatch", "missing", "extra", "stale", "future", "absent")}
     for k in ("mismatch", "missing", "extra"):
         out[f"{k}_rate"] = out[k] / compared if compared else 0.0
     out["compared"] = compared

@@ -19,9 +19,9 @@ from feast.type_map import feast_value_type_to_python_type
 
 from mmfs.online.rows import EPOCH, MISSING_US, RawRows, fast_rows
 
-PRESENT, MISSING, STALE = "present", "missing", "stale"
-STATUS_NAMES = (PRESENT, STALE, MISSING)  # indexed by the codes of OnlineReader.status_codes
-PRESENT_CODE, STALE_CODE, MISSING_CODE = 0, 1, 2
+PRESENT, MISSING, STALE, FUTURE = "present", "missing", "stale", "future"
+STATUS_NAMES = (PRESENT, STALE, MISSING, FUTURE)  # indexed by the codes of OnlineReader.status_codes
+PRESENT_CODE, STALE_CODE, MISSING_CODE, FUTURE_CODE = 0, 1, 2, 3
 ONE_US = dt.timedelta(microseconds=1)
 
 
@@ -95,7 +95,7 @@ class ViewRows:
 
     view: str
     values: dict[str, list]  # feature -> one value per key (None where missing)
-    status: list[str]  # present | missing | stale, per key
+    status: list[str]  # present | missing | stale | future, per key
     event_timestamps: list[dt.datetime | None]
 
     def fresh(self, feature: str) -> list:
@@ -177,7 +177,7 @@ class OnlineReader:
 
     def read(self, view: str, keys: Sequence[int] | Sequence[tuple[int, ...]], now: dt.datetime | None = None) -> ViewRows:
         """``view``'s decoded values for ``keys``, each present, stale (older than the view's TTL
-        at ``now``) or missing."""
+        at ``now``), future (stamped after ``now``) or missing."""
         _, features = self.views[view]
         now = now or dt.datetime.now(dt.timezone.utc)
         if now.tzinfo is None:
@@ -193,17 +193,20 @@ class OnlineReader:
         return ViewRows(view, values, self.statuses(view, stamps, now), stamps)
 
     def status_codes(self, view: str, stamps_us: np.ndarray, now: dt.datetime) -> np.ndarray:
-        """The one TTL rule, per row: ``PRESENT_CODE``, ``STALE_CODE`` (older than the view's TTL at
-        ``now``) or ``MISSING_CODE`` (no row, ``MISSING_US``), for (N,) int64 event times."""
+        """The one point-in-time rule, per row: ``PRESENT_CODE``; ``FUTURE_CODE`` (stamped after
+        ``now``: the online store holds each key's newest value only, and a replay at an earlier
+        ``now`` must not take it for that time's); ``STALE_CODE`` (older than the view's TTL at
+        ``now``); ``MISSING_CODE`` (no row, ``MISSING_US``), for (N,) int64 event times."""
         stamps_us = np.asarray(stamps_us, np.int64)
         codes = np.where(stamps_us == MISSING_US, MISSING_CODE, PRESENT_CODE).astype(np.int8)
+        codes[(codes == PRESENT_CODE) & (stamps_us > stamp_us(now))] = FUTURE_CODE
         ttl = self.ttl(view)
         if ttl is not None:
             codes[(codes == PRESENT_CODE) & (stamps_us < stamp_us(now - ttl))] = STALE_CODE
         return codes
 
     def statuses(self, view: str, stamps: list[dt.datetime | None], now: dt.datetime) -> list[str]:
-        """present | stale | missing per row stamp, by ``status_codes``."""
+        """present | stale | missing | future per row stamp, by ``status_codes``."""
         codes = self.status_codes(view, np.fromiter(map(stamp_us, stamps), np.int64, len(stamps)), now)
         return [STATUS_NAMES[c] for c in codes.tolist()]
 

@@ -15,6 +15,7 @@ Feast still writes them, and ``OnlineReader.read_rows`` answers exactly what the
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -22,7 +23,10 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 UTC = dt.timezone.utc
 CACHE_KIB = 256 * 1024  # SQLite page cache per connection, filled on demand
-MMAP_BYTES = 1 << 30  # read the file through a memory map, up to 1 GiB
+# No memory map: a file truncated or rewritten in place under a map (`cp backup.db online_store.db`)
+# kills the process with SIGBUS on the next read. Read through the page cache, a replaced file is a
+# read error (503) and a reconnect.
+MMAP_BYTES = 0
 
 
 class EntityKeys:
@@ -80,6 +84,7 @@ class SqliteRows:
         self.config, self.online = store.config, online_store
         self.keys = EntityKeys(store.config.entity_key_serialization_version)
         self._tuned = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file the connection was opened on
         self._views: dict[str, tuple[str, set[str]]] = {}  # view -> (quoted table name, feature names), read once
 
     def view(self, fv) -> tuple[str, set[str]]:
@@ -92,13 +97,22 @@ class SqliteRows:
         return self._views[fv.name]
 
     def connection(self):
-        """Feast's own connection, given a page cache and a memory map the first time it is seen:
-        SQLite's default 2 MiB cache re-reads the embedding pages on every request."""
+        """Feast's own connection, given a page cache (SQLite's default 2 MiB re-reads the embedding
+        pages on every request) and no memory map the first time it is seen; reopened when the file
+        was replaced by another (a rename: a new inode). A missing file raises ``FileNotFoundError``,
+        which the server answers 503; it is never created empty."""
+        path = self.online._get_db_path(self.config)  # noqa: SLF001 - Feast's own path rule
+        stat = os.stat(path)
+        current = (stat.st_dev, stat.st_ino)
+        if self._file is not None and current != self._file and getattr(self.online, "_conn", None) is not None:
+            self.online._conn.close()  # noqa: SLF001 - the old file's connection would read it forever
+            self.online._conn = None
         conn = self.online._get_conn(self.config)  # noqa: SLF001 - Feast's own connection (reopened after a failure)
         if conn is not self._tuned:
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
             self._tuned = conn
+        self._file = current
         return conn
 
     def raw(self, fv, join_keys: tuple[str, ...], features: list[str], keys: list[tuple[int, ...]]) -> RawRows:

@@ -14,7 +14,7 @@ import numpy as np
 
 from mmfs.model.batch import ITEM_STATS_COLUMNS, stats_fields, vector_fields as batch_vector_fields
 from mmfs.online.columns import ItemRows
-from mmfs.online.reader import MISSING, MISSING_CODE, PRESENT, PRESENT_CODE, STALE, STALE_CODE, OnlineReader, ViewRows
+from mmfs.online.reader import FUTURE, FUTURE_CODE, MISSING, MISSING_CODE, PRESENT, PRESENT_CODE, STALE, STALE_CODE, OnlineReader, ViewRows
 from mmfs.core.contracts.names import USER_SEQUENCE_VIEW as SEQUENCE_VIEW, USER_STATS_VIEW
 
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -50,24 +50,30 @@ def candidate_ids(user_id, item_ids, max_candidates: int) -> list[int]:
 
 
 def user_flags(status: str, user_stats: ViewRows | None) -> tuple[list[str], int]:
-    """The user's flags (stale or missing sequence and stats) and how many of them are stale."""
+    """The user's flags (stale, future or missing sequence and stats) and how many of them are stale.
+    A value stamped after the request's time (``future``) is not used, as a stale one is not."""
     flags, stale = [], 0
     if status == STALE:
         flags.append(f"stale:{SEQUENCE_VIEW}")
         stale += 1
+    elif status == FUTURE:
+        flags.append(f"future:{SEQUENCE_VIEW}")
     elif status == MISSING:
         flags.append("no_sequence")
-    if user_stats is not None and user_stats.status[0] == STALE:
+    stats_status = user_stats.status[0] if user_stats is not None else PRESENT
+    if stats_status == STALE:
         flags.append(f"stale:{USER_STATS_VIEW}")
         stale += 1
-    elif user_stats is not None and user_stats.status[0] != PRESENT:
+    elif stats_status == FUTURE:
+        flags.append(f"future:{USER_STATS_VIEW}")
+    elif stats_status != PRESENT:
         flags.append(f"no_{USER_STATS_VIEW}")
     return flags, stale
 
 
 def item_flags(codes: dict[str, np.ndarray], C: int, embedding_view: str) -> tuple[list[list[str]], np.ndarray, int]:
     """Each candidate's flags, whether any item view knows it, and the count of stale values;
-    only the candidates with a stale or missing value are visited."""
+    only the candidates with a stale, future or missing value are visited."""
     flags: list[list[str]] = [[] for _ in range(C)]
     known_any, stale = np.zeros(C, bool), 0
     for view, code in codes.items():
@@ -76,6 +82,8 @@ def item_flags(codes: dict[str, np.ndarray], C: int, embedding_view: str) -> tup
         for c in stale_at:
             flags[c].append(f"stale:{view}")
         stale += len(stale_at)
+        for c in np.flatnonzero(code == FUTURE_CODE).tolist():
+            flags[c].append(f"future:{view}")
         missing = "no_embedding" if view == embedding_view else f"no_{view}"
         for c in np.flatnonzero(code == MISSING_CODE).tolist():
             flags[c].append(missing)

@@ -51,7 +51,8 @@ from mmfs.serving.caches import ChangedItems, UserSideCache
 from mmfs.serving.item_features import ItemFeatureCache, ItemFeatures
 from mmfs.serving.request_log import Served
 from mmfs.serving.results import ItemScore, Prepared, ScoreResult
-from mmfs.online.reader import PRESENT, OnlineReader, ViewRows
+from mmfs.core.features.snapshot import STAMP_AFTER_US
+from mmfs.online.reader import FUTURE, PRESENT, OnlineReader, ViewRows, stamp_us
 
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # the tables' validated range starts here
 
@@ -163,15 +164,19 @@ class Scorer:
         self.cache.check()
         self._drop_changed()
         self.check_time(now)
-        # The user's sequence: one online read. Stale or missing = empty history, as in training.
+        # The user's sequence: one online read. Stale, future or missing = empty history, as in training.
         seq = self.reader.read(SEQUENCE_VIEW, [int(user_id)], now)
         status, hist_raw = seq.status[0], seq.values["hist_item_ids"][0]
+        # The newest history time too: Feast's SQLite store keeps the row's stamp in whole seconds, and the
+        # stream can write two snapshots of one user within a second. It is the snapshot's own stamp, to
+        # the microsecond (stamped after its newest event): a snapshot that holds an event at or after
+        # `now` is a future value, even where the stored stamp, cut to the second, is not after `now`.
+        newest = (seq.values["hist_ts_us"][0] or [None])[-1] if "hist_ts_us" in seq.values else None
+        if status == PRESENT and newest is not None and newest + STAMP_AFTER_US > stamp_us(now):
+            status = FUTURE
         t_user = time.perf_counter()
         hist = [int(x) for x in (hist_raw or [])][-self.max_len:] if status == PRESENT else []
         user_stats = self.reader.read(USER_STATS_VIEW, [int(user_id)], now) if USER_STATS_VIEW in self.reader.views else None
-        # The newest history time too: Feast's SQLite store keeps the row's stamp in whole seconds, and the
-        # stream can write two snapshots of one user within a second.
-        newest = (seq.values["hist_ts_us"][0] or [None])[-1] if "hist_ts_us" in seq.values else None
         key = (int(user_id), seq.event_timestamps[0], newest, len(hist), status, self.cache.invalidations)
         side = self.user_cache.get(key)  # the history's vectors and DMF's user state, when this user was just scored
         # Item features, one read per view: the candidates, then (embedding view, user side not cached) the history.
@@ -187,14 +192,14 @@ class Scorer:
             self.user_cache.put(key, {**{k: prepared.tensors[k] for k in user_keys(prepared.tensors)}, "state": state})
         probabilities = 1.0 / (1.0 + np.exp(-logits))  # (C,)
         results = self._results(items, probabilities, logits, prepared)
-        request_id = self._log(now, int(user_id), items, probabilities, prepared, seq, hist, user_stats, rows) if self.served_hook else ""
+        request_id = self._log(now, int(user_id), items, probabilities, prepared, seq, status, hist, user_stats, rows) if self.served_hook else ""
         ms = lambda a, b: round((b - a) * 1e3, 4)  # noqa: E731
         timings = {"read_user": ms(began, t_user), "read_items": ms(t_user, t_items), "similarity": round(prepared.similarity_ms, 4),
                    "assemble": round(ms(t_items, t_assemble) - prepared.similarity_ms, 4), "model": ms(t_assemble, t_model),
                    "total": ms(began, t_model)}
         return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings, request_id)
 
-    def _log(self, now, user_id, items, probabilities, prepared: Prepared, seq, hist, user_stats, rows) -> str:
+    def _log(self, now, user_id, items, probabilities, prepared: Prepared, seq, status, hist, user_stats, rows) -> str:
         """Hand what this request used to ``served_hook`` (references to the arrays, no copies); its request id."""
         request_id = uuid.uuid4().hex
         probabilities = np.where(prepared.unknown, np.nan, probabilities)  # (C,): no score for an unknown item
@@ -206,7 +211,7 @@ class Scorer:
         if user_stats is not None:
             users = {"status": user_stats.status[0], **{f: user_stats.values[f][0] for f in USER_STATS_COLUMNS}}
         t = prepared.tensors
-        self.served_hook(Served(request_id, now, user_id, self.model_name, self.feature_service, items, probabilities, seq.status[0],
+        self.served_hook(Served(request_id, now, user_id, self.model_name, self.feature_service, items, probabilities, status,
                                 seq.event_timestamps[0], hist, users, item_stats, prepared.codes.get(self.embedding_view),
                                 t["hist_sim"].numpy() if "hist_sim" in t else None, t["hist_sim_mask"].numpy() if "hist_sim_mask" in t else None))
         return request_id

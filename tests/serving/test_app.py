@@ -179,3 +179,32 @@ def test_an_injected_scorer_is_served_and_nothing_is_opened(served, monkeypatch)
         response = client.post("/score", json={"user_id": 1, "item_ids": [1, 2], "at": AT})
         assert response.status_code == 200 and len(response.json()["items"]) == 2
         assert client.app.state.mmfs.scorer is scorer
+
+
+@pytest.mark.integration
+def test_a_store_file_rewritten_in_place_is_a_503_and_a_recovery_never_a_crash(served, own_store):  # noqa: F811
+    """`cp backup.db online_store.db` truncates the file in place and writes it again. A server that
+    memory-mapped the file died of SIGBUS; it must answer 503 meanwhile and 200 again after."""
+    from tests.support.serve_process import serving_process
+
+    repo, db = own_store
+    good = db.read_bytes()
+    body = {"user_id": 1, "item_ids": [1, 2], "at": AT}
+    with serving_process(served["checkpoint"], served["root"], repo) as (server, base):
+        assert httpx.post(f"{base}/score", json=body, timeout=30).status_code == 200
+        with open(db, "r+b") as f:  # in place: the inode every worker holds
+            f.truncate(0)
+        during = [_post_status(f"{base}/score", body) for _ in range(5)]
+        assert server.poll() is None, f"the server died (exit {server.returncode})"
+        assert set(during) <= {503}, during
+        with open(db, "r+b") as f:
+            f.write(good)
+        assert wait_until(lambda: _post_status(f"{base}/score", body) == 200, seconds=20)
+        assert server.poll() is None and _status(f"{base}/ready") == 200
+
+
+def _post_status(url: str, body: dict) -> int:
+    try:
+        return httpx.post(url, json=body, timeout=10).status_code
+    except httpx.HTTPError:
+        return 0

@@ -162,6 +162,29 @@ def test_cold_start_unknown_items_and_stale_features(served):
         scorer.score(1, [1, "2"], now=at)
 
 
+def test_a_replay_never_takes_a_value_stamped_after_its_time(served):
+    """/score with ``at`` in the past after later values were materialised: the online store holds
+    each key's newest row only. A value stamped after ``at`` is flagged ``future`` and not used (the
+    training join would not have had it): no history, no stats, no re-encoded vector; the log says so."""
+    store = served["store"]
+    store.materialize(start_date=START - dt.timedelta(days=60), end_date=START + dt.timedelta(days=31))
+    scorer = Scorer.from_checkpoint(served["checkpoint"], store)
+    logged = []
+    scorer.served_hook = logged.append
+    early = START + dt.timedelta(days=1)  # user 1's newest snapshot and stats, and most items' stats, are later
+    items = list(range(1, 11))
+    result = scorer.score(1, items, now=early)
+    assert {"future:user_sequence", "future:user_stats"} <= set(result.user_flags) and result.history_len == 0
+    stats = scorer.reader.read("item_stats", items, now=early)
+    assert "future" in stats.status and [s == "future" for s in stats.status] == ["future:item_stats" in i.flags for i in result.items]
+    by_item = {i.item_id: i for i in result.items}
+    assert "future:item_embeddings" in by_item[5].flags  # re-encoded on 2021-01-15: its online vector is the new one
+    assert all(i.score is not None for i in result.items)  # scored without the future values, as a cold row is
+    assert logged[0].seq_status == "future"
+    now = scorer.score(1, items, now=START + dt.timedelta(days=31))  # at the store's own time: nothing is future
+    assert not any(f.startswith("future:") for f in now.user_flags + [f for i in now.items for f in i.flags])
+
+
 def test_item_cache_is_cleared_by_materialisation(served):
     store = served["store"]
     scorer = Scorer.from_checkpoint(served["checkpoint"], store)
