@@ -90,7 +90,8 @@ def compare(joined: DataFrame, feature: str, status: str, served: str, offline: 
         equal = F.col(served) == F.col(offline)
     else:
         equal = F.col(served) == F.col(offline).cast("double")
-    kind = (F.when(F.col(status) == "stale", "stale").when(F.col(status) == "future", "future").when(used & has & equal, "match").when(used & has, "mismatch")
+    kind = (F.when(F.col(status) == "stale", "stale").when(F.col(status) == "future", "future")
+            .when(used & has & equal, "match").when(used & has, "mismatch")
             .when(~used & has, "missing").when(used & ~has, "extra").otherwise("absent"))
     return joined.select(F.lit(feature).alias("feature"), kind.alias("kind")).groupBy("feature", "kind").count()
 

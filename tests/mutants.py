@@ -2,17 +2,29 @@
 
     python -m tests.mutants            # every mutant (make test-all runs this)
     python -m tests.mutants --list
+    python -m tests.mutants --only "replay"
 
-For each mutant the source file is patched in place (one exact, unique text replacement), the
-named tests run, and the file is restored, whatever happens. A mutant that no test kills is a rule
-no test guards: the script exits 1 naming it.
+The checkout is never touched: its files (tracked, and untracked ones git does not ignore) are
+copied to a temporary folder, and every Python process the tests start there (pytest, mmfs serve,
+mmfs stream, Spark's Python workers) imports ``mmfs`` from that copy, through a ``sitecustomize``
+on their PYTHONPATH that maps the namespace onto the copy's folders. For each mutant:
+
+1. its tests run on the copy unmutated (the baseline, once per set of tests): they must pass;
+2. its one exact, unique text replacement is made in the copy, the tests run again, the file is
+   restored. A kill is a test failure (pytest exit 1) only: a collection error, an interrupt, no
+   tests collected or a missing tool is an error, reported as such, never counted as a kill.
+
+The script prints a table (mutant, test that kills it, exit code) and exits 1 when a mutant
+survives or anything errs.
 """
 from __future__ import annotations
 
 import argparse
-import signal
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +140,8 @@ MUTANTS = (
            ("tests/serving/test_request_log.py::test_a_full_queue_drops_and_counts_never_blocks",)),
     Mutant("mmfs consistency counts a differing value as a match",
            "checks/consistency.py",
-           '    kind = (F.when(F.col(status) == "stale", "stale").when(used & has & equal, "match")',
-           '    kind = (F.when(F.col(status) == "stale", "stale").when(used & has, "match")',
+           '            .when(used & has & equal, "match").when(used & has, "mismatch")',
+           '            .when(used & has, "match").when(used & has, "mismatch")',
            ("tests/checks/test_consistency.py::test_a_consistent_store_passes_and_a_wrong_online_value_is_caught",)),
     Mutant("the stream counts on from its first micro-batch only (a batch's rows never reach its state)",
            "streaming/state.py",
@@ -182,23 +194,141 @@ MUTANTS = (
            "    known = hist_found & found[:, None]  # (B, L)",
            "    known = hist_found",
            ("tests/model/test_data.py",)),
+    Mutant("the training join takes the next value, not the last one at or before T (a future value leaks)",
+           "store/pit_join.py",
+           'joins.append(f"ASOF LEFT JOIN t{i} ON {on_keys} AND e.event_timestamp >= t{i}._ev")',
+           'joins.append(f"ASOF LEFT JOIN t{i} ON {on_keys} AND e.event_timestamp <= t{i}._ev")',
+           ("tests/store/test_training_set.py",)),
+    Mutant("the training join shows a back-filled version from its event time, not from when it was written",
+           "store/pit_join.py",
+           'f"t{i} AS (SELECT DISTINCT {keys}, greatest(_ev, _cr) AS _vis, "',
+           'f"t{i} AS (SELECT DISTINCT {keys}, _ev AS _vis, "',
+           ("tests/store/test_training_set.py",)),
+    Mutant("the item version lookup ignores created_timestamp (a back-filled vector leaks into earlier rows)",
+           "core/features/item_index.py",
+           "            too_new = pending & ((self.event_us[np.maximum(idx, 0)] > as_of_us) | (self.created_us[np.maximum(idx, 0)] > as_of_us))",
+           "            too_new = pending & (self.event_us[np.maximum(idx, 0)] > as_of_us)",
+           ("tests/core/features/test_item_index.py", "tests/model/test_data.py")),
+    Mutant("online reads keep values for twice the view's TTL",
+           "online/reader.py",
+           "            codes[(codes == PRESENT_CODE) & (stamps_us < stamp_us(now - ttl))] = STALE_CODE",
+           "            codes[(codes == PRESENT_CODE) & (stamps_us < stamp_us(now - 2 * ttl))] = STALE_CODE",
+           ("tests/online/test_reader.py",)),
+    Mutant("online reads call a value exactly one TTL old stale (the training join keeps it)",
+           "online/reader.py",
+           "            codes[(codes == PRESENT_CODE) & (stamps_us < stamp_us(now - ttl))] = STALE_CODE",
+           "            codes[(codes == PRESENT_CODE) & (stamps_us <= stamp_us(now - ttl))] = STALE_CODE",
+           ("tests/online/test_reader.py",)),
+    Mutant("a replay uses values stamped after its time",
+           "online/reader.py",
+           "        codes[(codes == PRESENT_CODE) & (stamps_us > stamp_us(now))] = FUTURE_CODE",
+           "        pass",
+           ("tests/online/test_reader.py", "tests/serving/test_scorer.py::test_a_replay_never_takes_a_value_stamped_after_its_time")),
+    Mutant("the scorer trusts the sequence's second-cut stamp (a snapshot with an event at 'at' passes)",
+           "serving/scorer.py",
+           "        if status == PRESENT and newest is not None and newest + STAMP_AFTER_US > stamp_us(now):",
+           "        if False:",
+           ("tests/serving/test_scorer.py::test_a_replay_never_takes_a_value_stamped_after_its_time",)),
+    Mutant("a reset checkpoint names its batches by Spark's id alone (it replaces the earlier batch 0)",
+           "streaming/checkpoint.py",
+           '    return f"stream-{batch_id:010d}" if generation == 0 else f"stream-g{generation:03d}-{batch_id:010d}"',
+           '    return f"stream-{batch_id:010d}"',
+           ("tests/streaming/test_stream.py::test_a_reset_checkpoint_and_a_copied_root_never_overwrite_published_output",)),
+    Mutant("publishing replaces a file already published",
+           "streaming/increment_log.py",
+           "    if taken:  # a staged file's name already published: another checkpoint's batch, never to be replaced",
+           "    if False:",
+           ("tests/streaming/test_increments.py::test_a_batch_whose_name_is_published_is_refused_and_kept",)),
+    Mutant("mmfs apply on a copied root leaves the registry naming the source's online store",
+           "store/feast_store.py",
+           "    relocated = _follow_root(config, repo)",
+           "    relocated = []",
+           ("tests/store/test_feast_store.py::test_apply_on_a_copied_or_moved_root_never_touches_the_source",)),
+    Mutant("the online store is memory-mapped again (a file rewritten in place kills the server)",
+           "online/rows.py",
+           "MMAP_BYTES = 0",
+           "MMAP_BYTES = 1 << 30",
+           ("tests/serving/test_app.py::test_a_store_file_rewritten_in_place_is_a_503_and_a_recovery_never_a_crash",)),
 )
 
 
-def run(mutant: Mutant) -> tuple[bool, float]:
-    """(killed, seconds): apply, run the tests, restore."""
-    path = REPO / mutant.path
+
+SITECUSTOMIZE = """# Written by tests/mutants.py: mmfs is imported from the mutants' copy of the checkout.
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+ROOT = {root!r}
+FOLDERS = {folders!r}
+
+
+class _CopyFinder:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        folder = FOLDERS.get(name)
+        if folder is None:
+            return None
+        location = os.path.join(ROOT, folder)
+        init = os.path.join(location, "__init__.py")
+        if os.path.isfile(init):
+            return importlib.util.spec_from_file_location(name, init, submodule_search_locations=[location])
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [location]
+        return spec
+
+
+sys.meta_path.insert(0, _CopyFinder)
+"""
+
+
+def make_copy(work: Path) -> tuple[Path, dict]:
+    """The checkout's files in ``work/repo`` and the environment under which processes import mmfs from it."""
+    import tomllib
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    copy = work / "repo"
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    folders = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    site = work / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(root=str(copy), folders=folders))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(copy)])}
+    return copy, env
+
+
+def pytest_run(copy: Path, env: dict, tests: tuple[str, ...]) -> int:
+    """pytest's exit code for ``tests`` on the copy (0 passed, 1 failures, 2+ could not run them)."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "", *tests],
+                          cwd=copy, env=env, capture_output=True, text=True).returncode
+
+
+def check_copy_imports(copy: Path, env: dict) -> None:
+    """Refuse to run when a process under ``env`` would import mmfs from anywhere but the copy."""
+    code = "import mmfs.core.contracts.names as n, mmfs.serving.scorer as s; print(n.__file__); print(s.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=copy, env=env, capture_output=True, text=True, check=True).stdout.split()
+    if not all(Path(f).resolve().is_relative_to(copy.resolve()) for f in out):
+        raise SystemExit(f"the mutants' processes import mmfs from {out}, not from the copy {copy}")
+
+
+def run(mutant: Mutant, copy: Path, env: dict) -> tuple[int, float]:
+    """(pytest's exit code with the mutant applied, seconds); the copy's file is restored after."""
+    path = copy / mutant.path
     original = path.read_text()
     if original.count(mutant.old) != 1:
         raise SystemExit(f"mutant {mutant.name!r}: its text is not found exactly once in {mutant.path}; update the mutant")
     began = time.perf_counter()
     try:
         path.write_text(original.replace(mutant.old, mutant.new))
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "", *mutant.tests],
-                              cwd=REPO, capture_output=True, text=True)
+        code = pytest_run(copy, env, mutant.tests)
     finally:
         path.write_text(original)
-    return done.returncode != 0, time.perf_counter() - began
+    return code, time.perf_counter() - began
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,19 +340,31 @@ def main(argv: list[str] | None = None) -> int:
         for m in MUTANTS:
             print(f"{m.name}  ({m.path})")
         return 0
-    # A stop (SIGTERM, ^C) unwinds through run()'s finally, so the patched file is restored.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    survivors = []
     chosen = [m for m in MUTANTS if args.only is None or args.only in m.name]
-    for m in chosen:
-        killed, seconds = run(m)
-        print(f"{'killed  ' if killed else 'SURVIVED'} {seconds:6.1f} s  {m.name}", flush=True)
-        if not killed:
-            survivors.append(m.name)
-    if survivors:
-        print(f"{len(survivors)} mutant(s) no test kills: {survivors}")
+    rows, bad = [], []
+    with tempfile.TemporaryDirectory(prefix="mmfs-mutants-") as work:
+        copy, env = make_copy(Path(work))
+        check_copy_imports(copy, env)
+        baselines: dict[tuple[str, ...], int] = {}
+        for m in chosen:
+            if m.tests not in baselines:
+                baselines[m.tests] = pytest_run(copy, env, m.tests)
+            if baselines[m.tests] != 0:
+                verdict, code, seconds = "BASELINE FAILS", baselines[m.tests], 0.0
+            else:
+                code, seconds = run(m, copy, env)
+                verdict = "killed" if code == 1 else ("SURVIVED" if code == 0 else "ERROR")
+            print(f"{verdict:14} exit {code}  {seconds:6.1f} s  {m.name}", flush=True)
+            rows.append((m, verdict, code))
+            if verdict != "killed":
+                bad.append(m.name)
+    print("\n| mutant | killed by | pytest exit |\n|---|---|---|")
+    for m, verdict, code in rows:
+        print(f"| {m.name} | {', '.join(m.tests)} | {code}{'' if verdict == 'killed' else f' ({verdict})'} |")
+    if bad:
+        print(f"\n{len(bad)} mutant(s) not killed cleanly: {bad}")
         return 1
-    print(f"all {len(chosen)} mutants killed")
+    print(f"\nall {len(chosen)} mutants killed")
     return 0
 
 
