@@ -169,10 +169,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (a table unreadable, a store applied for another root, a
     drifted schema, a repo not found): one line on stderr and exit 2, not a traceback."""
     from mmfs.store.feast_store import SchemaDriftError, StoreRootMismatch
-    from mmfs.store.repo import NoStateDir, RepoNotFound
     from mmfs.pipelines.spark.table_io import TableReadError
+    from mmfs.store.repo import NoStateDir, RepoNotFound
+    from mmfs.store.training_set import EncoderIdentityError
 
-    return TableReadError, StoreRootMismatch, SchemaDriftError, RepoNotFound, NoStateDir, FileExistsError
+    return TableReadError, StoreRootMismatch, SchemaDriftError, RepoNotFound, NoStateDir, FileExistsError, EncoderIdentityError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,9 @@ def check_store(store, meta: dict) -> None:
     if embedding_view:
         trained_id = (meta.get("encoder_identity") or {}).get("encoder_id") or ""
         served_id = store.get_feature_view(embedding_view).tags.get("encoder_id", "")
+        if not served_id:  # two empty identities would agree without anything being checked
+            raise StoreMismatch(f"the store's {embedding_view} records no encoder identity (its table's _mmfs_meta.json names "
+                                "none when mmfs apply ran): rerun mmfs encode-items, then mmfs apply")
         if trained_id != served_id:
             raise StoreMismatch(f"encoder identity differs: the checkpoint's embeddings came from encoder {trained_id or '(none)'!r}, "
                                 f"the store's {embedding_view} from {served_id or '(none)'!r}; similarities and vectors would not "

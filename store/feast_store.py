@@ -33,6 +33,10 @@ class StoreRootMismatch(ValueError):
     """The registry was applied for other tables than the ones a command was given."""
 
 
+class RegistryUnreadable(StoreRootMismatch):
+    """The registry cannot be read, so which tables it was applied for cannot be checked."""
+
+
 def open_store(config: str = "duckdb", repo: Path | str | None = None, table_root: str | Path | None = None):
     """A FeatureStore over ``repo`` with the given config (registry as applied). With
     ``table_root``, the registry's sources must be that root's tables (``assert_store_root``)."""
@@ -58,8 +62,9 @@ def assert_store_root(store, table_root: str | Path) -> None:
     root = Path(table_root).resolve()
     try:
         views = store.list_feature_views()
-    except Exception:  # noqa: BLE001 - an unreadable registry fails later with Feast's own message
-        return
+    except Exception as exc:  # noqa: BLE001 - Feast raises many kinds for a registry it cannot parse
+        raise RegistryUnreadable(f"cannot read the registry {registry} to check that it was applied for --root {root} "
+                                 f"({type(exc).__name__}: {exc}); run `mmfs apply --root {table_root}` to write it again") from exc
     for fv in views:
         glob = source_glob(fv.batch_source)
         if "://" in glob:  # a remote root (s3://, hdfs://): compare the URIs

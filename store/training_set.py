@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 from mmfs.store.entity_frame import EntityFrameError, count_duplicates, read_entity_frame
 from mmfs.store.pit_join import (  # noqa: F401 - the join this module builds sets with
     SplitPoints, ViewJoin, connect, duckdb_join, feast_join, pit_query, service_views, split_points, split_sql, _lit, _q)
-from mmfs.core.contracts.names import ITEM_EMBEDDINGS_VIEW as EMBEDDING_VIEW, embedding_view
+from mmfs.core.contracts.names import embedding_view
 from mmfs.store.feast_store import add_repo_args, assert_no_drift, open_store, parse_time, source_glob
 
 SPLITS = ("train", "valid", "test")
@@ -112,16 +112,25 @@ def embedding_view_name(store, service_name: str) -> str | None:
     return embedding_view(p.name for p in store.get_feature_service(service_name).feature_view_projections)
 
 
-def _encoder_identity(store, service_name: str = "ctr_dmf_v1") -> dict:
+class EncoderIdentityError(ValueError):
+    """A service with embeddings over a table that does not say which encoder wrote them."""
+
+
+def _encoder_identity(store, service_name: str) -> dict:
+    """The encoder identity the embedding table of ``service_name`` recorded (its ``_mmfs_meta.json``);
+    ``{}`` for a service without embeddings. A service with embeddings whose table records none is
+    an error naming the file: a checkpoint without it would be served over any encoder's vectors."""
+    view = embedding_view_name(store, service_name)
+    if view is None:
+        return {}
+    meta_file = Path(source_glob(store.get_feature_view(view).batch_source)).parent / "_mmfs_meta.json"
     try:
-        view = embedding_view_name(store, service_name) or EMBEDDING_VIEW
-        glob = source_glob(store.get_feature_view(view).batch_source)
-    except Exception:  # noqa: BLE001 - a repo without embeddings has no encoder identity
-        return {}
-    meta_file = Path(glob).parent / "_mmfs_meta.json"
-    if not meta_file.is_file():
-        return {}
-    identity = json.loads(meta_file.read_text()).get("encoder_identity") or {}
+        identity = json.loads(meta_file.read_text()).get("encoder_identity") or {}
+    except (OSError, ValueError) as exc:
+        raise EncoderIdentityError(f"{service_name} reads {view}, but {meta_file} cannot be read ({exc}): it records which "
+                                   "encoder wrote the vectors; rerun mmfs encode-items") from exc
+    if not identity.get("encoder_id"):
+        raise EncoderIdentityError(f"{service_name} reads {view}, but {meta_file} records no encoder id: rerun mmfs encode-items")
     return identity
 
 

@@ -160,12 +160,17 @@ def transform(spark: SparkSession, items: DataFrame, config: EncoderConfig, mm_d
 
 
 def image_roots_of(spark: SparkSession, root: str) -> list[str]:
-    """The image root ingest recorded for the items table, or none (then every image is refused
-    unless --image-root names one: a job must not open any file the items name)."""
+    """The image root ingest recorded for the items table, or none when it recorded none (then every
+    image is refused unless --image-root names one: a job must not open any file the items name).
+    A metadata file that is missing or cannot be read is an error naming it: read as "no root", it
+    would turn a run with images into a text-only one, every image refused."""
     try:
-        recorded = read_meta(spark, f"{root}/items").get("image_root")
-    except Exception:  # noqa: BLE001 - an items table without meta (older ingest): no recorded root
-        recorded = None
+        meta = read_meta(spark, f"{root}/items")
+    except FileNotFoundError as exc:
+        raise SystemExit(f"{exc}; the image root ingest records there is unknown: rerun mmfs ingest, or pass --image-root") from exc
+    except ValueError as exc:  # not JSON (json.JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise SystemExit(f"{root}/items/_mmfs_meta.json cannot be read ({exc}): rerun mmfs ingest, or pass --image-root") from exc
+    recorded = meta.get("image_root")
     return [recorded] if recorded else [NO_IMAGE_ROOT]
 
 
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = spark_from_args(args, "mmfs-encode-items")
     parallelism = spark.sparkContext.defaultParallelism
     local = spark.sparkContext.master.startswith("local")
-    config = encoder_config(args, image_roots_of(spark, args.root), parallelism, local)
+    config = encoder_config(args, [] if args.image_root else image_roots_of(spark, args.root), parallelism, local)
     staging = f"{args.root}/_staging/encode-{uuid.uuid4().hex[:12]}"
     timer = PhaseTimer()
     phase = timer.phase

@@ -134,3 +134,12 @@ def test_apply_on_a_copied_or_moved_root_never_touches_the_source(tiny_root, tmp
     shutil.move(str(a), str(moved))
     feast_store.apply("duckdb", None, moved)  # no FileNotFoundError on the old root's folder
     assert not a.exists() and _online_tables(moved / "_feast" / "online_store.db") == before
+
+
+def test_an_unreadable_registry_is_an_error_not_a_skipped_check(applied_repo, tmp_path):
+    repo, root = applied_repo
+    own = tmp_path / "repo"
+    shutil.copytree(repo, own)
+    (own / "data" / "registry.db").write_bytes(b"not a registry")
+    with pytest.raises(feast_store.RegistryUnreadable, match="cannot read the registry"):
+        feast_store.open_store("duckdb", own, root)

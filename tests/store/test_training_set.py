@@ -183,3 +183,29 @@ def test_duplicate_entity_rows_are_kept_and_counted(store):
     assert got[2]["hist_item_ids"] is None and got[2]["impressions"] is None
     assert training_set.count_duplicates(entity) == 1
     assert training_set.count_duplicates(entity.slice(1)) == 0  # every row apart: the row hashes alone answer
+
+
+def test_a_service_with_embeddings_over_a_table_without_an_encoder_id_is_refused(tiny_root, tmp_path):
+    """An unreadable or empty encoder identity used to become {} in the training set, and the
+    checkpoint then matched any store. Now the build stops, naming the file."""
+    import json
+    import shutil
+
+    from mmfs.store.repo import init_repo
+
+    root, _ = tiny_root
+    tables = tmp_path / "tables"
+    shutil.copytree(root, tables, ignore=shutil.ignore_patterns("_feast", "encoders.yaml"))
+    meta = tables / "item_embeddings" / "_mmfs_meta.json"
+    meta.write_text(json.dumps({"job": "tests", "encoder_identity": {"mm_dim": 2, "text": {"dim": 1}, "image": {"dim": 3}}}))  # no id
+    repo = init_repo(tmp_path / "repo")
+    feast_store.apply("duckdb", repo, tables)
+    store = feast_store.open_store("duckdb", repo, tables)
+    with pytest.raises(training_set.EncoderIdentityError, match="records no encoder id"):
+        training_set.build(store, "ctr_dmf_v1", tables / "events", tmp_path / "set", saved_dataset=False)
+    meta.write_text("{not json")
+    with pytest.raises(training_set.EncoderIdentityError, match="cannot be read"):
+        training_set.build(store, "ctr_dmf_v1", tables / "events", tmp_path / "set", saved_dataset=False)
+    assert not (tmp_path / "set").exists()
+    built = training_set.build(store, "ctr_din_v1", tables / "events", tmp_path / "din", saved_dataset=False)  # no embeddings: fine
+    assert built.manifest["encoder_identity"] == {}

@@ -153,3 +153,20 @@ def test_incremental_run_encodes_only_changed_contents_and_equals_a_full_recompu
     v2_meta = json.loads((root / "item_embeddings_v2" / "_mmfs_meta.json").read_text())
     assert v2_meta["encoder_identity"]["encoder_id"] != meta["encoder_identity"]["encoder_id"]
     assert v2_meta["items"] == 9
+
+
+def test_the_image_root_is_read_or_the_job_stops_naming_the_file(spark, tmp_path):
+    """The image root ingest recorded: used when recorded, "none" when ingest recorded none, and an
+    error naming the file when the metadata is missing or unreadable (read as "no root", every image
+    would be refused and the run silently text-only)."""
+    items = tmp_path / "items"
+    items.mkdir()
+    with pytest.raises(SystemExit, match="has no _mmfs_meta.json"):
+        encode_items.image_roots_of(spark, str(tmp_path))
+    (items / "_mmfs_meta.json").write_text('{"job": "ingest", "image_root": "/data/pictures"')  # cut short
+    with pytest.raises(SystemExit, match="cannot be read"):
+        encode_items.image_roots_of(spark, str(tmp_path))
+    (items / "_mmfs_meta.json").write_text('{"job": "ingest", "image_root": "/data/pictures"}')
+    assert encode_items.image_roots_of(spark, str(tmp_path)) == ["/data/pictures"]
+    (items / "_mmfs_meta.json").write_text('{"job": "ingest", "image_root": null}')
+    assert encode_items.image_roots_of(spark, str(tmp_path)) == [encode_items.NO_IMAGE_ROOT]
