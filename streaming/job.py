@@ -35,6 +35,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,20 +52,53 @@ from mmfs.streaming.checkpoint import batch_name, generation as checkpoint_gener
 
 log = logging.getLogger("mmfs.stream")
 UTC = dt.timezone.utc
+MAX_FILE_AGE = "36500d"  # Spark's file source: ignore nothing for its age
+LANDING_CHECK_S = 60.0  # how often a running stream looks for landed files Spark will not read
+IN_FLIGHT_S = 600  # a hidden .tmp younger than this is a write in progress (EventLanding renames it when done)
+
+
+def set_aside_unreadable(root: Path, landing: Path) -> list[str]:
+    """Move every landed file Spark's file source would skip without a word (a name, or a folder on its
+    path, starting with ``_`` or ``.``; an abandoned ``.tmp``) to ``<root>/quarantine/landing/``, each
+    with its reason in ``reasons.jsonl`` there. Returns the files moved (logged as a warning)."""
+    moved, now = [], time.time()
+    target = root / "quarantine" / "landing"
+    for path in sorted(p for p in landing.rglob("*") if p.is_file()):
+        rel = path.relative_to(landing)
+        if not any(part[:1] in ("_", ".") for part in rel.parts):
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp") and now - path.stat().st_mtime < IN_FLIGHT_S:
+            continue  # a write in progress
+        reason = ("an unfinished write (a hidden .tmp never renamed)" if path.name.endswith(".tmp") else
+                  "Spark's file source skips names starting with '_' or '.': rename it without the prefix and land it again")
+        dest = target / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{'~'.join(rel.parts)}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        with open(target / "reasons.jsonl", "a") as f:
+            f.write(json.dumps({"file": str(path), "moved_to": str(dest), "reason": reason, "at": now}) + "\n")
+        moved.append(str(path))
+    if moved:
+        log.warning("%d landed file(s) Spark would not read, set aside in %s with their reasons: %s", len(moved), target, moved)
+    return moved
 
 
 class MicroBatches:
     """The foreachBatch function: one Spark micro-batch of landed lines -> quarantine, apply, report."""
 
-    def __init__(self, writer, root: Path, generation: int):
+    def __init__(self, writer, root: Path, generation: int, landing: Path):
         self.writer = writer
         self.root = root
+        self.landing = landing
+        self.checked_landing = time.time()
         self.generation = generation  # the checkpoint's (mmfs.streaming.checkpoint): batch names never repeat across checkpoints
         self.report = root / STREAM_SUBDIR / "batches.jsonl"
         self.report.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, lines, batch_id: int) -> None:
         began = time.time()
+        if began - self.checked_landing > LANDING_CHECK_S:
+            set_aside_unreadable(self.root, self.landing)
+            self.checked_landing = began
         rows = lines.collect()  # a micro-batch is bounded by maxFilesPerTrigger: the driver applies it
         name = batch_name(self.generation, batch_id)
         known, now = self.writer.known.ids(), dt.datetime.now(UTC)
@@ -110,10 +144,14 @@ def start(spark, writer, root: Path, landing: Path, checkpoint: Path, trigger_s:
 
     landing.mkdir(parents=True, exist_ok=True)
     generation = checkpoint_generation(checkpoint, root, landing)
-    lines = (spark.readStream.format("text").option("maxFilesPerTrigger", max_files_per_trigger).load(str(landing))
+    set_aside_unreadable(root, landing)
+    # Every file, however old and however deep: Spark's defaults skip a file whose modification time is
+    # more than 7 days older than the newest one seen (maxFileAge) and never look into subfolders.
+    lines = (spark.readStream.format("text").option("maxFilesPerTrigger", max_files_per_trigger)
+             .option("maxFileAge", MAX_FILE_AGE).option("recursiveFileLookup", "true").load(str(landing))
              .select("value", F.col("_metadata.file_path").alias("file"),
                      (F.unix_micros(F.col("_metadata.file_modification_time")) / 1e6).alias("landed")))
-    query = lines.writeStream.foreachBatch(MicroBatches(writer, root, generation)).option("checkpointLocation", str(checkpoint))
+    query = lines.writeStream.foreachBatch(MicroBatches(writer, root, generation, landing)).option("checkpointLocation", str(checkpoint))
     query = query.trigger(availableNow=True) if available_now else query.trigger(processingTime=f"{trigger_s} seconds")
     return query.queryName("mmfs-stream").start()
 

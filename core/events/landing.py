@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from mmfs.core.contracts.names import LANDING_SUBDIR
-from mmfs.core.events.rules import EVENT_KEY, event_violations
+from mmfs.core.events.rules import EVENT_KEY, LIVE_FUTURE_SLACK, event_violations
 
 UTC = dt.timezone.utc
 
@@ -63,7 +63,7 @@ def landing_dir(root: str | Path) -> Path:
 def problems_of(n: int, e: Event, known: set[int], now: dt.datetime) -> list[dict]:
     """Every rule event ``n`` breaks, as {"field": "events.<n>.<column>", "rule", "error"}."""
     out = []
-    for rule, reason in event_violations(e.user_id, e.item_id, e.event_timestamp, e.label, e.item_id in known, now):
+    for rule, reason in event_violations(e.user_id, e.item_id, e.event_timestamp, e.label, e.item_id in known, now, LIVE_FUTURE_SLACK):
         column = "item_id" if rule == "item_known" else next(c for c in EVENT_KEY + ("label",) if rule.startswith(c))
         out.append({"field": f"events.{n}.{column}", "rule": rule, "error": reason})
     return out

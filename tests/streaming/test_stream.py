@@ -202,3 +202,31 @@ def test_a_reset_checkpoint_and_a_copied_root_never_overwrite_published_output(s
     assert new_key in offline(copy, "events", "user_id, item_id, event_timestamp")
     assert new_key not in offline(root, "events", "user_id, item_id, event_timestamp")
     assert {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == source
+
+
+@pytest.mark.integration
+def test_every_landed_file_is_read_or_set_aside_with_its_reason(spark, tmp_path):
+    """Spark's file source skipped, without a word, a file whose modification time was more than 7
+    days older than the newest seen, files named _*, and files in a subfolder. Now the first two
+    kinds are read, and a hidden name is moved to quarantine/landing with its reason."""
+    root, repo = applied_root(spark, tmp_path, EVENTS, embedding_rows())
+    land(root, NEW[:1])
+    first = stream(root, repo)
+    assert first.returncode == 0, first.stderr[-3000:]
+    landing = root / "_landing" / "events"
+    line = lambda u, i, t: json.dumps({"user_id": u, "item_id": i, "event_timestamp": f"{t}+00:00", "label": 1}) + "\n"  # noqa: E731
+    (landing / "sub").mkdir()
+    (landing / "sub" / "deeper.json").write_text(line(2, 11, "2020-07-10T00:00:00"))
+    old = landing / "old.json"
+    old.write_text(line(3, 12, "2020-07-10T00:00:00"))
+    os.utime(old, (time.time() - 30 * 86400,) * 2)  # modified a month before the newest file
+    (landing / "_hidden.json").write_text(line(4, 12, "2020-07-10T00:00:00"))
+    second = stream(root, repo)
+    assert second.returncode == 0, second.stderr[-3000:]
+    keys = offline(root, "events", "user_id, item_id, epoch_us(event_timestamp)")
+    at = int(dt.datetime(2020, 7, 10, tzinfo=UTC).timestamp() * 1e6)
+    assert {(2, 11, at), (3, 12, at)} <= keys and (4, 12, at) not in keys
+    assert not (landing / "_hidden.json").exists()
+    reasons = [json.loads(x) for x in (root / "quarantine" / "landing" / "reasons.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in reasons] == [str(landing / "_hidden.json")] and "skips names starting with" in reasons[0]["reason"]
+    assert Path(reasons[0]["moved_to"]).read_text() == line(4, 12, "2020-07-10T00:00:00")

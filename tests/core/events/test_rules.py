@@ -52,3 +52,18 @@ def test_reasons_are_the_quarantine_reasons():
     rules = {r.name: r.reason for r in ingest.event_rules(NOW).rules}
     assert all(rules[name] == text for name, text in broken.items())
     assert event_violations(1, 1, dt.datetime(2021, 1, 1), 1, True, NOW)[0][0] == "event_timestamp_parseable"  # no time zone
+
+
+def test_a_live_event_may_be_ahead_of_the_clock_by_the_skew_only():
+    """A click stamped a day ahead froze its item: every other click on it was late until then. Live
+    events (POST /events, the stream) may be ahead by clock skew only; a batch file keeps its day."""
+    import datetime as dt
+
+    from mmfs.core.events import landing, rules
+
+    now = dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc)
+    ahead = lambda seconds: landing.Event(1, 2, now + dt.timedelta(seconds=seconds), 1)  # noqa: E731
+    assert landing.problems_of(0, ahead(rules.LIVE_FUTURE_SLACK.total_seconds()), {2}, now) == []
+    late = landing.problems_of(0, ahead(60), {2}, now)
+    assert [p["rule"] for p in late] == ["event_timestamp_in_range"] and "at most 2 s ahead" in late[0]["error"]
+    assert rules.event_violations(1, 2, now + dt.timedelta(hours=20), 1, True, now) == []  # ingest's batch window
