@@ -27,6 +27,9 @@ CACHE_KIB = 256 * 1024  # SQLite page cache per connection, filled on demand
 # kills the process with SIGBUS on the next read. Read through the page cache, a replaced file is a
 # read error (503) and a reconnect.
 MMAP_BYTES = 0
+# How long a read waits on a lock (a writer's commit) before the store counts as unavailable (503):
+# Python's sqlite3 waits 5 s, and a request held that long, then the readiness probe as long again.
+BUSY_TIMEOUT_MS = 1000
 
 
 class EntityKeys:
@@ -111,6 +114,7 @@ class SqliteRows:
         if conn is not self._tuned:
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._tuned = conn
         self._file = current
         return conn

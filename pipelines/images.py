@@ -18,6 +18,9 @@ class DecodedImage:
 
 
 NO_IMAGE_ROOT = "<no image root configured>"  # encode-items without --image-root and no root recorded by ingest
+# The raster formats an item image may be in. PIL would otherwise hand an EPS or PDF to Ghostscript
+# (an outside interpreter) and probe dozens of other decoders.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def _inside(path: Path, roots: tuple[str, ...]) -> bool:
@@ -58,7 +61,7 @@ def decode_image(uri: str, roots: tuple[str, ...] = (), max_pixels: int = 40_000
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # reads the header only
+            image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
             if image.width * image.height > max_pixels:
                 return DecodedImage(None, f"image of {image.width}x{image.height} pixels is over the limit of {max_pixels:,}: {path}", None)
             image.load()

@@ -6,7 +6,6 @@ number is not silently epoch seconds).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 from typing_extensions import Annotated
@@ -67,7 +66,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: INT64
     item_id: INT64
-    label: Literal[0, 1]
+    label: Annotated[StrictInt, Field(ge=0, le=1)]  # 0 or 1 as an integer: true or 1.0 are refused, as the stream refuses them
     event_timestamp: AwareDatetime
 
     @field_validator("event_timestamp", mode="before")
@@ -75,6 +74,15 @@ class EventIn(BaseModel):
     def timestamp_is_text(cls, value):
         """Refuse a non-string ``event_timestamp`` (see ``iso_time_only``)."""
         return iso_time_only(value)
+
+    @field_validator("event_timestamp", mode="after")
+    @classmethod
+    def in_utc(cls, value: dt.datetime) -> dt.datetime:
+        """The time in UTC; one whose UTC form is outside the years 1 to 9999 is refused (a 422, not a 500)."""
+        try:
+            return value.astimezone(dt.timezone.utc)
+        except OverflowError as exc:
+            raise ValueError("outside the representable range once converted to UTC") from exc
 
 
 class EventsRequest(BaseModel):

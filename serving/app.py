@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime as dt
 import json
 import logging
 import os
@@ -138,18 +137,19 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
     """/score and /events: run on the worker, the client's mistakes mapped to 4xx."""
     settings = state.settings
 
-    async def on_worker(endpoint: str, fn, *args):
+    async def on_worker(endpoint: str, fn, *args, needs_store: bool = True):
         """Run ``fn`` on the worker and map what it raises: the client's mistakes are 4xx, a failing
         store 503 (and not ready until a probe finds it back), anything else 500. No internal
-        text goes back; the log has it."""
+        text goes back; the log has it. ``needs_store=False`` (landing events, which writes a file
+        and never reads the store) runs whatever the online store's state."""
         from mmfs.core.events.landing import InvalidEvents
         from mmfs.online.reader import store_errors
         from mmfs.serving.scorer import BadRequest
 
-        if state.scorer is None:
+        if (state.scorer if needs_store else state.landing) is None:
             return None, refuse(endpoint, 503, "the model and store are still loading" if not state.load_error else
                                 "the model could not be loaded (see the server log)", "not_ready", retry_after=5)
-        if state.store_error is not None:
+        if needs_store and state.store_error is not None:
             return None, refuse(endpoint, 503, "online store unavailable", "store", retry_after=int(settings.probe_interval_s) or 1)
         try:
             return await state.run(fn, *args), None
@@ -191,8 +191,8 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
     async def events(request: EventsRequest):
         from mmfs.core.events.landing import Event
 
-        batch = [Event(e.user_id, e.item_id, e.event_timestamp.astimezone(dt.timezone.utc), e.label) for e in request.events]
-        done, error = await on_worker("/events", lambda: state.landing.land(batch))
+        batch = [Event(e.user_id, e.item_id, e.event_timestamp, e.label) for e in request.events]  # UTC already (EventIn)
+        done, error = await on_worker("/events", lambda: state.landing.land(batch), needs_store=False)
         if error is not None:
             return error
         count("/events", 202)

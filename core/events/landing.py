@@ -84,6 +84,10 @@ def parse_line(line: str, known: set[int], now: dt.datetime) -> tuple[Event | No
         return None, [{"field": "line", "rule": "json_object", "error": "the line is not a JSON object"}]
     if not isinstance(raw, dict):
         return None, [{"field": "line", "rule": "json_object", "error": "the line is not a JSON object"}]
+    unknown = sorted(set(raw) - {*EVENT_KEY, "label"})
+    if unknown:  # as POST /events refuses them: a misspelt field is not silently dropped
+        return None, [{"field": name, "rule": "known_fields", "error": f"unknown field; an event has {list(EVENT_KEY) + ['label']}"}
+                      for name in unknown]
     ts = raw.get("event_timestamp")
     try:
         ts = dt.datetime.fromisoformat(ts) if isinstance(ts, str) else None

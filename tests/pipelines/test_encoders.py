@@ -87,3 +87,18 @@ def test_clip_random_weights_only_behind_the_test_flag_and_named_as_such(images)
     vectors = encoder.encode(np.stack([encoder.preprocess(decode_image(images["rgb"]).image)]))
     assert vectors.shape == (1, encoder.dim)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_an_eps_never_reaches_ghostscript(tmp_path, monkeypatch):
+    """A PostScript file named like a picture is refused by its format, before PIL's EPS plugin
+    (which runs Ghostscript) is tried."""
+    from PIL import Image
+
+    Image.init()
+    factory, accept = Image.OPEN["EPS"]
+    called = []
+    monkeypatch.setitem(Image.OPEN, "EPS", (factory, lambda prefix: called.append(prefix) or accept(prefix)))
+    eps = tmp_path / "poster.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    decoded = decode_image(str(eps), (str(tmp_path),))
+    assert decoded.image is None and decoded.error.startswith("corrupt image") and not called

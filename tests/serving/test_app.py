@@ -71,6 +71,11 @@ def test_bad_requests_are_4xx_and_never_make_the_server_unready(served, own_stor
         assert future.status_code == 422, future.text
         assert {(d["field"], d["rule"]) for d in future.json()["detail"]} == {("events.0.event_timestamp", "event_timestamp_in_range")}
         assert client.get("/ready").status_code == 200
+        for event in ({"label": True}, {"label": 1.0}, {"label": 1, "event_timestamp": "0001-01-01T00:00:00+01:00"},
+                      {"label": 1, "event_timestamp": "9999-12-31T23:59:59-01:00"}, {"label": 1, "extra": 1}):
+            posted = client.post("/events", json={"events": [{"user_id": 1, "item_id": 1, "event_timestamp": AT, **event}]})
+            assert posted.status_code == 422, (event, posted.text)  # the stream refuses these lines too
+        assert client.get("/ready").status_code == 200
         assert client.post("/score", json={"user_id": 1, "item_ids": [1], "at": AT}).status_code == 200
         assert client.post("/score", json={"user_id": 1, "item_ids": [1, 2], "at": AT}).status_code == 200  # the same user side
         metrics = client.get("/metrics").text
@@ -92,8 +97,12 @@ def test_sqlite_replaced_missing_or_locked_recovers_on_its_own(served, own_store
         locker = sqlite3.connect(db, timeout=0)
         locker.execute("PRAGMA locking_mode=EXCLUSIVE")
         locker.execute("BEGIN EXCLUSIVE")
+        began = time.perf_counter()
         assert wait_until(lambda: client.get("/ready").status_code == 503, seconds=10)
+        assert time.perf_counter() - began < 3  # a bounded wait on the lock (Python's default is 5 s), then 503
         assert client.post("/score", json=body).status_code == 503
+        landed = client.post("/events", json={"events": [{"user_id": 1, "item_id": 1, "label": 1, "event_timestamp": AT}]})
+        assert landed.status_code == 202, landed.text  # landing a file never touches the online store
         locker.rollback()
         locker.close()
         assert wait_until(lambda: client.get("/ready").status_code == 200, seconds=10)  # no traffic needed

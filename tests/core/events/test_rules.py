@@ -67,3 +67,19 @@ def test_a_live_event_may_be_ahead_of_the_clock_by_the_skew_only():
     late = landing.problems_of(0, ahead(60), {2}, now)
     assert [p["rule"] for p in late] == ["event_timestamp_in_range"] and "at most 2 s ahead" in late[0]["error"]
     assert rules.event_violations(1, 2, now + dt.timedelta(hours=20), 1, True, now) == []  # ingest's batch window
+
+
+def test_the_stream_refuses_what_post_events_refuses():
+    """One landed line, checked as POST /events checks it: a boolean or float label, an id sent as a
+    string and an unknown field are refused, each named."""
+    import datetime as dt
+
+    from mmfs.core.events.landing import parse_line
+
+    now = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    line = lambda **kw: __import__("json").dumps({"user_id": 1, "item_id": 2, "event_timestamp": "2024-04-01T00:00:00+00:00", "label": 1, **kw})  # noqa: E731
+    assert parse_line(line(), {2}, now)[0] is not None
+    for bad, rule in ((dict(label=True), "label_in_0_1"), (dict(label=1.0), "label_in_0_1"), (dict(user_id="1"), "user_id_integral"),
+                      (dict(extra=3), "known_fields")):
+        event, problems = parse_line(line(**bad), {2}, now)
+        assert event is None and [p["rule"] for p in problems] == [rule], (bad, problems)
