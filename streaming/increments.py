@@ -72,6 +72,11 @@ class IncrementError(ValueError):
     """A batch the writer refuses, with the reason."""
 
 
+def _rows(path: Path) -> int:
+    """Rows of a parquet file, from its footer; 0 when there is none."""
+    return pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
+
+
 def _us(ts: dt.datetime) -> int:
     return int((ts - EPOCH) / dt.timedelta(microseconds=1))
 
@@ -96,6 +101,7 @@ class IncrementWriter:
             self.priors[view] = (stats.get("prior_ctr", PRIOR_CTR), stats.get("prior_weight", PRIOR_WEIGHT))
         self._index: tuple | None = None  # (table stamp, index, encoder id)
         self.known = KnownItems(self.root)
+        self.recovered: dict[str, int] = {}  # batch -> events a recovery applied for it
         self.recover()
         # What each rule counts on from: the newest offline row per key (mmfs.streaming.state).
         self.newest = {C.USER_SEQUENCE_SNAPSHOTS.name: NewestRows(self.root / C.USER_SEQUENCE_SNAPSHOTS.name, "user_id",
@@ -125,6 +131,16 @@ class IncrementWriter:
         return self._index[1], self._index[2]
 
     def record(self, events: list[Event], now: dt.datetime | None = None, batch_id: str | None = None) -> dict:
+        """Apply ``events`` (``_record``). A batch that a failure had committed and the writer finished
+        on recovery reads its events again as duplicates: they are counted as applied, under
+        ``recovered``, not as duplicates."""
+        self.recover()
+        result = self._record(events, now, batch_id)
+        recovered = self.recovered.pop(batch_id, 0) if batch_id else 0
+        moved = min(recovered, result["duplicates"])
+        return {**result, "events": result["events"] + moved, "duplicates": result["duplicates"] - moved, "recovered": recovered}
+
+    def _record(self, events: list[Event], now: dt.datetime | None = None, batch_id: str | None = None) -> dict:
         """Apply events (any users and items, any order within the batch). Every event is checked
         first (``InvalidEvents`` names each broken rule; nothing is written), and what is written is
         committed to the log first. ``now`` (default: the clock) bounds the event times as ingest's
@@ -178,8 +194,14 @@ class IncrementWriter:
                 "items": len(changed), "snapshots": len(snapshots), "changed_items": changed, "files": written}
 
     def recover(self) -> list[str]:
-        """Finish every committed batch a failure left behind (``increment_log.recover``)."""
-        return increment_log.recover(self.root, self.store, self._stats_views)
+        """Finish every committed batch a failure left behind (``increment_log.recover``), and
+        remember how many events each one applied (``record`` reports them for its batch)."""
+        log_dir = self.root / increment_log.LOG
+        pending = {p.name: _rows(p / f"{C.EVENTS.name}.parquet") for p in log_dir.iterdir()
+                   if p.is_dir() and not p.name.startswith(".")} if log_dir.is_dir() else {}
+        finished = increment_log.recover(self.root, self.store, self._stats_views)
+        self.recovered.update({name: pending.get(name, 0) for name in finished})
+        return finished
 
     # -- the rows a batch writes ------------------------------------------------------------------
 

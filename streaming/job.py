@@ -14,7 +14,8 @@ any producer may) with Spark's file source, one JSON line per event. Each micro-
    sequence snapshots and stats to the online store through Feast's ``write_to_online_store``,
    and the rows appended to the offline tables as the batch jobs would have written them;
 3. reports itself: one JSON line per batch in ``<root>/_stream/batches.jsonl`` (events applied,
-   duplicates, late, quarantined, the files' landing times and when the batch was visible).
+   of them ``recovered`` (finished from the log after a failure), duplicates, late, quarantined
+   lines and the rules they broke, the files' landing times and when the batch was visible).
 
 Exactly once: Spark's checkpoint (``<root>/_stream/checkpoint``) records which files each batch
 read and which batches committed; a batch Spark replays after a crash has the same id and the same
@@ -102,27 +103,29 @@ class MicroBatches:
         rows = lines.collect()  # a micro-batch is bounded by maxFilesPerTrigger: the driver applies it
         name = batch_name(self.generation, batch_id)
         known, now = self.writer.known.ids(), dt.datetime.now(UTC)
-        events, bad, files = [], [], {}
+        events, bad, files, bad_lines = [], [], {}, 0
         for row in rows:
             files.setdefault(row.file, row.landed)
             event, problems = parse_line(row.value, known, now)
             if event is None:
+                bad_lines += 1
                 bad += [(p["rule"], f"{row.file}: {p['field']}: {p['error']}", row.value) for p in problems]
             else:
                 events.append(event)
         done = self.writer.record(events, now=now, batch_id=name)
         bad += [("label_conflict", f"event key recorded with label {label}", e.to_json()) for e, label in done["conflicts"]]
+        bad_lines += len(done["conflicts"])
         if bad:
             self._quarantine(name, bad)
         visible = time.time()
-        entry = {"batch": name, "lines": len(rows), "events": done["events"], "duplicates": done["duplicates"],
-                 "late": done["late"], "quarantined": len(bad), "users": done["users"], "items": done["items"],
+        entry = {"batch": name, "lines": len(rows), "events": done["events"], "recovered": done["recovered"], "duplicates": done["duplicates"],
+                 "late": done["late"], "quarantined": bad_lines, "broken_rules": len(bad), "users": done["users"], "items": done["items"],
                  "snapshots": done["snapshots"], "files": len(files),
                  "landed_min": min((t for t in files.values() if t), default=None), "started": began, "visible": visible}
         with open(self.report, "a") as f:
             f.write(json.dumps(entry) + "\n")
         log.info("%s: %d lines, %d applied, %d duplicates, %d late, %d quarantined in %.2f s", name, len(rows), done["events"],
-                 done["duplicates"], done["late"], len(bad), visible - began)
+                 done["duplicates"], done["late"], bad_lines, visible - began)
 
     def _quarantine(self, name: str, bad: list[tuple[str, str, str]]) -> None:
         """The lines that broke a rule, in the quarantine table's shape, one file per batch (a replay rewrites it)."""

@@ -131,6 +131,8 @@ def test_stream_killed_mid_batch_and_restarted_equals_a_batch_recompute(spark, t
     assert sum(b["quarantined"] for b in report) == 3 and not any(b["late"] for b in report), report
     # The killed batch ran again under its own id: what it had committed was finished, the rest a no-op.
     assert [b["batch"] for b in report].count("stream-g001-0000000001") == 1 and "0 late" in done.stdout
+    killed_batch = next(b for b in report if b["batch"] == "stream-g001-0000000001")
+    assert killed_batch["events"] > 0 and killed_batch["recovered"] == killed_batch["events"]  # finished on restart, not "duplicates"
     unique = {(u, i, t): l for rows in NEW for u, i, t, l in rows if (u, i, t) != (2, 14, "2020-07-06 00:00:00") or l == 1}
     assert_stream_equals_batch(spark, root, repo, EVENTS + [(u, i, t, l) for (u, i, t), l in unique.items()])
     quarantined = duckdb.connect().execute(f"SELECT rule FROM read_parquet('{root}/quarantine/stream/*.parquet')").fetchall()
@@ -221,12 +223,16 @@ def test_every_landed_file_is_read_or_set_aside_with_its_reason(spark, tmp_path)
     old.write_text(line(3, 12, "2020-07-10T00:00:00"))
     os.utime(old, (time.time() - 30 * 86400,) * 2)  # modified a month before the newest file
     (landing / "_hidden.json").write_text(line(4, 12, "2020-07-10T00:00:00"))
+    (landing / "two-rules.json").write_text(json.dumps({"user_id": -1, "item_id": 12, "event_timestamp": "2020-07-11T00:00:00+00:00",
+                                                        "label": 7}) + "\n")  # one line, two broken rules
     second = stream(root, repo)
     assert second.returncode == 0, second.stderr[-3000:]
     keys = offline(root, "events", "user_id, item_id, epoch_us(event_timestamp)")
     at = int(dt.datetime(2020, 7, 10, tzinfo=UTC).timestamp() * 1e6)
     assert {(2, 11, at), (3, 12, at)} <= keys and (4, 12, at) not in keys
     assert not (landing / "_hidden.json").exists()
+    report = [json.loads(x) for x in (root / "_stream" / "batches.jsonl").read_text().splitlines()]
+    assert sum(b["quarantined"] for b in report) == 1 and sum(b["broken_rules"] for b in report) == 2  # counted per line
     reasons = [json.loads(x) for x in (root / "quarantine" / "landing" / "reasons.jsonl").read_text().splitlines()]
     assert [r["file"] for r in reasons] == [str(landing / "_hidden.json")] and "skips names starting with" in reasons[0]["reason"]
     assert Path(reasons[0]["moved_to"]).read_text() == line(4, 12, "2020-07-10T00:00:00")
