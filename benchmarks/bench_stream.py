@@ -13,7 +13,7 @@ On a copy of the MovieLens tables ``make demo`` writes (applied and materialised
 - ``mmfs consistency`` over the requests that run logged, against the tables after the stream
   ran (the stream's rows included), and its wall time.
 
-Writes docs/mmfs.streaming.md (the machine described) and docs/stream_freshness.png.
+Writes docs/streaming.md (the machine described) and docs/stream_freshness.png.
 """
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="10,100,500,2000,4000,8000")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--log-requests", type=int, default=400)
-    parser.add_argument("--report", default=str(ROOT / "docs" / "mmfs.streaming.md"))
+    parser.add_argument("--report", default=str(ROOT / "docs" / "streaming.md"))
     args = parser.parse_args(argv)
     root, work = Path(args.root), Path(args.work)
     if not (root / "user_sequence_snapshots").exists():
