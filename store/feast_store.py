@@ -95,6 +95,23 @@ def feast_cli(args: list[str], config: str = "duckdb", repo: Path | str | None =
     return done
 
 
+def forget_repo_modules(repo: Path) -> list[str]:
+    """Drop from ``sys.modules`` every module a parse of ``repo`` will import (named as Feast names
+    them, relative to the repo: ``features``, ``my_services``, ``sub.views``) and every module loaded
+    from a file inside it. A second parse in the same process (an apply of another repo, or of
+    this one again) must import each file afresh: a module kept from before holds the previous
+    parse's objects, and Feast then finds every view declared twice. Returns the names dropped."""
+    repo = repo.resolve()
+    names = {".".join(p.relative_to(repo).with_suffix("").parts) for p in repo.rglob("*.py")}
+    dropped = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if name in names or (file and repo in Path(file).resolve().parents):
+            sys.modules.pop(name, None)
+            dropped.append(name)
+    return dropped
+
+
 def declared_repo(repo: Path | str, table_root: str | Path | None, fs_yaml: Path):
     """What features.py declares under this config (Feast's ``RepoContents``: parsed, not yet
     applied), as the feast CLI would parse it with ``-f fs_yaml``."""
@@ -102,8 +119,7 @@ def declared_repo(repo: Path | str, table_root: str | Path | None, fs_yaml: Path
     from feast.repo_operations import parse_repo
 
     os.environ.update(repo_env(table_root, fs_yaml))
-    for name in [m for m in sys.modules if m == "features" or m.endswith(".features")]:
-        sys.modules.pop(name, None)
+    forget_repo_modules(Path(repo))
     repo = str(Path(repo).resolve())
     sys.path.insert(0, repo)
     try:  # parse_repo names modules relative to the working directory; -f reaches features.py in the click context

@@ -143,3 +143,25 @@ def test_an_unreadable_registry_is_an_error_not_a_skipped_check(applied_repo, tm
     (own / "data" / "registry.db").write_bytes(b"not a registry")
     with pytest.raises(feast_store.RegistryUnreadable, match="cannot read the registry"):
         feast_store.open_store("duckdb", own, root)
+
+
+def test_repos_whose_files_import_each_other_apply_twice_in_one_process(tiny_root, tmp_path):
+    """A repo with a second file that imports features.py, applied twice and then beside another
+    such repo, in one process (make bench-serving's Redis copy): each parse imports the files afresh,
+    never the previous parse's modules (which made Feast see every view twice)."""
+    from mmfs.store.repo import init_repo
+
+    root, _ = tiny_root
+    for name in ("a", "b"):
+        repo = init_repo(tmp_path / name / "repo")
+        (repo / "extra_services.py").write_text(
+            "from feast import FeatureService\n\nfrom features import item_stats_fv, user_sequence_fv\n\n"
+            "ctr_extra_v1 = FeatureService(name='ctr_extra_v1', features=[user_sequence_fv, item_stats_fv])\n")
+        tables = tmp_path / name / "tables"
+        shutil.copytree(root, tables, ignore=shutil.ignore_patterns("_feast", "encoders.yaml"))
+        for _ in range(2):
+            feast_store.apply("duckdb", repo, tables)
+        assert feast_store.open_store("duckdb", repo, tables).get_feature_service("ctr_extra_v1").name == "ctr_extra_v1"
+    import sys
+
+    assert "mmfs.core.features" in sys.modules  # the library's own modules are never dropped
