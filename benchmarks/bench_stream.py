@@ -92,7 +92,7 @@ def wait_visible(reader, user: int, ts: dt.datetime, timeout: float, poll: float
 
 
 def start_stream(tables: Path, repo: Path, trigger_s: float, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     return subprocess.Popen([sys.executable, "-m", "mmfs.cli", "stream", "--root", str(tables), "--repo", str(repo),
                              "--trigger-s", str(trigger_s), "--conf", "spark.ui.enabled=false"],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -184,7 +184,7 @@ def run_consistency(tables: Path, work: Path, training_set: Path) -> dict:
     began = time.time()
     done = subprocess.run([sys.executable, "-m", "mmfs.cli", "consistency", "--root", str(tables), "--out", str(work / "consistency"),
                            "--training-set", str(training_set),
-                           "--max-psi", "5", "--conf", "spark.ui.enabled=false"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           "--max-psi", "5", "--conf", "spark.ui.enabled=false"], env=dict(os.environ),
                           capture_output=True, text=True)
     out = json.loads((work / "consistency" / "consistency.json").read_text())
     out.update({"wall_s": time.time() - began, "exit": done.returncode})

@@ -30,7 +30,7 @@ T = dt.datetime.fromisoformat
 
 def stream(root: Path, repo: Path, crash: str | None = None, max_files: int = 1) -> subprocess.CompletedProcess:
     """``mmfs stream --available-now`` in its own process (a SIGKILL must not take the test with it)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)  # PYTHONPATH kept: the mutants' copy maps mmfs through it
     env.pop(CRASH_ENV, None)
     if crash:
         env[CRASH_ENV] = crash
