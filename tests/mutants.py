@@ -364,13 +364,13 @@ def run(mutant: Mutant, copy: Path, env: dict) -> tuple[int, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true")
-    parser.add_argument("--only", default=None, help="run the mutants whose name contains this text")
+    parser.add_argument("--only", action="append", default=None, help="run the mutants whose name contains this text (repeatable)")
     args = parser.parse_args(argv)
     if args.list:
         for m in MUTANTS:
             print(f"{m.name}  ({m.path})")
         return 0
-    chosen = [m for m in MUTANTS if args.only is None or args.only in m.name]
+    chosen = [m for m in MUTANTS if args.only is None or any(text in m.name for text in args.only)]
     rows, bad = [], []
     with tempfile.TemporaryDirectory(prefix="mmfs-mutants-") as work:
         copy, env = make_copy(Path(work))
