@@ -181,6 +181,13 @@ def test_a_replay_never_takes_a_value_stamped_after_its_time(served):
     assert "future:item_embeddings" in by_item[5].flags  # re-encoded on 2021-01-15: its online vector is the new one
     assert all(i.score is not None for i in result.items)  # scored without the future values, as a cold row is
     assert logged[0].seq_status == "future"
+    # At the very instant of user 1's newest click: its snapshot (stamped 1 us later) holds that click.
+    # The SQLite store keeps the stamp cut to the second, which reads as "not after"; the microsecond
+    # stamp of the history decides.
+    seq = scorer.reader.read("user_sequence", [1], now=START + dt.timedelta(days=31))
+    newest = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=seq.values["hist_ts_us"][0][-1])
+    assert "future:user_sequence" in scorer.score(1, items, now=newest).user_flags
+    assert "future:user_sequence" not in scorer.score(1, items, now=newest + dt.timedelta(microseconds=1)).user_flags
     now = scorer.score(1, items, now=START + dt.timedelta(days=31))  # at the store's own time: nothing is future
     assert not any(f.startswith("future:") for f in now.user_flags + [f for i in now.items for f in i.flags])
 
