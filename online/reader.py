@@ -17,7 +17,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
-from mmfs.online.rows import EPOCH, MISSING_US, RawRows, fast_rows
+from mmfs.online.rows import EPOCH, MISSING_US, RawRows, fast_rows, reopen_if_replaced
 
 PRESENT, MISSING, STALE, FUTURE = "present", "missing", "stale", "future"
 STATUS_NAMES = (PRESENT, STALE, MISSING, FUTURE)  # indexed by the codes of OnlineReader.status_codes
@@ -74,12 +74,7 @@ def probe_store(reader: "OnlineReader", view: str) -> None:
         path = online._get_db_path(config)  # noqa: SLF001 - Feast's own path rule
         if not os.path.exists(path):
             raise StoreUnavailable(f"the SQLite online store file is missing: {path}")
-        inode = os.stat(path).st_ino
-        conn = getattr(online, "_conn", None)
-        if conn is not None and getattr(online, "_mmfs_inode", inode) != inode:  # replaced under us: reopen
-            conn.close()
-            online._conn = None
-        online._mmfs_inode = inode
+        reopen_if_replaced(online, config)
     try:
         reader.read(view, [0])
     except store_errors() as exc:

@@ -32,6 +32,18 @@ MMAP_BYTES = 0
 BUSY_TIMEOUT_MS = 1000
 
 
+def reopen_if_replaced(online, config) -> None:
+    """Close Feast's SQLite connection when the file at its path is no longer the one it was opened
+    on (a rename put another file, another inode, there): that connection would read the old file
+    forever. A missing file raises ``FileNotFoundError`` (a 503) and is never created empty."""
+    stat = os.stat(online._get_db_path(config))  # noqa: SLF001 - Feast's own path rule
+    current = (stat.st_dev, stat.st_ino)
+    if getattr(online, "_mmfs_file", current) != current and getattr(online, "_conn", None) is not None:
+        online._conn.close()  # noqa: SLF001
+        online._conn = None
+    online._mmfs_file = current
+
+
 class EntityKeys:
     """Serialised Feast entity keys, kept per (join keys, values); bounded (cleared when full)."""
 
@@ -87,7 +99,6 @@ class SqliteRows:
         self.config, self.online = store.config, online_store
         self.keys = EntityKeys(store.config.entity_key_serialization_version)
         self._tuned = None
-        self._file: tuple[int, int] | None = None  # (device, inode) of the file the connection was opened on
         self._views: dict[str, tuple[str, set[str]]] = {}  # view -> (quoted table name, feature names), read once
 
     def view(self, fv) -> tuple[str, set[str]]:
@@ -102,21 +113,14 @@ class SqliteRows:
     def connection(self):
         """Feast's own connection, given a page cache (SQLite's default 2 MiB re-reads the embedding
         pages on every request) and no memory map the first time it is seen; reopened when the file
-        was replaced by another (a rename: a new inode). A missing file raises ``FileNotFoundError``,
-        which the server answers 503; it is never created empty."""
-        path = self.online._get_db_path(self.config)  # noqa: SLF001 - Feast's own path rule
-        stat = os.stat(path)
-        current = (stat.st_dev, stat.st_ino)
-        if self._file is not None and current != self._file and getattr(self.online, "_conn", None) is not None:
-            self.online._conn.close()  # noqa: SLF001 - the old file's connection would read it forever
-            self.online._conn = None
+        was replaced by another (``reopen_if_replaced``)."""
+        reopen_if_replaced(self.online, self.config)
         conn = self.online._get_conn(self.config)  # noqa: SLF001 - Feast's own connection (reopened after a failure)
         if conn is not self._tuned:
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._tuned = conn
-        self._file = current
         return conn
 
     def raw(self, fv, join_keys: tuple[str, ...], features: list[str], keys: list[tuple[int, ...]]) -> RawRows:

@@ -1,6 +1,6 @@
 """What a request brings to the model, checked and assembled: the candidate ids (``candidate_ids``:
 a bad request is a ``BadRequest``, never a server error), the flags each value's online status
-earns (``user_flags``, ``item_flags``: stale, missing), and the model's input blocks from online
+earns (``status_flag``, used by ``user_flags`` and ``item_flags``: stale, future, missing), and the model's input blocks from online
 rows (``vector_fields``: fresh vectors only, zeros elsewhere; ``item_stats_fields``). The scorer's
 ``prepare`` composes them with the ``mmfs.model.batch`` functions the training loader uses.
 
@@ -14,7 +14,8 @@ import numpy as np
 
 from mmfs.model.batch import ITEM_STATS_COLUMNS, stats_fields, vector_fields as batch_vector_fields
 from mmfs.online.columns import ItemRows
-from mmfs.online.reader import FUTURE, FUTURE_CODE, MISSING, MISSING_CODE, PRESENT, PRESENT_CODE, STALE, STALE_CODE, OnlineReader, ViewRows
+from mmfs.online.reader import (FUTURE, MISSING, MISSING_CODE, PRESENT_CODE, STALE, STALE_CODE, STATUS_NAMES, OnlineReader,
+                                ViewRows)
 from mmfs.core.contracts.names import USER_SEQUENCE_VIEW as SEQUENCE_VIEW, USER_STATS_VIEW
 
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -49,26 +50,19 @@ def candidate_ids(user_id, item_ids, max_candidates: int) -> list[int]:
     return [int(i) for i in items]
 
 
+def status_flag(status: str, view: str, missing: str) -> str | None:
+    """The flag a value's status earns: ``stale:<view>``, ``future:<view>`` (stamped after the
+    request's time: not used, as a stale value is not), ``missing``, or None when present."""
+    return {STALE: f"stale:{view}", FUTURE: f"future:{view}", MISSING: missing}.get(status)
+
+
 def user_flags(status: str, user_stats: ViewRows | None) -> tuple[list[str], int]:
-    """The user's flags (stale, future or missing sequence and stats) and how many of them are stale.
-    A value stamped after the request's time (``future``) is not used, as a stale one is not."""
-    flags, stale = [], 0
-    if status == STALE:
-        flags.append(f"stale:{SEQUENCE_VIEW}")
-        stale += 1
-    elif status == FUTURE:
-        flags.append(f"future:{SEQUENCE_VIEW}")
-    elif status == MISSING:
-        flags.append("no_sequence")
-    stats_status = user_stats.status[0] if user_stats is not None else PRESENT
-    if stats_status == STALE:
-        flags.append(f"stale:{USER_STATS_VIEW}")
-        stale += 1
-    elif stats_status == FUTURE:
-        flags.append(f"future:{USER_STATS_VIEW}")
-    elif stats_status != PRESENT:
-        flags.append(f"no_{USER_STATS_VIEW}")
-    return flags, stale
+    """The user's flags (``status_flag`` of the sequence and of the stats) and how many are stale."""
+    statuses = [(status, SEQUENCE_VIEW, "no_sequence")]
+    if user_stats is not None:
+        statuses.append((user_stats.status[0], USER_STATS_VIEW, f"no_{USER_STATS_VIEW}"))
+    flags = [flag for flag in (status_flag(*s) for s in statuses) if flag]
+    return flags, sum(s == STALE for s, _, _ in statuses)
 
 
 def item_flags(codes: dict[str, np.ndarray], C: int, embedding_view: str) -> tuple[list[list[str]], np.ndarray, int]:
@@ -78,20 +72,16 @@ def item_flags(codes: dict[str, np.ndarray], C: int, embedding_view: str) -> tup
     known_any, stale = np.zeros(C, bool), 0
     for view, code in codes.items():
         known_any |= code != MISSING_CODE
-        stale_at = np.flatnonzero(code == STALE_CODE).tolist()
-        for c in stale_at:
-            flags[c].append(f"stale:{view}")
-        stale += len(stale_at)
-        for c in np.flatnonzero(code == FUTURE_CODE).tolist():
-            flags[c].append(f"future:{view}")
+        stale += int(np.count_nonzero(code == STALE_CODE))
         missing = "no_embedding" if view == embedding_view else f"no_{view}"
-        for c in np.flatnonzero(code == MISSING_CODE).tolist():
-            flags[c].append(missing)
+        for c in np.flatnonzero(code != PRESENT_CODE).tolist():  # in candidate order, each view's flag
+            flags[c].append(status_flag(STATUS_NAMES[code[c]], view, missing))
     return flags, known_any, stale
 
 
-def vector_fields(vectors: tuple[str, ...], embedding_view: str, reader: OnlineReader, C: int, H: int, rows: dict[str, ItemRows], codes: dict[str, np.ndarray], now: dt.datetime, L: int,
-                   side: dict | None = None) -> dict:
+def vector_fields(vectors: tuple[str, ...], embedding_view: str, reader: OnlineReader, C: int, H: int,
+                  rows: dict[str, ItemRows], codes: dict[str, np.ndarray], now: dt.datetime, L: int,
+                  side: dict | None = None) -> dict:
     """Vectors for targets (C, D) and history (1, L, D): fresh values only, zeros elsewhere. The
     history's come from ``side`` when the user side is cached, else from rows C..C+H of the
     embedding view."""

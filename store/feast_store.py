@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 from mmfs.store import encoders_file
-from mmfs.store.registry_file import follow_root
+from mmfs.store.registry_file import follow_root, registry_path
 from mmfs.store.repo import find_repo, is_packaged, record_repo, repo_env, yaml_path
 from mmfs.store.schema import SchemaDriftError, assert_no_drift, check_views, source_glob  # noqa: F401 - the store's checks
-
 
 
 class StoreRootMismatch(ValueError):
@@ -54,9 +53,7 @@ def open_store(config: str = "duckdb", repo: Path | str | None = None, table_roo
 def assert_store_root(store, table_root: str | Path) -> None:
     """Refuse a registry whose views read tables outside ``table_root``: a training set or a scorer
     would otherwise mix one root's events with another root's features, silently."""
-    registry = getattr(store.config.registry, "path", "")
-    if registry and not Path(registry).is_absolute():
-        registry = str(Path(store.repo_path) / registry)
+    registry = registry_path(store.config, store.repo_path)
     if registry and not Path(registry).exists():
         return  # nothing applied yet
     root = Path(table_root).resolve()
@@ -166,11 +163,11 @@ def feast_apply(contents, fs_yaml: Path, table_root: str | Path | None) -> str:
 
 def _follow_root(config, repo: Path) -> list[str]:
     """``registry_file.follow_root`` for a file registry over a SQLite online store (paths as Feast resolves them)."""
-    registry = getattr(config.registry, "path", config.registry)
-    if config.online_store.type != "sqlite" or getattr(config.registry, "registry_type", "file") != "file" or "://" in str(registry):
+    registry = registry_path(config, repo)
+    if config.online_store.type != "sqlite" or getattr(config.registry, "registry_type", "file") != "file" or "://" in registry:
         return []
-    resolve = lambda path: Path(path) if Path(path).is_absolute() else repo / path  # noqa: E731
-    return follow_root(resolve(registry), resolve(config.online_store.path))
+    online = Path(config.online_store.path)
+    return follow_root(registry, online if online.is_absolute() else repo / online)
 
 
 def apply(config: str = "duckdb", repo: Path | str | None = None, table_root: str | Path | None = None) -> str:

@@ -14,6 +14,13 @@ import os
 from pathlib import Path
 
 
+def registry_path(config, repo: Path | str) -> str:
+    """The registry of ``config`` as Feast resolves it: a relative path is the repo's; a URI or an
+    empty path is returned as it is."""
+    path = str(getattr(config.registry, "path", config.registry) or "")
+    return path if not path or "://" in path or Path(path).is_absolute() else str(Path(repo) / path)
+
+
 def follow_root(registry_path: str | Path, online_path: str | Path) -> list[str]:
     """Point every SQLite table the registry at ``registry_path`` records at ``online_path``;
     returns the paths it named before (empty when nothing had moved). The file is replaced

@@ -144,10 +144,9 @@ class IncrementWriter:
         """Apply events (any users and items, any order within the batch). Every event is checked
         first (``InvalidEvents`` names each broken rule; nothing is written), and what is written is
         committed to the log first. ``now`` (default: the clock) bounds the event times as ingest's
-        run time does; ``batch_id`` names the log entry (the stream's: ``stream-<Spark batch id>``).
+        run time does; ``batch_id`` names the log entry (the stream's: ``stream-g<generation>-<Spark batch id>``).
         Returns the counts: events applied, duplicates, late, users, items, snapshots, and the
-        items whose rows changed."""
-        self.recover()
+        items whose rows changed. ``record`` has finished what a failure left in the log first."""
         result = {"events": 0, "duplicates": 0, "late": 0, "users": 0, "items": 0, "snapshots": 0, "changed_items": [], "conflicts": [], "files": {}}
         if not events:
             return result

@@ -167,9 +167,10 @@ def test_the_event_loop_never_waits_on_scoring_and_overload_is_shed(served, own_
         thread.join(timeout=10)
 
 
-def _status(url: str) -> int:
+def _status(url: str, body: dict | None = None) -> int:
+    """GET ``url`` (POST ``body`` as JSON when given): its status, 0 when nothing answered."""
     try:
-        return httpx.get(url, timeout=2).status_code
+        return (httpx.post(url, json=body, timeout=10) if body is not None else httpx.get(url, timeout=2)).status_code
     except httpx.HTTPError:
         return 0
 
@@ -203,17 +204,11 @@ def test_a_store_file_rewritten_in_place_is_a_503_and_a_recovery_never_a_crash(s
         assert httpx.post(f"{base}/score", json=body, timeout=30).status_code == 200
         with open(db, "r+b") as f:  # in place: the inode every worker holds
             f.truncate(0)
-        during = [_post_status(f"{base}/score", body) for _ in range(5)]
+        during = [_status(f"{base}/score", body) for _ in range(5)]
         assert server.poll() is None, f"the server died (exit {server.returncode})"
         assert set(during) <= {503}, during
         with open(db, "r+b") as f:
             f.write(good)
-        assert wait_until(lambda: _post_status(f"{base}/score", body) == 200, seconds=20)
+        assert wait_until(lambda: _status(f"{base}/score", body) == 200, seconds=20)
         assert server.poll() is None and _status(f"{base}/ready") == 200
 
-
-def _post_status(url: str, body: dict) -> int:
-    try:
-        return httpx.post(url, json=body, timeout=10).status_code
-    except httpx.HTTPError:
-        return 0
