@@ -146,13 +146,13 @@ def image_figures(device: str, n: int) -> dict:
 
 
 def dmf_figures(device: str, steps: int, batch: int = 1024, L: int = 50, D: int = 64, n_items: int = 100_000) -> dict:
-    from mmfs.model.config import DataSpec, ModelConfig
-    from mmfs.model.models import build_model
+    from mmfs.model.config import DataSpec
+    from mmfs.model.models import build_model, model_config
     from mmfs.model.train import train_step
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(DataSpec(n_items=n_items, mm_dim=D), ModelConfig(name="dmf")).to(dev).train()
+    model = build_model(DataSpec(n_items=n_items, mm_dim=D), model_config("dmf")).to(dev).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     lengths = torch.randint(0, L + 1, (batch,), device=dev)
     mask = torch.arange(L, device=dev)[None, :] < lengths[:, None]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.resources import machine_description
-from mmfs.model.config import ModelConfig
+from mmfs.model.models import model_config
 from mmfs.model.models import SERVICES
 from mmfs.model.train import TrainConfig, train
 from mmfs.store.repo import init_repo
@@ -39,20 +39,30 @@ ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = "MovieLens ml-latest-small"
 
 MODELS = {
-    "DIN": ModelConfig(name="din"),
-    "MMCTR DIN (MHTA + SENet, V4)": ModelConfig(name="mmctr_din"),
-    "Diff-MSIN": ModelConfig(name="diffmsin"),
-    "DMF": ModelConfig(name="dmf"),
+    "DIN": model_config("din"),
+    "MMCTR DIN (MHTA + SENet, V4)": model_config("mmctr_din"),
+    "Diff-MSIN": model_config("diffmsin"),
+    "DMF": model_config("dmf"),
 }
 
 # The diagnosis on MovieLens (--diagnosis): what each fix is worth, 3 seeds each.
 DIAGNOSIS = {
-    "DIN, sum pooling (the paper's)": ModelConfig(name="din", din_pooling="sum"),
-    "DIN w/o user stats": ModelConfig(name="din", user_stats=False),
-    "DIN w/o user stats, sum pooling (the old default)": ModelConfig(name="din", user_stats=False, din_pooling="sum"),
-    "DMF w/o user stats": ModelConfig(name="dmf", user_stats=False),
-    "DMF w/o enriched branch (DTA)": ModelConfig(name="dmf", enriched_branch=False),
-    "DMF w/o modality-centric branch": ModelConfig(name="dmf", centric_branch=False),
+    "DIN, sum pooling (the paper's)": model_config("din", pooling="sum"),
+    "DIN w/o user stats": model_config("din", user_stats=False),
+    "DIN w/o user stats, sum pooling (the old default)": model_config("din", user_stats=False, pooling="sum"),
+    "DMF w/o user stats": model_config("dmf", user_stats=False),
+    "DMF w/o enriched branch (DTA)": model_config("dmf", enriched_branch=False),
+    "DMF w/o modality-centric branch": model_config("dmf", centric_branch=False),
+}
+
+# What each part of DMF adds, on the implicit sets (3 seeds each): s_j from which modality, each branch.
+# "DMF" itself is the fused s_j with both branches; MMCTR DIN is DIN over the same inputs (id + mm_emb).
+ABLATIONS = {
+    "DMF without s_j (content still in m_t and the centric attention)": model_config("dmf", similarity="none"),
+    "DMF, s_j from text only": model_config("dmf", similarity="text"),
+    "DMF, s_j from image only": model_config("dmf", similarity="image"),
+    "DMF w/o enriched branch (DTA)": model_config("dmf", enriched_branch=False),
+    "DMF w/o modality-centric branch": model_config("dmf", centric_branch=False),
 }
 
 # (work dir name, dataset label, (users, items, events, items with a drawn image)). Every item's
@@ -81,6 +91,32 @@ def ensure_synthetic(work: Path, name: str, users: int, items: int, events: int,
     if not (root / "target_similarity").exists() or not (root / "user_stats").exists():
         synth.generate(raw, n_users=users, n_items=items, n_events=events, n_images=images, seed=11)
         run_pipeline.main(["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet", "--out", str(root)])
+    return root
+
+
+def ensure_implicit(work: Path, name: str, source: Path, positives: str, image_root: Path | None = None) -> Path:
+    """``source``'s items and events as implicit feedback (``mmfs.pipelines.implicit``: every rating, or
+    every click, a positive; one popularity-matched negative per positive at the same instant), run
+    through the whole pipeline into ``<work>/<name>``."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from mmfs.core.contracts.tables import RAW_EVENT_COLUMNS, RAW_ITEM_COLUMNS
+    from mmfs.pipelines import implicit
+    from mmfs.pipelines.jobs import run_pipeline
+
+    raw, root = work / f"{name}_raw", work / name
+    if not all((root / t).exists() for t in ("target_similarity", "item_stats", "user_stats")):
+        raw.mkdir(parents=True, exist_ok=True)
+        if (source / "encoder_cache").exists() and not (root / "encoder_cache").exists():  # same items: their embeddings are reused
+            shutil.copytree(source / "encoder_cache", root / "encoder_cache")
+        items = ds.dataset(source / "items", format="parquet").to_table()
+        items = items.select(RAW_ITEM_COLUMNS).append_column("created_at", items.column("created_timestamp"))
+        pq.write_table(items, raw / "items.parquet")
+        events = ds.dataset(source / "events", format="parquet").to_table(columns=RAW_EVENT_COLUMNS)
+        pq.write_table(implicit.implicit_events(events, negatives=1, positives=positives, seed=11), raw / "events.parquet")
+        args = ["--source", "files", "--items", f"{raw}/items.parquet", "--events", f"{raw}/events.parquet", "--out", str(root)]
+        run_pipeline.main(args + (["--image-root", str(image_root)] if image_root else []))
     return root
 
 
@@ -124,7 +160,7 @@ def split_arrays(training_set: Path, split: str) -> dict[str, np.ndarray]:
 def baseline_rows(training_set: Path, dataset: str) -> list[dict]:
     """Constant, popularity, co-like and popularity x user rate on valid and test."""
     from mmfs.model.baselines import CoLike, Popularity
-    from mmfs.model.metrics import auc, gauc, logloss
+    from mmfs.model.metrics import auc, ece, gauc, logloss
 
     s = {split: split_arrays(training_set, split) for split in ("train", "valid", "test")}
     tr = s["train"]
@@ -148,7 +184,9 @@ def baseline_rows(training_set: Path, dataset: str) -> list[dict]:
             p = score(d)
             row[f"{split}_auc"] = auc(d["label"], p)
             row[f"{split}_gauc"] = gauc(d["user_id"], d["label"], p)
-            row[f"{split}_logloss"] = logloss(d["label"], p) if label.startswith(("constant", "popularity", "user's")) else float("nan")
+            probability = label.startswith(("constant", "popularity", "user's"))  # co-like is a score, not a probability
+            row[f"{split}_logloss"] = logloss(d["label"], p) if probability else float("nan")
+            row[f"{split}_ece"] = ece(d["label"], p) if probability else float("nan")
         rows.append(row)
     return rows
 
@@ -156,8 +194,10 @@ def baseline_rows(training_set: Path, dataset: str) -> list[dict]:
 # -- training runs ---------------------------------------------------------------------------------
 
 # The code a row's numbers depend on: the models, the loader and training, the training sets and the
-# feature rules, the Spark jobs that wrote the tables, and this benchmark with its peer runner.
+# feature rules, the Spark jobs that wrote the tables, and this benchmark (down to its report
+# section, which only formats rows; the budget and set of a row are in the row) with its peer runner.
 CODE_FOLDERS = ("model", "core", "store", "pipelines")
+REPORT_MARKER = b"\n# -- report -"
 
 
 def code_version() -> str:
@@ -169,7 +209,10 @@ def code_version() -> str:
     files = sorted(p for folder in CODE_FOLDERS for p in (ROOT / folder).rglob("*.py"))
     files += [ROOT / "benchmarks" / "bench_models.py", ROOT / "benchmarks" / "fuxictr_peer.py"]
     for path in files:
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+        text = path.read_bytes()
+        if path.name == "bench_models.py":
+            text = text[:text.index(REPORT_MARKER)]
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + text + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -186,7 +229,7 @@ def save_row(work: Path, row: dict) -> None:
     (work / "rows.json").write_text(json.dumps(done, indent=1))
 
 
-def run_mmfs(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict, variants: dict[str, ModelConfig]) -> list[dict]:
+def run_mmfs(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget: dict, variants: dict) -> list[dict]:
     rows = []
     done = load_done(work)
     for label, model in variants.items():
@@ -200,8 +243,9 @@ def run_mmfs(sets: dict[str, Path], work: Path, dataset: str, seeds: int, budget
                                  model=model, seed=seed, progress=False, **budget)
             metrics = train(config)
             row = {"dataset": dataset, "model": label, "kind": "mmfs", "seed": seed, "params": metrics["params"],
-                   **{f"{split}_{k}": metrics[split][k] for split in ("valid", "test") for k in ("auc", "gauc", "logloss")},
-                   "best_epoch": metrics["best_epoch"], "samples_s": metrics["train_samples_per_s"], "budget": budget,
+                   **{f"{split}_{k}": metrics[split][k] for split in ("valid", "test") for k in ("auc", "gauc", "logloss", "ece")},
+                   "best_epoch": metrics["best_epoch"], "epochs_run": metrics["history"][-1]["epoch"],
+                   "samples_s": metrics["train_samples_per_s"], "budget": budget,
                    "curve": [(h["epoch"], h["valid_auc"]) for h in metrics["history"]]}
             rows.append(row)
             save_row(work, row)
@@ -232,7 +276,7 @@ def run_peers(training_set: Path, work: Path, dataset: str, seeds: int, budget: 
             metrics = train_peer(exported, peer, seed, peer_budget["max_epochs"], peer_budget["patience"], peer_budget["batch_size"],
                                  peer_budget["lr"], users)
             row = {"dataset": dataset, "model": label, "kind": "peer", "seed": seed, "params": metrics["params"],
-                   **{f"{split}_{k}": metrics[split][k] for split in ("valid", "test") for k in ("auc", "gauc", "logloss")},
+                   **{f"{split}_{k}": metrics[split].get(k, float("nan")) for split in ("valid", "test") for k in ("auc", "gauc", "logloss", "ece")},
                    "best_epoch": metrics["best_epoch"], "samples_s": metrics["train_samples_per_s"], "budget": peer_budget}
             rows.append(row)
             save_row(work, row)
@@ -318,7 +362,7 @@ def epoch_speed(sets: dict[str, Path], work: Path, repeats: int = 3) -> list[dic
         for label in order:
             model = MODELS[label]
             config = TrainConfig(training_set=str(sets[SERVICES[model.name]]), out=str(work / "speed" / slug(label)), model=model, seed=r,
-                                 max_epochs=1, evals_per_epoch=1, patience=1, max_eval_batches=1, progress=False)
+                                 max_epochs=1, evals_per_epoch=1, max_eval_batches=1, progress=False)
             out.append({"model": label, "repeat": r, "samples_s": train(config)["train_samples_per_s"]})
             log(f"speed: {label} repeat {r}: {out[-1]['samples_s']:,.0f} samples/s")
     return out
@@ -342,20 +386,23 @@ def ms(values, digits=4) -> str:
 
 
 def table(rows: list[dict], dataset: str, order: list[str]) -> list[str]:
-    lines = ["| model | kind | seeds | valid AUC | test AUC | test GAUC | test logloss | params | train samples/s | best epoch |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | kind | seeds | valid AUC | test AUC | test GAUC | test logloss | test ECE | params | train samples/s | best epoch / run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    fmt = lambda v: f"{v:.4f}" if v == v else "-"  # noqa: E731
     for label in order:
         group = [r for r in rows if r["dataset"] == dataset and r["model"] == label]
         if not group:
             continue
         if group[0]["kind"] == "baseline":
             r = group[0]
-            ll = f"{r['test_logloss']:.4f}" if r["test_logloss"] == r["test_logloss"] else "-"
-            lines.append(f"| {label} | model-free | - | {r['valid_auc']:.4f} | {r['test_auc']:.4f} | {r['test_gauc']:.4f} | {ll} | 0 | - | - |")
+            lines.append(f"| {label} | model-free | - | {r['valid_auc']:.4f} | {r['test_auc']:.4f} | {r['test_gauc']:.4f} | "
+                         f"{fmt(r['test_logloss'])} | {fmt(r.get('test_ece', float('nan')))} | 0 | - | - |")
             continue
         lines.append(f"| {label} | {group[0]['kind']} | {len(group)} | {ms(r['valid_auc'] for r in group)} | {ms(r['test_auc'] for r in group)} | "
-                     f"{ms(r['test_gauc'] for r in group)} | {ms(r['test_logloss'] for r in group)} | {group[0]['params']:,} | "
-                     f"{np.mean([r['samples_s'] for r in group]):,.0f} | {np.mean([r['best_epoch'] for r in group]):.1f} |")
+                     f"{ms(r['test_gauc'] for r in group)} | {ms(r['test_logloss'] for r in group)} | "
+                     f"{ms(r.get('test_ece', float('nan')) for r in group)} | {group[0]['params']:,} | "
+                     f"{np.mean([r['samples_s'] for r in group]):,.0f} | {np.mean([r['best_epoch'] for r in group]):.1f}"
+                     f"{' / ' + format(np.mean([r['epochs_run'] for r in group]), '.1f') if 'epochs_run' in group[0] else ''} |")
     return lines
 
 
@@ -380,10 +427,32 @@ def verdicts(rows: list[dict], dataset: str) -> list[str]:
         if const:
             checks.append(f"logloss {'below' if np.mean(lls) < const['test_logloss'] else 'NOT below'} the constant's "
                           f"({np.mean(lls):.4f} vs {const['test_logloss']:.4f})")
+        colike = base.get("co-like (item-item cosine vs history)")
+        if label == "DMF" and colike:
+            checks.append(f"AUC {'above' if g.mean() > colike['test_auc'] else 'NOT above'} co-like ({g.mean():.4f} vs {colike['test_auc']:.4f})")
+        din_ll = [r["test_logloss"] for r in rows if r["dataset"] == dataset and r["model"] == "DIN"]
+        if label == "DMF" and din_ll:
+            checks.append(f"logloss {'no worse than' if np.mean(lls) <= np.mean(din_ll) else 'WORSE than'} DIN's "
+                          f"({np.mean(lls):.4f} vs {np.mean(din_ll):.4f})")
         if label != "DMF" and len(dmf) > 1 and len(g) > 1:
             gap, spread = dmf.mean() - g.mean(), 2 * max(dmf.std(ddof=1), g.std(ddof=1))
             checks.append(f"DMF {'ahead by more than' if gap > spread else 'NOT ahead by more than'} 2 std ({gap:+.4f} vs {spread:.4f})")
         lines.append(f"- {label}: " + "; ".join(checks))
+    return lines
+
+
+def ablation_verdicts(rows: list[dict], dataset: str, variants: list[str]) -> list[str]:
+    """What each ablation costs DMF on test AUC, against 2 std of the seeds."""
+    def aucs(label):
+        return np.array([r["test_auc"] for r in rows if r["dataset"] == dataset and r["model"] == label])
+
+    dmf, lines = aucs("DMF"), []
+    for label in variants:
+        g = aucs(label)
+        if len(dmf) > 1 and len(g) > 1:
+            gap, spread = dmf.mean() - g.mean(), 2 * max(dmf.std(ddof=1), g.std(ddof=1))
+            verdict = "DMF better" if gap > spread else "variant better" if -gap > spread else "no difference beyond 2 std"
+            lines.append(f"- {label}: DMF {gap:+.4f} test AUC against it (2 std {spread:.4f}): {verdict}")
     return lines
 
 
@@ -454,24 +523,36 @@ def charts(rows: list[dict], order: dict[str, list[str]], docs: Path) -> None:
 
 
 def write_report(rows: list[dict], order: dict[str, list[str]], budgets: dict[str, dict], path: Path, findings: str, exports: dict,
-                 diagnosis: list[dict], slice_rows: list[dict], drift_rows: list[dict], seconds: float, speed: list[dict]) -> None:
+                 diagnosis: list[dict], slice_rows: list[dict], drift_rows: list[dict], seconds: float, speed: list[dict],
+                 ablation: dict[str, list[dict]], not_run: list[str]) -> None:
     lines = ["# Model comparison", "",
              f"Generated by `make bench-models` on {dt.date.today()} ({machine_description()}), {seconds / 60:.0f} min in this run "
              f"(rows that an earlier run of the same code, {code_version()}, and budget left in `--work`'s rows.json are reused, not rerun).", "",
              f"mmfs's models: {'; '.join(f'{d}: {json.dumps(b)}' for d, b in budgets.items())}; AdamW; "
-             "`evals_per_epoch` validation passes per epoch, `patience` counted in passes; "
-             "the best pass's weights are kept. FuxiCTR's models: the same epochs, batch and learning rate, Adam, FuxiCTR's own early "
+             "`evals_per_epoch` validation passes per epoch and the best pass's weights kept; every other rule counted in epochs: "
+             "the learning rate cut by `lr_decay` after `lr_patience_epochs` without a better validation AUC, the run ended after "
+             "`patience_epochs` without one (`mmfs train`'s defaults, the same for every mmfs model). FuxiCTR's models: the same epochs, batch and learning rate, Adam, FuxiCTR's own early "
              "stopping (patience 2 epochs) and learning-rate cut on plateau. Selection on validation AUC only; test read once.",
              "Same rows for every model: each mmfs model reads its feature service's training set (same tables, same time split: 80% / 90% "
              "event-time quantiles); FuxiCTR's read those rows exported by `mmfs.model.export_fuxictr` and checked row for row "
              "(row count, labels, users, every history and target, the target's vector). GAUC: per-user AUC weighted by impressions, "
-             "users with both classes only. Model-free baselines are fitted on the train split.", ""]
+             "users with both classes only. ECE: expected calibration error over 15 equal-width probability bins. "
+             "Model-free baselines are fitted on the train split. Sets marked implicit: " + IMPLICIT_NOTE + ".", ""]
+    if not_run:
+        lines += ["Not run in this report (`--sets`): " + "; ".join(not_run) + ". Their last results are in this file's git history, "
+                  "from older code; nothing here is reused from it.", ""]
     for dataset, labels in order.items():
         lines += [f"## {dataset}", ""] + table(rows, dataset, labels) + [""]
         if dataset in exports:
             lines += [f"FuxiCTR export check: {exports[dataset]['checked_rows']} rows equal; {exports[dataset]['item_info_rows']:,} item_info rows.", ""]
         lines += ["Verdicts (test):", ""] + verdicts(rows, dataset) + [""]
     lines += ["![test AUC by model](models_auc.png)", "", "![validation curves, seed 0](models_curves.png)", ""]
+    for dataset, group in ablation.items():
+        labels = ["DIN", "MMCTR DIN (MHTA + SENet, V4)", "DMF"] + list(dict.fromkeys(r["model"] for r in group))
+        lines += [f"## Ablations on {dataset}: what each part of DMF adds", "",
+                  "DMF is the fused s_j with both branches; the variants change one thing each. MMCTR DIN is DIN over the same "
+                  "inputs as DMF (item id + mm_emb).", ""]
+        lines += table(rows + group, dataset, labels) + [""] + ablation_verdicts(rows + group, dataset, list(dict.fromkeys(r["model"] for r in group))) + [""]
     if diagnosis:
         lines += ["## Diagnosis on MovieLens: what each fix is worth (3 seeds)", ""]
         lines += table(rows + diagnosis, MOVIELENS, ["DIN"] + [k for k in DIAGNOSIS if k.startswith("DIN")] + ["DMF"] +
@@ -486,50 +567,74 @@ def write_report(rows: list[dict], order: dict[str, list[str]], budgets: dict[st
     path.write_text("\n".join(lines))
 
 
+IMPLICIT_NOTE = ("implicit feedback: every rating (MovieLens) or click (synthetic) a positive, one negative per positive for "
+                 "the same user at the same instant, an item drawn in proportion to its popularity that the user has no event "
+                 "for (`mmfs implicit`); popularity says almost nothing here, the history and the content carry the task")
+SET_NAMES = ("movielens", "synthetic", "synthetic_sparse", "movielens_implicit", "synthetic_implicit")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "models"))
     parser.add_argument("--movielens-root", default=str(ROOT / "out" / "movielens"))
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--synthetic-seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=6, help="epoch budget on MovieLens (every model peaks by epoch 2 there)")
-    parser.add_argument("--synthetic-epochs", type=int, default=6,
-                        help="epoch budget on the synthetic sets (DIN still improves at epoch 6 on the dense one: docs/models.md)")
-    parser.add_argument("--evals-per-epoch", type=int, default=4)
-    parser.add_argument("--patience", type=int, default=4, help="validation passes without improvement")
+    parser.add_argument("--sets", default=",".join(SET_NAMES), help=f"comma-separated, from {SET_NAMES}")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per model on every set")
+    parser.add_argument("--ablation-seeds", type=int, default=3)
+    parser.add_argument("--peer-seeds", type=int, default=5, help="seeds per FuxiCTR peer")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.max_epochs, help="epoch budget (the recipe's patience ends most runs sooner)")
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated labels of the mmfs models to train")
     parser.add_argument("--skip-peers", action="store_true", help="no FuxiCTR runs (it needs the bench extra)")
     parser.add_argument("--no-diagnosis", action="store_true", help="skip the MovieLens diagnosis variants and slices")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the DMF ablations on the implicit sets")
     parser.add_argument("--report", default=str(ROOT / "docs" / "models.md"))
     parser.add_argument("--findings", default=str(ROOT / "docs" / "models_findings.md"), help="hand-written findings included in the report")
     args = parser.parse_args(argv)
+    chosen = [n.strip() for n in args.sets.split(",") if n.strip()]
+    unknown = sorted(set(chosen) - set(SET_NAMES))
+    if unknown:
+        parser.error(f"unknown set(s) {unknown}; known: {SET_NAMES}")
+    models = {label: MODELS[label] for label in (m.strip() for m in args.models.split(",")) if label}
     began = time.perf_counter()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    budget = {"max_epochs": args.epochs, "evals_per_epoch": args.evals_per_epoch, "patience": args.patience,
+    # The recipe is TrainConfig's own (patience and learning-rate cuts in epochs), the same for every mmfs model.
+    recipe = TrainConfig()
+    budget = {"max_epochs": args.epochs, "evals_per_epoch": recipe.evals_per_epoch, "patience_epochs": recipe.patience_epochs,
+              "lr_schedule": recipe.lr_schedule, "lr_patience_epochs": recipe.lr_patience_epochs, "lr_decay": recipe.lr_decay,
               "batch_size": args.batch_size, "lr": 1e-3, "weight_decay": 1e-4}
     movielens = Path(args.movielens_root)
-    ensure_tables(movielens, ["--source", "movielens", "--input", str(ROOT / "data" / "movielens-small")])
-    datasets = [("movielens", MOVIELENS, movielens, args.seeds, budget)]
-    if not args.skip_synthetic:
-        synthetic_budget = {**budget, "max_epochs": args.synthetic_epochs}
-        datasets += [(name, label, ensure_synthetic(work, name, *sizes), args.synthetic_seeds, synthetic_budget)
-                     for name, label, sizes in SYNTHETIC]
-    rows, order, exports, diagnosis, slice_rows, drift_rows, speed = [], {}, {}, [], [], [], []
-    budgets = {label: b for _, label, _, _, b in datasets}
-    for name, label, root, seeds, budget_ in datasets:
+    if "movielens" in chosen or "movielens_implicit" in chosen:
+        ensure_tables(movielens, ["--source", "movielens", "--input", str(ROOT / "data" / "movielens-small")])
+    roots = {"movielens": (MOVIELENS, lambda: movielens)}
+    for name, label, sizes in SYNTHETIC:
+        roots[name] = (label, lambda name=name, sizes=sizes: ensure_synthetic(work, name, *sizes))
+    roots["movielens_implicit"] = (f"{MOVIELENS}, implicit",
+                                   lambda: ensure_implicit(work, "movielens_implicit", movielens, "all"))
+    roots["synthetic_implicit"] = (f"{SYNTHETIC[0][1]}, implicit",
+                                   lambda: ensure_implicit(work, "synthetic_implicit", ensure_synthetic(work, *((SYNTHETIC[0][0],) + SYNTHETIC[0][2])),
+                                                           "clicks", work / f"{SYNTHETIC[0][0]}_raw"))
+    rows, order, exports, diagnosis, slice_rows, drift_rows, speed, ablation = [], {}, {}, [], [], [], [], {}
+    budgets = {}
+    for name in chosen:
+        label, make_root = roots[name]
+        root = make_root()
+        budgets[label] = budget
         log(f"{label}: training sets")
         sets = build_sets(work, root, name)
         base = baseline_rows(sets["ctr_din_v1"], label)
         rows += base
-        rows += run_mmfs(sets, work, label, seeds, budget_, MODELS)
+        rows += run_mmfs(sets, work, label, args.seeds, budget, models)
         if not args.skip_peers:
-            peer_rows, exports[label] = run_peers(sets["ctr_dmf_v1"], work, label, seeds, budget_)
+            peer_rows, exports[label] = run_peers(sets["ctr_dmf_v1"], work, label, args.peer_seeds, budget)
             rows += peer_rows
         from benchmarks.fuxictr_peer import PEERS
 
-        order[label] = [r["model"] for r in base] + list(MODELS) + ([] if args.skip_peers else list(PEERS))
+        order[label] = [r["model"] for r in base] + list(models) + ([] if args.skip_peers else list(PEERS))
+        if name.endswith("_implicit") and not args.no_ablations:
+            has_image = "image_components" in np.load(root / "item_embeddings" / "_pca.npz")  # mm_emb has an image part
+            variants = {k: v for k, v in ABLATIONS.items() if has_image or getattr(v, "similarity", "") != "image"}
+            ablation[label] = run_mmfs(sets, work, label, args.ablation_seeds, budget, variants)
         if name == "movielens" and not args.no_diagnosis:
             diagnosis = run_mmfs(sets, work, label, 3, budget, DIAGNOSIS)
             slice_rows = slices(sets, work, label)
@@ -537,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
             speed = epoch_speed(sets, work)
     findings = Path(args.findings).read_text() if Path(args.findings).exists() else "(none recorded yet)"
     report = Path(args.report)
-    write_report(rows, order, budgets, report, findings, exports, diagnosis, slice_rows, drift_rows, time.perf_counter() - began, speed)
+    write_report(rows, order, budgets, report, findings, exports, diagnosis, slice_rows, drift_rows, time.perf_counter() - began, speed,
+                 ablation, [roots[n][0] for n in SET_NAMES if n not in chosen])
     charts(rows, order, report.parent)
     print(report.read_text())
     return 0

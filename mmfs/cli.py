@@ -75,6 +75,11 @@ def _synth() -> Main:
     return synth.main
 
 
+def _implicit() -> Main:
+    from mmfs.pipelines import implicit
+    return implicit.main
+
+
 def _init() -> Main:
     from mmfs.store import repo
     return repo.main_init
@@ -149,6 +154,7 @@ COMMANDS: dict[str, Callable[[], Main]] = {
     "target-similarity": _target_similarity,
     "pipeline": _pipeline,
     "synth": _synth,
+    "implicit": _implicit,
     "init": _init,
     "apply": _apply,
     "materialize": _materialize,

@@ -12,8 +12,8 @@ import torch
 
 from dataclasses import asdict
 
-from mmfs.model.config import DataSpec, ModelConfig
-from mmfs.model.models import build_model
+from mmfs.model.config import DataSpec
+from mmfs.model.models import build_model, model_config, settings
 from mmfs.model.vocab import IdVocab
 
 
@@ -21,10 +21,13 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.
     """(model in eval mode, checkpoint metadata). Only tensors and strings: ``weights_only=True``."""
     checkpoint = torch.load(Path(path), map_location=map_location, weights_only=True)
     config = json.loads(checkpoint["config"])
-    model_config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()})
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
+    saved.setdefault("pooling", saved.get("din_pooling", "mean"))  # DIN's setting before per-model configs
+    # Checkpoints written before per-model configs carry every family's settings: keep this one's.
+    model_config_ = model_config(saved["name"], **{k: v for k, v in saved.items() if k in settings(saved["name"]) and k != "name"})
     spec_raw = json.loads(checkpoint["data_spec"])
     spec = DataSpec(spec_raw["n_items"], spec_raw["mm_dim"], tuple(tuple(x) for x in spec_raw["modal_dims"]))
-    model = build_model(spec, model_config)
+    model = build_model(spec, model_config_)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     meta = {"config": config, "feature_service": checkpoint["feature_service"],

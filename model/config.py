@@ -26,8 +26,10 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and regularisation of one model; ``name`` picks the family, the other fields are
-    grouped by the family that reads them."""
+    """What every model family reads: the family ``name`` and the shared architecture and
+    regularisation. Each family extends it with its own settings in its own file (``DINConfig`` in
+    ``mmfs.model.din``, ...); ``mmfs.model.models.model_config`` builds a family's config by name,
+    and a setting the family does not have is an error, never silently ignored."""
 
     name: str = "dmf"  # dmf | din | mmctr_din | diffmsin
     id_dim: int = 32
@@ -35,24 +37,6 @@ class ModelConfig:
     dropout: float = 0.1
     batch_norm: bool = False
     user_stats: bool = True  # false: the user_stats block is zeroed (an ablation; docs/models.md)
-    # DIN
-    din_pooling: str = "mean"  # mean | sum (the DIN paper's; grows with history length)
-    # DMF
-    buckets: int = 35
-    tiers: int = 10
-    alpha: float = -1.0  # fixed mix weight in [0, 1]; negative = learned
-    enriched_branch: bool = True
-    centric_branch: bool = True
-    centric_attention: bool = True
-    early_fusion: bool = False  # DMF variant: s_j concatenated to e_j before the K/V projections
-    target_interest_product: bool = True  # DMF: the DNN also sees e_t * interest, as DIN's does
-    # MMCTR DIN
-    heads: int = 2
-    cross_layers: int = 0
-    # Diff-MSIN
-    diffusion_steps: int = 12
-    denoise_weight: float = 0.1
-    decouple_weight: float = 0.05
 
 
 def dense_features(batch: dict, user_stats: bool = True) -> torch.Tensor:

@@ -50,6 +50,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mmfs.model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields
 from mmfs.core.features.item_index import MISSING, ItemEmbeddingIndex, KeyRanges, to_micros
+from mmfs.core.features.fusion import part_slices
 from mmfs.core.features.similarity import target_similarity
 
 
@@ -61,6 +62,7 @@ class LoaderConfig:
     batch_size: int = 1024
     max_len: int = 50
     vectors: tuple[str, ...] = ("mm_emb",)  # looked up point-in-time for target and history
+    similarity: str = "fused"  # s_j over all of mm_emb, or (ablations) over its "text" or "image" part only
     shuffle: bool = True
     seed: int = 0
     rank: int = 0
@@ -250,6 +252,13 @@ class TrainingSetDataset(IterableDataset):
             self.similarity_index = self.indexes.get("mm_emb")
             if self.similarity_index is None:
                 self.similarity_index = load_embedding_index(self.manifest["embedding_table"], "mm_emb")
+        self.similarity_part = slice(None)  # which columns of mm_emb s_j compares
+        if config.similarity not in ("fused", "none"):
+            parts = part_slices(dict(np.load(Path(self.manifest["embedding_table"]) / "_pca.npz")))
+            if config.similarity not in parts:
+                raise ValueError(f"similarity {config.similarity!r}: mm_emb has no such part (it has {sorted(parts)})")
+            self.similarity_part = parts[config.similarity]
+            self.similarity_index = self.indexes.get("mm_emb") or load_embedding_index(self.manifest["embedding_table"], "mm_emb")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -296,7 +305,8 @@ class TrainingSetDataset(IterableDataset):
         }
         hist_ids, hist_mask = self.histories(table)  # (B, L)
         batch["hist_item_ids"], batch["hist_mask"] = hist_ids, hist_mask
-        if "hist_sim" in table.column_names:
+        own_similarity = self.similarity_part != slice(None)  # an ablation's part-similarity replaces the table's
+        if "hist_sim" in table.column_names and not own_similarity:
             sims, sim_known = pad_lists(table.column("hist_sim"), L, np.float32)  # (B, L)
             batch.update(similarity_fields(sims, sim_known & hist_mask))
         for names in (ITEM_STATS_COLUMNS, USER_STATS_COLUMNS):
@@ -306,8 +316,9 @@ class TrainingSetDataset(IterableDataset):
             target, found, hist, hist_found, versions = looked_up[vector] = vectors_as_of(index, batch["item_id"], hist_ids, hist_mask, batch["event_us"])
             batch.update(vector_fields(vector, target, found, hist, hist_found))
             batch[f"hist_{vector}_version"] = versions
-        if self.similarity_index is not None and "hist_sim" not in table.column_names:
+        if self.similarity_index is not None and ("hist_sim" not in table.column_names or own_similarity):
             target, found, hist, hist_found, _ = looked_up.get("mm_emb") or vectors_as_of(
                 self.similarity_index, batch["item_id"], hist_ids, hist_mask, batch["event_us"])
-            batch.update(similarity_fields(*similarities(target, found, hist, hist_found)))
+            part = self.similarity_part
+            batch.update(similarity_fields(*similarities(target[:, part], found, hist[..., part], hist_found)))
         return to_tensors(batch)

@@ -3,6 +3,7 @@ adaptive fusion, with a knowledge-decoupling loss."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,6 +21,17 @@ def cosine_alpha_bar(steps: int) -> torch.Tensor:
     return (f / f[0]).clamp(1e-5, 1.0)
 
 
+@dataclass(frozen=True)
+class DiffMSINConfig(ModelConfig):
+    """Diff-MSIN's settings beside the shared ones."""
+
+    name: str = "diffmsin"
+    heads: int = 2  # target attention over each modality and the synthesised vector
+    diffusion_steps: int = 12
+    denoise_weight: float = 0.1
+    decouple_weight: float = 0.05
+
+
 class DiffMSIN(nn.Module):
     """Diff-MSIN (arXiv 2508.21460): multi-modal feature experts (MFE), a diffusion module that
     synthesises a cross-modal vector (SRC, cosine schedule, reverse step conditioned by attention
@@ -27,6 +39,7 @@ class DiffMSIN(nn.Module):
     knowledge-decoupling loss on the cosine between modality representations."""
 
     NAME = "diffmsin"
+    Config = DiffMSINConfig
     SERVICE = "ctr_diffmsin_v1"
 
     @staticmethod
@@ -34,7 +47,7 @@ class DiffMSIN(nn.Module):
         """One vector per modality its service holds: ``text_emb`` and/or ``image_emb``."""
         return tuple(v for v in ("text_emb", "image_emb") if any(f.endswith(f":{v}") for f in features))
 
-    def __init__(self, spec: DataSpec, config: ModelConfig):
+    def __init__(self, spec: DataSpec, config: DiffMSINConfig):
         super().__init__()
         if not spec.modal_dims:
             raise ValueError("Diff-MSIN needs at least one modality vector")

@@ -25,6 +25,32 @@ class UserState:
     centric_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (U, H, L, d) x 2: the centric attention's K, V
 
 
+SIMILARITIES = ("fused", "text", "image", "none")
+
+
+@dataclass(frozen=True)
+class DMFConfig(ModelConfig):
+    """DMF's settings beside the shared ones."""
+
+    name: str = "dmf"
+    buckets: int = 35  # K: buckets of s_j in the enriched branch
+    tiers: int = 10  # N: similarity tiers of the modality-centric histogram
+    heads: int = 2  # the centric branch's target attention over the projected m_j
+    alpha: float = -1.0  # fixed mix weight in [0, 1]; negative = learned
+    enriched_branch: bool = True
+    centric_branch: bool = True
+    centric_attention: bool = True
+    early_fusion: bool = False  # variant: s_j concatenated to e_j before the K/V projections
+    target_interest_product: bool = True  # the DNN also sees e_t * interest, as DIN's does
+    # Which s_j the model reads: "fused" (cos of mm_emb, the served feature), or, for ablations
+    # only (not servable), "text" / "image" (cos of mm_emb's text or image part) or "none" (no s_j).
+    similarity: str = "fused"
+
+    def __post_init__(self):
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"model.similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+
+
 class DMF(nn.Module):
     """Decoupled Multimodal Fusion (arXiv 2510.11066).
 
@@ -37,6 +63,7 @@ class DMF(nn.Module):
     """
 
     NAME = "dmf"
+    Config = DMFConfig
     SERVICE = "ctr_dmf_v1"  # a backfilled encoder's checkpoint names ctr_dmf_v2 in its manifest
 
     @staticmethod
@@ -44,7 +71,7 @@ class DMF(nn.Module):
         """The fused multimodal vector ``mm_emb`` (m_t, m_j of s_j = cos(m_t, m_j))."""
         return ("mm_emb",)
 
-    def __init__(self, spec: DataSpec, config: ModelConfig):
+    def __init__(self, spec: DataSpec, config: DMFConfig):
         super().__init__()
         if not (config.enriched_branch or config.centric_branch):
             raise ValueError("DMF needs at least one of enriched_branch, centric_branch")
@@ -81,6 +108,8 @@ class DMF(nn.Module):
         target_mm = self.mm(candidates["mm_emb"])  # (C, D)
         sims = candidates["hist_sim"]  # (C, L)
         known = candidates["hist_sim_mask"] & user.mask  # (C, L)
+        if self.config.similarity == "none":  # ablation: no s_j at all
+            sims, known = torch.zeros_like(sims), torch.zeros_like(known)
         interests = []
         if self.config.enriched_branch:
             interests.append(self.enriched(user.keys, user.values, user.mask, target, sims, known))  # (C, D)

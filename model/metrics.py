@@ -1,4 +1,4 @@
-"""AUC, GAUC and logloss, the way CTR papers report them."""
+"""AUC, GAUC, logloss and expected calibration error, the way CTR papers report them."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +31,23 @@ def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1]))
 
 
+ECE_BINS = 15
+
+
+def ece(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: over ``bins`` equal-width probability bins, the mean |predicted
+    rate - observed rate|, weighted by each bin's share of rows."""
+    labels, probabilities = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
+    if not len(labels):
+        return float("nan")
+    which = np.minimum((probabilities * bins).astype(np.int64), bins - 1)  # (N,) bin of each row
+    count = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, probabilities, bins) - np.bincount(which, labels, bins))  # per bin: |sum p - sum y|
+    return float(gap.sum() / count.sum())
+
+
 def all_metrics(users: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """AUC, GAUC and logloss of (B,) logits, and the row count."""
+    """AUC, GAUC, logloss and ECE of (B,) logits, and the row count."""
     probabilities = 1 / (1 + np.exp(-logits))
     return {"auc": auc(labels, logits), "gauc": gauc(users, labels, logits), "logloss": logloss(labels, probabilities),
-            "rows": int(len(labels))}
+            "ece": ece(labels, probabilities), "rows": int(len(labels))}

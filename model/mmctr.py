@@ -2,6 +2,8 @@
 items, SENet over the fields, an optional cross network."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -9,11 +11,21 @@ from mmfs.model.config import DENSE_DIM, DataSpec, ModelConfig, dense_features
 from mmfs.model.layers import MLP, CrossNetwork, IdEmbedding, MultiHeadTargetAttention, SENet
 
 
+@dataclass(frozen=True)
+class MMCTRConfig(ModelConfig):
+    """MMCTR DIN's settings beside the shared ones."""
+
+    name: str = "mmctr_din"
+    heads: int = 2  # multi-head target attention
+    cross_layers: int = 0  # a CrossNetwork before the DNN (0: none)
+
+
 class MMCTRDIN(nn.Module):
     """MMCTR challenge DIN (arXiv 2504.18961): items as [id emb ; projected PCA(text)+PCA(image)],
     multi-head target attention, SENet over the fields, optional cross network, DNN."""
 
     NAME = "mmctr_din"
+    Config = MMCTRConfig
     SERVICE = "ctr_mmctr_din_v1"
 
     @staticmethod
@@ -21,7 +33,7 @@ class MMCTRDIN(nn.Module):
         """The fused PCA(text) + PCA(image) vector, ``mm_emb``."""
         return ("mm_emb",)
 
-    def __init__(self, spec: DataSpec, config: ModelConfig):
+    def __init__(self, spec: DataSpec, config: MMCTRConfig):
         super().__init__()
         D = config.id_dim
         self.config = config

@@ -80,7 +80,7 @@ def datasets(config: TrainConfig, vectors: tuple[str, ...], rank: int = 0, world
     for split in ("train", "valid", "test"):
         sharded = split == "train"
         loader = LoaderConfig(split=split, batch_size=config.batch_size, max_len=config.max_len, vectors=vectors,
-                              shuffle=split == "train", seed=config.seed,
+                              similarity=getattr(config.model, "similarity", "fused"), shuffle=split == "train", seed=config.seed,
                               rank=rank if sharded else 0, world_size=world_size if sharded else 1)
         out[split] = TrainingSetDataset(config.training_set, loader)
     for vector in vectors:  # share one embedding index across splits
@@ -135,28 +135,41 @@ def autocast(device: torch.device):
 # -- training --------------------------------------------------------------------------------------
 
 class Selection:
-    """Model selection on validation AUC only: each ``validate`` pass records the curve, keeps the
-    best state, and says when ``patience`` passes in a row brought no improvement."""
+    """Model selection on validation AUC only, every rule counted in epochs (the recipe every model
+    shares): each ``validate`` pass records the curve and keeps the best state; under the plateau
+    schedule, ``lr_patience_epochs`` without improvement cut the learning rate by ``lr_decay``
+    (down to ``min_lr``); ``patience_epochs`` without improvement end the run."""
 
-    def __init__(self, model, valid: TrainingSetDataset, vocab: IdVocab, device: torch.device, config: TrainConfig):
-        self.model, self.valid, self.vocab, self.device, self.config = model, valid, vocab, device, config
+    def __init__(self, model, optimiser, valid: TrainingSetDataset, vocab: IdVocab, device: torch.device, config: TrainConfig):
+        self.model, self.optimiser, self.valid, self.vocab, self.device, self.config = model, optimiser, valid, vocab, device, config
         self.history: list[dict] = []
-        self.best, self.best_state, self.waited = -1.0, None, 0
+        self.best, self.best_state, self.best_at, self.cut_at = -1.0, None, 0.0, 0.0
 
     def validate(self, at: float, losses: list[float]) -> bool:
         """One validation pass at epoch ``at``; True when patience has run out."""
         valid = evaluate(self.model, self.valid, self.vocab, self.device, self.config.max_eval_batches)
         self.history.append({"epoch": round(at, 3), "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                             **{f"valid_{k}": v for k, v in valid.items()}})
+                             "lr": self.optimiser.param_groups[0]["lr"], **{f"valid_{k}": v for k, v in valid.items()}})
         if self.config.progress:
             print(f"{self.config.model.name} epoch {at:.2f}: train loss {self.history[-1]['train_loss']:.4f}, valid AUC "
-                  f"{valid['auc']:.4f}, GAUC {valid['gauc']:.4f}, logloss {valid['logloss']:.4f}", file=sys.stderr)
-        if valid["auc"] > self.best:
-            self.best, self.best_state, self.waited = valid["auc"], copy.deepcopy(self.model.state_dict()), 0
-        else:
-            self.waited += 1
+                  f"{valid['auc']:.4f}, GAUC {valid['gauc']:.4f}, logloss {valid['logloss']:.4f}, lr {self.history[-1]['lr']:.2g}",
+                  file=sys.stderr)
         self.model.train()
-        return self.waited >= self.config.patience
+        if valid["auc"] > self.best:
+            self.best, self.best_state, self.best_at = valid["auc"], copy.deepcopy(self.model.state_dict()), at
+            return False
+        tolerance = 1e-6  # epochs: passes land on fractions of an epoch
+        if self.config.lr_schedule == "plateau" and at - max(self.best_at, self.cut_at) >= self.config.lr_patience_epochs - tolerance:
+            for group in self.optimiser.param_groups:
+                group["lr"] = max(group["lr"] * self.config.lr_decay, self.config.min_lr)
+            self.cut_at = at
+        return at - self.best_at >= self.config.patience_epochs - tolerance
+
+
+def cosine_rate(config: TrainConfig, epochs_done: float) -> float:
+    """The cosine schedule's learning rate after ``epochs_done`` of ``max_epochs``: lr down to min_lr."""
+    progress = min(epochs_done / max(config.max_epochs, 1), 1.0)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + np.cos(np.pi * progress))
 
 
 def train_step(trained, optimiser, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +204,7 @@ def train(config: TrainConfig) -> dict:
     optimiser = optimiser_for(model, config)
     noise = torch.Generator().manual_seed(config.seed + 104729 * rank)
     config = dataclasses.replace(config, progress=config.progress and rank == 0)
-    selection = Selection(model, data["valid"], vocab, device, config)
+    selection = Selection(model, optimiser, data["valid"], vocab, device, config)
     train_rows, train_seconds = 0, 0.0
     for epoch in range(config.max_epochs):
         model.train()
@@ -209,6 +222,9 @@ def train(config: TrainConfig) -> dict:
                 if config.max_steps_per_epoch and step >= config.max_steps_per_epoch:
                     break
                 batch = perturb_for_training(prepare(batch, vocab, device), config.hist_dropout, config.oov_dropout, noise)
+                if config.lr_schedule == "cosine":
+                    for group in optimiser.param_groups:
+                        group["lr"] = cosine_rate(config, epoch + step / steps)
                 loss, logits = train_step(trained, optimiser, batch, device)
                 train_rows += len(batch["label"])
                 losses.append(loss.item())

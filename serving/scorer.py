@@ -78,6 +78,10 @@ class Scorer:
         self.config = config
         self.feature_service = meta["feature_service"]
         self.model_name = meta["config"]["model"]["name"]
+        similarity = meta["config"]["model"].get("similarity", "fused")
+        if similarity != "fused":  # the online path computes s_j over all of mm_emb (mmfs.online.similarity)
+            raise ValueError(f"a {self.model_name} checkpoint trained with model.similarity={similarity!r} is an ablation: "
+                             "only similarity='fused' is served")
         self.reader = OnlineReader(store, self.feature_service)
         if SEQUENCE_VIEW not in self.reader.views:
             raise StoreMismatch(f"feature service {self.feature_service!r} has no online {SEQUENCE_VIEW} view to score with")

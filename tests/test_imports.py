@@ -4,7 +4,7 @@ one way, down the floors of the house (README, "Layout").
 The floors, bottom up (each may import the ones named in ``ALLOWED``, never one above or beside it):
 
     mmfs.core                      contracts, shared feature rules, event rules and landing types
-    mmfs.pipelines                 the Spark plumbing and jobs, the encoders, synth
+    mmfs.pipelines                 the Spark plumbing and jobs, the encoders, synth, implicit
     mmfs.store, mmfs.model         the Feast side; the models and their training
     mmfs.online                    the online store's reads
     mmfs.serving, mmfs.streaming   the scorer and its app; mmfs stream
@@ -96,6 +96,7 @@ def test_serving_never_reaches_pyspark():
 CORE, SPARK = "mmfs.core", "mmfs.pipelines.spark"
 CONTRACTS, FEATURES, EVENTS = f"{CORE}.contracts", f"{CORE}.features", f"{CORE}.events"
 IMAGES, ENCODERS, SYNTH = "mmfs.pipelines.images", "mmfs.pipelines.encoders", "mmfs.pipelines.synth"
+IMPLICIT = "mmfs.pipelines.implicit"
 ALLOWED = {
     CONTRACTS: set(),
     FEATURES: {CONTRACTS},
@@ -104,6 +105,7 @@ ALLOWED = {
     ENCODERS: {CORE, IMAGES},
     SPARK: {CORE, ENCODERS, IMAGES},  # the encode job's inference UDFs
     SYNTH: {CORE},
+    IMPLICIT: {CORE},
     "mmfs.pipelines.jobs": {CORE, SPARK, ENCODERS, IMAGES, SYNTH},
     "mmfs.store": {CORE, SPARK},  # Spark only for materialize(engine="spark")
     "mmfs.model": {CORE, SPARK},  # Spark only for train --distributed (TorchDistributor)

@@ -28,6 +28,15 @@ def fuse(text_emb: np.ndarray, image_emb: np.ndarray | None, has_image: np.ndarr
     return (fused / np.maximum(np.linalg.norm(fused, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def part_slices(pca: dict) -> dict[str, slice]:
+    """Where ``fuse`` puts each modality in mm_emb: {"text": slice, "image": slice (when fitted)}."""
+    text = pca["text_components"].shape[1]
+    parts = {"text": slice(0, text)}
+    if "image_components" in pca:
+        parts["image"] = slice(text, text + pca["image_components"].shape[1])
+    return parts
+
+
 def pca_artifact(pca: dict) -> tuple[bytes, str]:
     """The PCA as .npz bytes, and a checksum of its arrays (stable across re-saves)."""
     digest = hashlib.sha256()

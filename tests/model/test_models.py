@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mmfs.model.config import DataSpec, ModelConfig
+from mmfs.model.config import DataSpec
+from mmfs.model.models import model_config
 
 from mmfs.model.models import build_model
 from mmfs.model.train import forward, loss_fn
@@ -13,13 +14,13 @@ from mmfs.model.train import forward, loss_fn
 B, L, M, N_ITEMS = 6, 5, 8, 20
 SPEC = DataSpec(n_items=N_ITEMS, mm_dim=M, modal_dims=(("text_emb", 6), ("image_emb", 4)))
 CONFIGS = {
-    "din": ModelConfig(name="din", id_dim=4, mlp=(8,)),
-    "mmctr_din": ModelConfig(name="mmctr_din", id_dim=4, mlp=(8,), cross_layers=1),
-    "dmf": ModelConfig(name="dmf", id_dim=4, mlp=(8,), buckets=7, tiers=4),
-    "dmf_early": ModelConfig(name="dmf", id_dim=4, mlp=(8,), buckets=7, tiers=4, early_fusion=True),
-    "dmf_no_centric": ModelConfig(name="dmf", id_dim=4, mlp=(8,), centric_branch=False),
-    "dmf_no_enriched": ModelConfig(name="dmf", id_dim=4, mlp=(8,), enriched_branch=False),
-    "diffmsin": ModelConfig(name="diffmsin", id_dim=4, mlp=(8,), diffusion_steps=3),
+    "din": model_config("din", id_dim=4, mlp=(8,)),
+    "mmctr_din": model_config("mmctr_din", id_dim=4, mlp=(8,), cross_layers=1),
+    "dmf": model_config("dmf", id_dim=4, mlp=(8,), buckets=7, tiers=4),
+    "dmf_early": model_config("dmf", id_dim=4, mlp=(8,), buckets=7, tiers=4, early_fusion=True),
+    "dmf_no_centric": model_config("dmf", id_dim=4, mlp=(8,), centric_branch=False),
+    "dmf_no_enriched": model_config("dmf", id_dim=4, mlp=(8,), enriched_branch=False),
+    "diffmsin": model_config("diffmsin", id_dim=4, mlp=(8,), diffusion_steps=3),
 }
 
 
@@ -103,7 +104,7 @@ def test_din_interest_does_not_grow_with_a_repeated_history(pooling, grows):
     """A history of one item repeated 1..L times is the same taste: DIN's default (mean) pooling
     scores it the same whatever the length; the paper's sum pooling lets it grow with L."""
     torch.manual_seed(0)
-    m = build_model(SPEC, dataclasses.replace(CONFIGS["din"], din_pooling=pooling)).eval()
+    m = build_model(SPEC, dataclasses.replace(CONFIGS["din"], pooling=pooling)).eval()
     batch = make_batch(b=L)
     lengths = torch.arange(1, L + 1)
     batch["hist_mask"] = torch.arange(L)[None, :] < lengths[:, None]  # row r: r + 1 copies
@@ -123,6 +124,21 @@ def test_dmf_buckets_shift_attention():
     flipped = dict(batch, hist_sim=-batch["hist_sim"])
     with torch.no_grad():
         assert not torch.allclose(m(batch)[2:], m(flipped)[2:])
+
+
+def test_dmf_without_similarity_ignores_s_j():
+    """The ablation "DMF without s_j": the similarities no longer reach the logits (they do by default, above)."""
+    torch.manual_seed(0)
+    m = build_model(SPEC, dataclasses.replace(CONFIGS["dmf"], similarity="none")).eval()
+    batch = make_batch()
+    flipped = dict(batch, hist_sim=-batch["hist_sim"])
+    with torch.no_grad():
+        assert torch.allclose(m(batch), m(flipped))
+
+
+def test_a_config_of_another_family_is_refused():
+    with pytest.raises(TypeError, match="needs a DMFConfig"):
+        build_model(SPEC, dataclasses.replace(CONFIGS["din"], name="dmf"))
 
 
 @pytest.mark.parametrize("name", CONFIGS)

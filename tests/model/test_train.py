@@ -7,7 +7,7 @@ import torch
 
 from mmfs.model.data import LoaderConfig, TrainingSetDataset
 from mmfs.model.metrics import gauc
-from mmfs.model.config import ModelConfig
+from mmfs.model.models import model_config
 from mmfs.model.checkpoint import load_checkpoint
 from mmfs.model.train import TrainConfig, prepare, resolve_config, train
 from mmfs.store import feast_store, training_set
@@ -30,11 +30,34 @@ def dmf_set(applied_repo, tmp_path_factory):
 
 def test_overrides_reach_nested_configs_and_reject_unknown_keys(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("lr: 0.01\nmodel:\n  name: din\n  mlp: [16, 8]\n")
+    path.write_text("lr: 0.01\nmodel:\n  name: dmf\n  mlp: [16, 8]\n")
     config = resolve_config(str(path), ["--model.buckets=20", "--max_epochs=3"])
-    assert (config.lr, config.max_epochs, config.model.name, config.model.mlp, config.model.buckets) == (0.01, 3, "din", (16, 8), 20)
-    with pytest.raises(ValueError, match="unknown config key 'bucket' for ModelConfig"):
+    assert (config.lr, config.max_epochs, config.model.name, config.model.mlp, config.model.buckets) == (0.01, 3, "dmf", (16, 8), 20)
+    with pytest.raises(ValueError, match="unknown config key 'bucket' for model 'dmf'"):
         resolve_config(None, ["--model.bucket=3"])
+    with pytest.raises(ValueError, match="unknown config key 'patience' for TrainConfig"):  # now patience_epochs
+        resolve_config(None, ["--patience=4"])
+
+
+def test_each_model_has_its_own_settings_and_an_inapplicable_one_is_an_error(tmp_path):
+    """DIN has no buckets: before per-model configs, --model.buckets=20 was silently ignored by DIN."""
+    with pytest.raises(ValueError, match="unknown config key 'buckets' for model 'din'"):
+        resolve_config(None, ["--model.name=din", "--model.buckets=20"])
+    with pytest.raises(ValueError, match="buckets: not a setting of model 'din'"):  # set first, then the family changes
+        resolve_config(None, ["--model.buckets=20", "--model.name=din"])
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: din\n  tiers: 3\n")
+    with pytest.raises(ValueError, match="tiers"):
+        resolve_config(str(path), [])
+    config = resolve_config(None, ["--model.id_dim=8", "--model.name=din", "--model.pooling=sum"])  # shared settings carry over
+    assert (type(config.model).__name__, config.model.id_dim, config.model.pooling) == ("DINConfig", 8, "sum")
+    assert not hasattr(config.model, "buckets")
+    with pytest.raises(ValueError, match="model.name must be one of"):
+        resolve_config(None, ["--model.name=gbdt"])
+    with pytest.raises(ValueError, match="model.similarity must be one of"):
+        resolve_config(None, ["--model.similarity=audio"])
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        resolve_config(None, ["--lr_schedule=step"])
 
 
 def test_gauc_weights_users_with_both_classes_only():
@@ -48,8 +71,8 @@ def test_gauc_weights_users_with_both_classes_only():
 
 @pytest.mark.parametrize("name", ["dmf", "din"])
 def test_train_writes_a_checkpoint_that_reloads_to_the_same_logits(dmf_set, tmp_path, name):
-    config = TrainConfig(training_set=str(dmf_set), out=str(tmp_path / name), batch_size=4, max_epochs=2, patience=5,
-                         max_len=4, progress=False, model=ModelConfig(name=name, id_dim=4, mlp=(8,), buckets=5, tiers=3))
+    config = TrainConfig(training_set=str(dmf_set), out=str(tmp_path / name), batch_size=4, max_epochs=2, patience_epochs=5,
+                         max_len=4, progress=False, model=model_config(name, id_dim=4, mlp=(8,), **({"buckets": 5, "tiers": 3} if name == "dmf" else {})))
     metrics = train(config)
     assert {"auc", "gauc", "logloss"} <= metrics["valid"].keys() and len(metrics["history"]) == 2
     assert (tmp_path / name / "curve.png").stat().st_size > 1000
@@ -80,8 +103,8 @@ def test_torch_distributor_trains_data_parallel_in_two_processes(dmf_set, tmp_pa
 
     for path in (dmf_set / "split=train").glob("*.parquet"):  # several row groups, so both ranks get data
         pq.write_table(pq.read_table(path), path, row_group_size=1)
-    config = TrainConfig(training_set=str(dmf_set), out=str(tmp_path / "ddp"), batch_size=2, max_epochs=2, patience=5,
-                         max_len=4, progress=False, model=ModelConfig(name="dmf", id_dim=4, mlp=(8,), buckets=5, tiers=3))
+    config = TrainConfig(training_set=str(dmf_set), out=str(tmp_path / "ddp"), batch_size=2, max_epochs=2, patience_epochs=5,
+                         max_len=4, progress=False, model=model_config("dmf", id_dim=4, mlp=(8,), buckets=5, tiers=3))
     metrics = run_distributed(config, num_processes=2)
     assert metrics["world_size"] == 2 and len(metrics["history"]) == 2
     model, meta = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
@@ -91,7 +114,6 @@ def test_torch_distributor_trains_data_parallel_in_two_processes(dmf_set, tmp_pa
 def test_cli_lists_every_option_and_refuses_bad_ones_in_one_line(capsys):
     import dataclasses
 
-    from mmfs.model.config import ModelConfig
     from mmfs.model.train import TrainConfig, main
 
     with pytest.raises(SystemExit) as shown:
@@ -100,8 +122,11 @@ def test_cli_lists_every_option_and_refuses_bad_ones_in_one_line(capsys):
     usage = capsys.readouterr().out
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name}" in usage, f.name
-    for f in dataclasses.fields(ModelConfig):
-        assert f"--model.{f.name}=" in usage, f.name
+    from mmfs.model.models import MODELS
+
+    for family in MODELS.values():
+        for f in dataclasses.fields(family.Config):
+            assert f"--model.{f.name}=" in usage, f.name
     for bad, message in ((["--lr=fast"], "--lr must be float, got 'fast'"), (["--bogus=1"], "unknown config key 'bogus'"),
                          (["--training-set", "/no/such/set"], "is not a training set")):
         with pytest.raises(SystemExit) as refused:
@@ -114,6 +139,43 @@ def test_each_model_defaults_to_its_own_output_folder():
     """mmfs train --model din without --out must not overwrite the DMF checkpoint."""
     from pathlib import Path
 
-    assert TrainConfig(model=ModelConfig(name="din")).output_dir == Path("out/models/din")
+    assert TrainConfig(model=model_config("din")).output_dir == Path("out/models/din")
     assert TrainConfig().output_dir == Path("out/models/dmf")
-    assert TrainConfig(out="x/y", model=ModelConfig(name="din")).output_dir == Path("x/y")
+    assert TrainConfig(out="x/y", model=model_config("din")).output_dir == Path("x/y")
+
+
+def test_the_recipe_counts_in_epochs_so_a_flat_epoch_does_not_end_a_run(monkeypatch):
+    """4 validation passes an epoch; the best pass at 0.5, then flat: the rate is cut 1 epoch later
+    (1.5) and again 1 epoch after that (2.5), and the run ends after patience_epochs = 2 (at 2.5), not
+    after 4 passes (1.5), as when patience counted passes."""
+    import numpy as np
+
+    from mmfs.model import train as train_module
+
+    scripted = iter([0.60, 0.61] + [0.61] * 8)
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: {"auc": next(scripted), "gauc": 0.5, "logloss": 0.6, "ece": 0.0, "rows": 1})
+    model = torch.nn.Linear(1, 1)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    config = TrainConfig(patience_epochs=2.0, lr_patience_epochs=1.0, lr_decay=0.5, progress=False)
+    selection = train_module.Selection(model, optimiser, None, None, None, config)
+    stops = [selection.validate(k / 4, []) for k in range(1, 11)]  # 0.25 .. 2.5
+    assert stops.index(True) == 9  # the pass at 2.5: 2 epochs after the best (0.5)
+    rates = [h["lr"] for h in selection.history]  # each pass records the rate it trained under
+    assert rates == [1e-3] * 6 + [5e-4] * 4 and optimiser.param_groups[0]["lr"] == 2.5e-4
+    assert selection.best_at == 0.5
+
+    cosine = [train_module.cosine_rate(TrainConfig(lr=1e-3, min_lr=1e-5, max_epochs=10), e) for e in (0, 5, 10, 12)]
+    assert cosine[0] == pytest.approx(1e-3) and cosine[1] == pytest.approx((1e-3 + 1e-5) / 2) and cosine[2] == cosine[3] == pytest.approx(1e-5)
+    assert np.isfinite(cosine).all()
+
+
+def test_expected_calibration_error():
+    import numpy as np
+
+    from mmfs.model.metrics import ece
+
+    labels = np.array([1, 1, 0, 0] * 25)
+    assert ece(labels, np.full(100, 0.5)) == pytest.approx(0.0)  # right on average in its one bin
+    assert ece(labels, np.where(labels == 1, 0.99, 0.01)) == pytest.approx(0.01)
+    assert ece(labels, np.full(100, 0.9)) == pytest.approx(0.4)
+    assert ece(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0  # p = 1 falls in the last bin

@@ -12,7 +12,7 @@ import torch
 from pyspark.sql import Row
 
 from mmfs.model.data import LoaderConfig, TrainingSetDataset
-from mmfs.model.config import ModelConfig
+from mmfs.model.models import model_config
 from mmfs.model.checkpoint import load_checkpoint
 from mmfs.model.train import TrainConfig, prepare, train
 from mmfs.store import feast_store, training_set
@@ -63,12 +63,12 @@ def served(spark, tmp_path_factory):
     sets = root / "training_sets" / "ctr_dmf_v1"
     training_set.build(store, "ctr_dmf_v1", root / "events", sets, saved_dataset=False)
     out = tmp_path_factory.mktemp("serve_model")
-    train(TrainConfig(training_set=str(sets), out=str(out), model=ModelConfig(name="dmf", id_dim=8, mlp=(16,), dropout=0.0, buckets=5, tiers=4),
-                      batch_size=64, max_epochs=2, patience=5, progress=False))
+    train(TrainConfig(training_set=str(sets), out=str(out), model=model_config("dmf", id_dim=8, mlp=(16,), dropout=0.0, buckets=5, tiers=4),
+                      batch_size=64, max_epochs=2, patience_epochs=5, progress=False))
     din_sets = root / "training_sets" / "ctr_din_v1"
     training_set.build(store, "ctr_din_v1", root / "events", din_sets, saved_dataset=False)
     din = tmp_path_factory.mktemp("serve_din")
-    train(TrainConfig(training_set=str(din_sets), out=str(din), model=ModelConfig(name="din", id_dim=8, mlp=(16,), dropout=0.0),
+    train(TrainConfig(training_set=str(din_sets), out=str(din), model=model_config("din", id_dim=8, mlp=(16,), dropout=0.0),
                       batch_size=64, max_epochs=1, progress=False))
     return {"root": root, "repo": repo, "store": store, "sets": sets, "checkpoint": out / "checkpoint.pt",
             "din_sets": din_sets, "din_checkpoint": din / "checkpoint.pt"}
@@ -466,7 +466,7 @@ def test_backfill_v2_serves_beside_v1_without_touching_it(served, spark, tmp_pat
     manifest = json.loads((sets / "manifest.json").read_text())
     assert manifest["encoder_identity"]["encoder_id"] == "enc-v2" and manifest["embedding_table"].endswith("item_embeddings_v2")
     out = tmp_path / "model_v2"
-    train(TrainConfig(training_set=str(sets), out=str(out), model=ModelConfig(name="dmf", id_dim=8, mlp=(16,), dropout=0.0, buckets=5, tiers=4),
+    train(TrainConfig(training_set=str(sets), out=str(out), model=model_config("dmf", id_dim=8, mlp=(16,), dropout=0.0, buckets=5, tiers=4),
                       batch_size=64, max_epochs=1, progress=False))
 
     rows = offline_logits(out / "checkpoint.pt", sets)
