@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-seeds", type=int, default=5, help="seeds per FuxiCTR peer")
     parser.add_argument("--epochs", type=int, default=TrainConfig.max_epochs, help="epoch budget (the recipe's patience ends most runs sooner)")
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated labels of the mmfs models to train")
+    parser.add_argument("--models", default=",".join(c.name for c in MODELS.values()),
+                        help="comma-separated model names (din, mmctr_din, dmf, diffmsin) of the mmfs models to train, in this order")
     parser.add_argument("--skip-peers", action="store_true", help="no FuxiCTR runs (it needs the bench extra)")
     parser.add_argument("--no-diagnosis", action="store_true", help="skip the MovieLens diagnosis variants and slices")
     parser.add_argument("--no-ablations", action="store_true", help="skip the DMF ablations on the implicit sets")
@@ -594,7 +595,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(SET_NAMES))
     if unknown:
         parser.error(f"unknown set(s) {unknown}; known: {SET_NAMES}")
-    models = {label: MODELS[label] for label in (m.strip() for m in args.models.split(",")) if label}
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if sorted(set(names) - {c.name for c in MODELS.values()}):
+        parser.error(f"--models: unknown model(s) {sorted(set(names) - {c.name for c in MODELS.values()})}")
+    models = {label: config for name in names for label, config in MODELS.items() if config.name == name}
     began = time.perf_counter()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,14 @@ what was clicked), for benchmarks on data that only holds positives (ratings, pu
 
 Every chosen event becomes a positive (``--positives all``: every row, as for ratings;
 ``clicks``: only rows labelled 1). Each positive gets ``--negatives`` sampled negatives for the
-same user at the same instant: items drawn in proportion to their popularity (their positive
-count in the whole file), never an item the user has a positive or any other event for, and never
-the same item twice for one user at one instant. Popularity-matched negatives make the item's
-popularity say almost nothing, so the history and the content carry the task.
+same user at the same instant: items drawn in proportion to their popularity *at that instant*
+(the item of a positive drawn uniformly from the ``--window`` positives up to that instant, so an
+item is drawn as often as it is liked around then, and never before it exists), never an item the
+user has a positive or any other event for, and never the same item twice for one user at one
+instant. Negatives matched to the positives' popularity at the time make the item's popularity,
+and its running stats, say almost nothing, so the history and the content carry the task. (Drawn
+by whole-log popularity instead, a negative at time t is often a film liked only years later,
+which the item's running stats give away.)
 
 Writes the raw events contract (``user_id``, ``item_id``, ``event_timestamp``, ``label``), sorted by
 user and time; deterministic for a given seed. Not a stand-in for real impressions: the negatives
@@ -27,9 +31,10 @@ import pyarrow.parquet as pq
 from mmfs.core.contracts.tables import EVENTS, RAW_EVENT_COLUMNS
 
 MAX_ROUNDS = 200  # redraws of rejected negatives before giving up on a user
+MIN_POOL = 1_000  # positives the log's earliest instants draw from (they have fewer behind them)
 
 
-def implicit_events(events: pa.Table, negatives: int = 1, positives: str = "all", seed: int = 0) -> pa.Table:
+def implicit_events(events: pa.Table, negatives: int = 1, positives: str = "all", seed: int = 0, window: int = 10_000) -> pa.Table:
     """``events`` (the raw contract's columns) -> positives plus popularity-matched negatives.
 
     Raises ValueError naming the user when a user has too few items left to draw negatives from.
@@ -48,18 +53,29 @@ def implicit_events(events: pa.Table, negatives: int = 1, positives: str = "all"
     items, item_idx = np.unique(item_ids, return_inverse=True)  # (I,), (N,)
     user_keys, user_idx = np.unique(users, return_inverse=True)
     chosen = np.ones(len(users), bool) if positives == "all" else labels == 1
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
     pos_user, pos_item, pos_stamp = user_idx[chosen], item_idx[chosen], stamps[chosen]
-    popularity = np.bincount(pos_item, minlength=len(items)).astype(np.float64)
-    probability = popularity / popularity.sum()
+    by_time = np.argsort(pos_stamp, kind="stable")
+    sorted_stamp, sorted_item = pos_stamp[by_time], pos_item[by_time]
     n_items = np.int64(len(items))
     touched = np.unique(user_idx.astype(np.int64) * n_items + item_idx)  # every (user, item) with any event
     rng = np.random.default_rng(seed)
 
     neg_user = np.repeat(pos_user, negatives)
     neg_stamp = np.repeat(pos_stamp, negatives)
-    neg_item = rng.choice(len(items), len(neg_user), p=probability)
+    # the window of positives each negative draws from: the last ``window`` up to its instant (the
+    # log's first MIN_POOL positives for its earliest instants, which have fewer behind them)
+    upto = np.searchsorted(sorted_stamp, neg_stamp, side="right")  # positives at or before the instant
+    hi = np.maximum(upto, min(MIN_POOL, len(sorted_stamp)))
+    lo = np.maximum(hi - window, 0)
+
+    def draw(rows: np.ndarray) -> np.ndarray:
+        return sorted_item[lo[rows] + (rng.random(len(rows)) * (hi[rows] - lo[rows])).astype(np.int64)]
+
+    neg_item = draw(np.arange(len(neg_user)))
     todo = np.arange(0)
-    for _ in range(MAX_ROUNDS):
+    for round_ in range(MAX_ROUNDS):
         bad = np.isin(neg_user.astype(np.int64) * n_items + neg_item, touched)
         # one item at most once per (user, instant): the first of equal keys stays, the others redraw
         _, first = np.unique(np.stack([neg_user, neg_stamp, neg_item], axis=1), axis=0, return_index=True)
@@ -68,7 +84,11 @@ def implicit_events(events: pa.Table, negatives: int = 1, positives: str = "all"
         todo = np.flatnonzero(bad | repeated)
         if not len(todo):
             break
-        neg_item[todo] = rng.choice(len(items), len(todo), p=probability)
+        if round_ % 10 == 9:  # still stuck (the window is all the user's own items): widen it, back in time first
+            at_start = lo[todo] == 0
+            lo[todo] = np.maximum(lo[todo] - window, 0)
+            hi[todo[at_start]] = np.minimum(hi[todo[at_start]] + window, len(sorted_stamp))
+        neg_item[todo] = draw(todo)
     else:
         worst = user_keys[np.bincount(neg_user[todo]).argmax()].item()
         raise ValueError(f"user {worst!r}: no popularity-drawn item left that the user has no event for "
@@ -96,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positives", choices=("all", "clicks"), default="all",
                         help="all: every event is a positive (ratings); clicks: only rows labelled 1")
     parser.add_argument("--negatives", type=int, default=1, help="sampled negatives per positive")
+    parser.add_argument("--window", type=int, default=10_000, help="positives up to the instant that a negative's item is drawn from")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         events = pq.read_table(args.events, columns=RAW_EVENT_COLUMNS)
-        table = implicit_events(events, args.negatives, args.positives, args.seed)
+        table = implicit_events(events, args.negatives, args.positives, args.seed, args.window)
     except (ValueError, OSError) as exc:
         parser.exit(2, f"mmfs implicit: error: {exc}\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -229,7 +229,7 @@ def write_outputs(result: dict, out: str, source: str, image_root: str | None = 
     return reports_
 
 
-SOURCE_OPTIONS = ("--source", "--input", "--items", "--events", "--out", "--max-users")
+SOURCE_OPTIONS = ("--source", "--input", "--items", "--events", "--out", "--max-users", "--image-root")
 
 
 def add_source_args(parser: argparse.ArgumentParser) -> None:
@@ -240,6 +240,8 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", help="events CSV/parquet (source=files)")
     parser.add_argument("--out", required=True, help="output root; tables go to <out>/items, <out>/events")
     parser.add_argument("--max-users", type=int, default=None, help="keep only this many users (smallest ids) and their items")
+    parser.add_argument("--image-root", default=None,
+                        help="the folder item images must lie in (default: the --items file's folder); encode-items refuses others")
 
 
 def source_argv(args: argparse.Namespace) -> list[str]:
@@ -257,8 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     """``mmfs ingest``: read the source, transform, write."""
     parser = argparse.ArgumentParser(prog="mmfs ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(parser)
-    parser.add_argument("--image-root", default=None,
-                        help="the folder item images must lie in (default: the --items file's folder); encode-items refuses others")
     add_common_args(parser)
     args = parser.parse_args(argv)
     spark = spark_from_args(args, "mmfs-ingest")

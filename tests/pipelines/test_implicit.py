@@ -53,6 +53,19 @@ def test_negatives_follow_popularity():
     assert (neg.item_id == 1).mean() > 0.6  # 400 : 100 : 1 each for the others
 
 
+def test_negatives_follow_the_popularity_at_their_instant_never_a_later_one():
+    """Item 1 is liked by 1,500 users at t = 0-1499 s (beside 1,500 films liked once each), item 2 by
+    1,500 others only from t = 5000 s: no negative before 5000 s is item 2 (drawn by whole-log
+    popularity, a third of them were); a late one, with window 1,000, is item 2, the item liked then."""
+    rows = [(u, 1, u, 1) for u in range(1500)] + [(20_000 + u, 100 + u, u, 1) for u in range(1500)]
+    rows += [(10_000 + u, 2, 5000 + u, 1) for u in range(1500)] + [(50_001, 4, 7000, 1)]
+    got = implicit_events(events(rows), seed=0, window=1000).to_pandas()
+    neg = got[got.label == 0]
+    early = neg[neg.event_timestamp < T0 + dt.timedelta(seconds=5000)]
+    assert len(early) == 3000 and not (early.item_id == 2).any() and (early.item_id == 1).mean() > 0.2  # half of the 1,500 filler users
+    assert neg.set_index("user_id").item_id[50_001] == 2
+
+
 def test_a_user_with_nothing_left_to_draw_is_named():
     with pytest.raises(ValueError, match="user 7"):
         implicit_events(events([(7, 1, 0, 1), (7, 2, 0, 1)]), seed=0)

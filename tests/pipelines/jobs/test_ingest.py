@@ -131,3 +131,16 @@ def test_feedback_events_recorded_online_join_the_next_full_run(spark, tmp_path)
     rows = sorted(ingest.with_feedback(spark, events, str(tmp_path)).collect())
     assert [(r.user_id, r.item_id, r.event_timestamp, r.label) for r in rows] == [(1, 10, ts("2020-01-01 00:00:00"), 1),
                                                                                  (1, 11, ts("2020-01-02 00:00:00"), 0)]
+
+
+def test_mmfs_pipeline_hands_every_source_option_to_ingest():
+    """--image-root included: mmfs pipeline refused it before, so a files source whose images lie
+    beside another folder could not run end to end."""
+    import argparse
+
+    from mmfs.pipelines.jobs import ingest
+
+    parser = argparse.ArgumentParser()
+    ingest.add_source_args(parser)
+    argv = ["--source", "files", "--items", "i.parquet", "--events", "e.parquet", "--out", "o", "--image-root", "/imgs"]
+    assert ingest.source_argv(parser.parse_args(argv)) == argv
