@@ -156,7 +156,7 @@ def test_the_recipe_counts_in_epochs_so_a_flat_epoch_does_not_end_a_run(monkeypa
     monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: {"auc": next(scripted), "gauc": 0.5, "logloss": 0.6, "ece": 0.0, "rows": 1})
     model = torch.nn.Linear(1, 1)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    config = TrainConfig(patience_epochs=2.0, lr_patience_epochs=1.0, lr_decay=0.5, progress=False)
+    config = TrainConfig(patience_epochs=2.0, lr_schedule="plateau", lr_patience_epochs=1.0, lr_decay=0.5, progress=False)
     selection = train_module.Selection(model, optimiser, None, None, None, config)
     stops = [selection.validate(k / 4, []) for k in range(1, 11)]  # 0.25 .. 2.5
     assert stops.index(True) == 9  # the pass at 2.5: 2 epochs after the best (0.5)
