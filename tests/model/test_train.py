@@ -179,3 +179,6 @@ def test_expected_calibration_error():
     assert ece(labels, np.where(labels == 1, 0.99, 0.01)) == pytest.approx(0.01)
     assert ece(labels, np.full(100, 0.9)) == pytest.approx(0.4)
     assert ece(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0  # p = 1 falls in the last bin
+    # bins weighted by their rows: 90 rows at 0.9 (81 clicks, calibrated), 10 at 0.1 (5 clicks, off by 0.4)
+    labels = np.r_[np.ones(81), np.zeros(9), np.ones(5), np.zeros(5)]
+    assert ece(labels, np.r_[np.full(90, 0.9), np.full(10, 0.1)]) == pytest.approx(0.04)
