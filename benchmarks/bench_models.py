@@ -539,8 +539,9 @@ def write_report(rows: list[dict], order: dict[str, list[str]], budgets: dict[st
              f"(rows that an earlier run of the same code, {code_version()}, and budget left in `--work`'s rows.json are reused, not rerun).", "",
              f"mmfs's models: {'; '.join(f'{d}: {json.dumps(b)}' for d, b in budgets.items())}; AdamW; "
              "`evals_per_epoch` validation passes per epoch and the best pass's weights kept; every other rule counted in epochs: "
-             "the learning rate cut by `lr_decay` after `lr_patience_epochs` without a better validation AUC, the run ended after "
-             "`patience_epochs` without one (`mmfs train`'s defaults, the same for every mmfs model). FuxiCTR's models: the same epochs, batch and learning rate, Adam, FuxiCTR's own early "
+             "the learning rate along `lr_schedule` (cosine: decayed to 1e-5 by `max_epochs`; plateau: cut by `lr_decay` after "
+             "`lr_patience_epochs` without a better validation AUC), the run ended after `patience_epochs` without one (`mmfs train`'s "
+             "defaults, the same for every mmfs model; the rows named 'plateau recipe' change only that). FuxiCTR's models: the same epochs, batch and learning rate, Adam, FuxiCTR's own early "
              "stopping (patience 2 epochs) and learning-rate cut on plateau. Selection on validation AUC only; test read once.",
              "Same rows for every model: each mmfs model reads its feature service's training set (same tables, same time split: 80% / 90% "
              "event-time quantiles); FuxiCTR's read those rows exported by `mmfs.model.export_fuxictr` and checked row for row "

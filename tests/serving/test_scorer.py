@@ -267,6 +267,16 @@ def test_store_checks_refuse_another_service_or_encoder(served):
         check_store(served["store"], {**meta, "features": meta["features"] + ["item_stats:views"]})
 
 
+def test_an_ablation_checkpoint_is_refused(served):
+    """A DMF trained on s_j over one part of mm_emb would be served the fused s_j: skew, so it is refused."""
+    from mmfs.serving.scorer import Scorer
+
+    model, meta = load_checkpoint(served["checkpoint"])
+    ablation = {**meta, "config": {**meta["config"], "model": {**meta["config"]["model"], "similarity": "text"}}}
+    with pytest.raises(ValueError, match="similarity='text' is an ablation"):
+        Scorer(model, ablation, served["store"])
+
+
 def test_http_app(served):
     from fastapi.testclient import TestClient
 
