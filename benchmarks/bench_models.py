@@ -590,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(SET_NAMES), help=f"comma-separated, from {SET_NAMES}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per model on every set")
     parser.add_argument("--ablation-seeds", type=int, default=3)
+    parser.add_argument("--diffmsin-seeds", type=int, default=None, help="seeds for Diff-MSIN, the slowest model (default: --seeds)")
     parser.add_argument("--peer-seeds", type=int, default=5, help="seeds per FuxiCTR peer")
     parser.add_argument("--epochs", type=int, default=TrainConfig.max_epochs, help="epoch budget (the recipe's patience ends most runs sooner)")
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -638,7 +639,9 @@ def main(argv: list[str] | None = None) -> int:
         sets = build_sets(work, root, name)
         base = baseline_rows(sets["ctr_din_v1"], label)
         rows += base
-        rows += run_mmfs(sets, work, label, args.seeds, budget, models)
+        for model_label, config in models.items():
+            seeds = args.diffmsin_seeds if config.name == "diffmsin" and args.diffmsin_seeds is not None else args.seeds
+            rows += run_mmfs(sets, work, label, seeds, budget, {model_label: config})
         if not args.skip_peers:
             peer_rows, exports[label] = run_peers(sets["ctr_dmf_v1"], work, label, args.peer_seeds, budget)
             rows += peer_rows
