@@ -2,12 +2,17 @@
 
 On a copy of the MovieLens tables ``make demo`` writes (applied and materialised to AS_OF):
 
-- freshness: ``mmfs stream --trigger-s 1`` runs in its own process; one click at a time lands in the
-  event log (``mmfs.core.events.landing``) and the time until the online store serves the user's new
-  sequence (the read the scorer makes, polled every 10 ms) is measured, p50 and p99;
-- sustained: events land at a fixed rate (files every 0.2 s) for a while at each of a few rates;
-  per micro-batch, the time from its oldest file landing to its rows being visible, p50/p99, and
-  whether the stream kept up. The sustained rate is the highest one with p99 <= 5 s that kept up;
+- freshness: ``mmfs stream --trigger-s T`` (``--trigger-s``, default the stream's own) runs in its own
+  process; one click at a time lands in the event log (``mmfs.core.events.landing``) and the time
+  until the online store serves the user's new sequence (the read the scorer makes, polled every
+  10 ms) is measured, p50 and p99;
+- sustained: events land at a fixed rate (files every 0.2 s) for a while at each of 10, 100, 1,000
+  events/s and up; per micro-batch, the time from its oldest file landing to its rows being
+  visible, p50/p99, and whether the stream kept up. The highest sustainable rate is the highest one
+  that kept up with p99 <= 1 s (the goal), and the highest that kept up at all is reported too;
+- the generator (this process: it builds, checks and lands the events, and polls for freshness) is
+  pinned to one core (``--generator-cpu``); the stream is not pinned. The CPU seconds each used at
+  each rate are read from ``/proc`` and reported, so the stream's cost is apart from the generator's;
 - served-feature logging: in-process ``Scorer.score`` at C = 100, with and without the request log,
   interleaved request by request, p50/p99 and the ratio;
 - ``mmfs consistency`` over the requests that run logged, against the tables after the stream
@@ -38,7 +43,8 @@ from mmfs.store.repo import init_repo
 ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.timezone.utc
 SKIP = ("training_sets", "models", "encoder_cache", "_served", "_landing", "_stream", "reports", "quarantine", "_feast")
-GOAL_P99_S = 5.0
+GOAL_P99_S = 1.0  # freshness: event landed -> servable
+GOAL_RATE = 1000  # events/s at which GOAL_P99_S must hold
 
 
 def pct(values, q) -> float:
@@ -91,11 +97,41 @@ def wait_visible(reader, user: int, ts: dt.datetime, timeout: float, poll: float
     return None
 
 
-def start_stream(tables: Path, repo: Path, trigger_s: float, log: Path) -> subprocess.Popen:
+def stream_default_trigger() -> float:
+    from mmfs.streaming.job import DEFAULT_TRIGGER_S
+
+    return DEFAULT_TRIGGER_S
+
+
+def start_stream(tables: Path, repo: Path, trigger_s: float | None, log: Path) -> subprocess.Popen:
     env = dict(os.environ)
+    trigger = ["--trigger-s", str(trigger_s)] if trigger_s else []
     return subprocess.Popen([sys.executable, "-m", "mmfs.cli", "stream", "--root", str(tables), "--repo", str(repo),
-                             "--trigger-s", str(trigger_s), "--conf", "spark.ui.enabled=false"],
+                             *trigger, "--conf", "spark.ui.enabled=false"],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (the stream's JVM and Python), from /proc."""
+    import psutil
+
+    total = 0.0
+    try:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def batches(tables: Path) -> list[dict]:
@@ -121,10 +157,12 @@ def bench_freshness(tables: Path, repo: Path, users: list[int], items: list[int]
     return {"n": n, "p50_s": pct(latencies, 50), "p99_s": pct(latencies, 99), "max_s": max(latencies), "latencies": latencies}
 
 
-def bench_sustained(tables: Path, users: list[int], items: list[int], clock: Clock, rate: int, seconds: float, rng) -> dict:
+def bench_sustained(tables: Path, users: list[int], items: list[int], clock: Clock, rate: int, seconds: float, rng,
+                    stream_pid: int) -> dict:
     landing = EventLanding(tables)
     before = len(batches(tables))
     landed = sum(b["events"] for b in batches(tables))
+    cpu_stream, cpu_gen = cpu_seconds(stream_pid), own_cpu_seconds()
     per_file = max(1, int(rate * 0.2))
     files = int(seconds / 0.2)
     began = time.time()
@@ -135,6 +173,7 @@ def bench_sustained(tables: Path, users: list[int], items: list[int], clock: Clo
         landing.land([Event(int(rng.choice(users)), int(rng.choice(items)), clock.next(), int(rng.random() < 0.5))
                       for _ in range(per_file)])
     last_landed = time.time()
+    cpu_gen = own_cpu_seconds() - cpu_gen
     want = landed + files * per_file
     while sum(b["events"] for b in batches(tables)) < want and time.time() - last_landed < 120:
         time.sleep(0.1)
@@ -142,10 +181,13 @@ def bench_sustained(tables: Path, users: list[int], items: list[int], clock: Clo
     lat = [b["visible"] - b["landed_min"] for b in mine if b.get("landed_min")]
     drained = time.time() - last_landed
     applied = sum(b["events"] for b in mine)
+    cpu_stream = cpu_seconds(stream_pid) - cpu_stream
+    wall = time.time() - began
     return {"rate": rate, "offered_events_s": files * per_file / (last_landed - began), "seconds": seconds, "events": files * per_file,
             "applied": applied, "batches": len(mine), "p50_s": pct(lat, 50), "p99_s": pct(lat, 99),
-            "drain_s": drained, "kept_up": applied == files * per_file and drained < 2 * GOAL_P99_S,
-            "batch_s_p50": pct([b["visible"] - b["started"] for b in mine], 50)}
+            "drain_s": drained, "kept_up": applied == files * per_file and drained < 5.0,
+            "batch_s_p50": pct([b["visible"] - b["started"] for b in mine], 50),
+            "stream_cpu_s_per_s": cpu_stream / wall, "generator_cpu_s_per_s": cpu_gen / (last_landed - began)}
 
 
 def bench_logging(tables: Path, repo: Path, checkpoint: Path, at: dt.datetime, n: int, rng) -> dict:
@@ -200,10 +242,10 @@ def plot(fresh: dict, sustained: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     lat = np.sort(fresh["latencies"])
     left.plot(lat, np.arange(1, len(lat) + 1) / len(lat))
-    left.axvline(GOAL_P99_S, color="red", linestyle="--", label="goal: p99 <= 5 s")
+    left.axvline(GOAL_P99_S, color="red", linestyle="--", label=f"goal: p99 <= {GOAL_P99_S:g} s")
     left.set_xlabel("event landed -> online sequence served (s)")
     left.set_ylabel("fraction of events")
-    left.set_title("freshness at a 1 s trigger")
+    left.set_title("freshness of single clicks")
     left.legend()
     rates = [s["offered_events_s"] for s in sustained]
     right.plot(rates, [s["p50_s"] for s in sustained], "o-", label="p50")
@@ -222,31 +264,47 @@ def plot(fresh: dict, sustained: list[dict], path: Path) -> None:
 def markdown(r: dict) -> str:
     f, lg = r["freshness"], r["logging"]
     ok = lambda b: "met" if b else "**not met**"  # noqa: E731
-    sustained = [s for s in r["sustained"] if s["kept_up"] and s["p99_s"] <= GOAL_P99_S]
-    best = max((s["offered_events_s"] for s in sustained), default=0.0)
+    kept = [s for s in r["sustained"] if s["kept_up"]]
+    fresh = [s for s in kept if s["p99_s"] <= GOAL_P99_S]
+    best = max((s["offered_events_s"] for s in fresh), default=0.0)
+    most = max((s["offered_events_s"] for s in kept), default=0.0)
+    at_goal = [s for s in r["sustained"] if s["rate"] >= GOAL_RATE]
+    goal_row = min(at_goal, key=lambda s: s["rate"]) if at_goal else None
+    goal_met = goal_row is not None and goal_row["kept_up"] and goal_row["p99_s"] <= GOAL_P99_S and goal_row["offered_events_s"] >= 0.95 * GOAL_RATE
+    trigger = r.get("trigger_s", 1.0)
     lines = ["# Streaming: freshness, throughput, served-feature logging", "",
-             f"Generated by `make bench-stream` on {r['date']}. Machine: {r['machine']}.", "",
+             f"Generated by `make bench-stream` on {r['date']}. Machine: {r['machine']}. The stream: `mmfs stream "
+             f"--trigger-s {trigger:g}`, its own process, not pinned; the generator: this benchmark's process, pinned to core "
+             f"{r.get('generator_cpu', '?')} of {r.get('cpus', '?')}.", "",
              "| goal | measured | |", "|---|---|---|",
-             f"| freshness p99 <= 5 s at a 1 s trigger | p50 {f['p50_s']:.2f} s, p99 {f['p99_s']:.2f} s (n = {f['n']}) | {ok(f['p99_s'] <= GOAL_P99_S)} |",
-             f"| sustained events/s before p99 passes 5 s | {best:.0f} events/s (highest rate tried that kept up) | reported |",
+             (f"| freshness p99 <= {GOAL_P99_S:g} s at >= {GOAL_RATE:,} events/s, 1-core generator | "
+              + (f"{goal_row['offered_events_s']:.0f} events/s landed: p50 {goal_row['p50_s']:.2f} s, p99 {goal_row['p99_s']:.2f} s"
+                 if goal_row else "not run") + f" | {ok(goal_met)} |"),
+             f"| freshness of a single click (p99 <= {GOAL_P99_S:g} s) | p50 {f['p50_s']:.2f} s, p99 {f['p99_s']:.2f} s (n = {f['n']}) | "
+             f"{ok(f['p99_s'] <= GOAL_P99_S)} |",
+             f"| highest sustainable events/s (kept up, p99 <= {GOAL_P99_S:g} s) | {best:.0f} events/s; kept up at all: {most:.0f} events/s "
+             f"(highest rate tried that kept up) | reported |",
              f"| request log costs <= 5% at p99 | p99 {lg['off']['p99_ms']:.2f} -> {lg['on']['p99_ms']:.2f} ms "
              f"({lg['p99_ratio']:.3f}x), p50 {lg['p50_ratio']:.3f}x; {lg['written']} written, {lg['dropped']} dropped | "
              f"{ok(lg['p99_ratio'] <= 1.05)} |", "",
              "## Freshness", "",
              "One click lands in the event log (a JSON-lines file, published by a rename); `mmfs stream` (Spark Structured "
-             "Streaming, file source, `--trigger-s 1`, its own process) applies it; the time is until the online store "
+             f"Streaming, file source, `--trigger-s {trigger:g}`, its own process) applies it; the time is until the online store "
              "serves the user's new sequence (polled every 10 ms, the read the scorer makes). Clicks land one at a time at "
              "a random phase of the trigger.", "",
              "## Sustained load", "",
-             "| events/s landed | events | micro-batches | p50 (s) | p99 (s) | batch time p50 (s) | drained after (s) | kept up |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| events/s landed | events | micro-batches | p50 (s) | p99 (s) | batch time p50 (s) | drained after (s) | kept up "
+             "| stream CPU (cores) | generator CPU (cores) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in r["sustained"]:
         lines.append(f"| {s['offered_events_s']:.0f} | {s['events']} | {s['batches']} | {s['p50_s']:.2f} | {s['p99_s']:.2f} | "
-                     f"{s['batch_s_p50']:.2f} | {s['drain_s']:.1f} | {'yes' if s['kept_up'] else 'no'} |")
+                     f"{s['batch_s_p50']:.2f} | {s['drain_s']:.1f} | {'yes' if s['kept_up'] else 'no'} | "
+                     f"{s.get('stream_cpu_s_per_s', float('nan')):.2f} | {s.get('generator_cpu_s_per_s', float('nan')):.2f} |")
     lines += ["", "Latency here is per micro-batch: from its oldest file's landing (modification time) to its rows being "
-              "published (after the online write), so it bounds what the scorer waits. The landing generator runs on the same "
-              "2 cores as the stream: the rates asked above about 1.5k events/s are what it could offer, not what was asked.", "",
-              "## Served-feature logging", "",
+              "published (after the online write), so it bounds what the scorer waits. Events land in 5 files a second. "
+              "CPU is in cores (CPU seconds per second): the stream's JVM and Python together, and the generator's own "
+              "process, pinned to one core, so a rate it could not offer shows as fewer events/s landed than asked.", "",
+             "## Served-feature logging", "",
               f"In-process `Scorer.score`, C = 100, {lg['n']} requests each way, interleaved request by request: "
               f"off p50 {lg['off']['p50_ms']:.2f} / p99 {lg['off']['p99_ms']:.2f} ms, on p50 {lg['on']['p50_ms']:.2f} / "
               f"p99 {lg['on']['p99_ms']:.2f} ms. The request thread only queues references to the arrays it used; a "
@@ -285,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--at", type=parse_time, default=parse_time("2018-10-01T00:00:00Z"))
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "stream"))
     parser.add_argument("--clicks", type=int, default=30)
-    parser.add_argument("--rates", default="10,100,500,2000,4000,8000")
+    parser.add_argument("--rates", default="10,100,1000,2000,4000,8000")
+    parser.add_argument("--trigger-s", type=float, default=None, help="the stream's --trigger-s (default: its own default)")
+    parser.add_argument("--generator-cpu", type=int, default=-1, help="the core the generator is pinned to (default the last)")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--log-requests", type=int, default=400)
     parser.add_argument("--report", default=str(ROOT / "docs" / "streaming.md"))
@@ -302,7 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     print("logging overhead ...", flush=True)
     result["logging"] = bench_logging(tables, repo, root / "models" / "dmf" / "checkpoint.pt", args.at, args.log_requests, rng)
     print(json.dumps(result["logging"]), flush=True)
-    stream = start_stream(tables, repo, 1.0, work / "stream.log")
+    stream = start_stream(tables, repo, args.trigger_s, work / "stream.log")
+    cpus = sorted(os.sched_getaffinity(0))
+    generator_cpu = cpus[args.generator_cpu]
+    os.sched_setaffinity(0, {generator_cpu})  # the stream, started before, keeps every core
+    result["generator_cpu"], result["cpus"] = generator_cpu, len(cpus)
+    result["trigger_s"] = args.trigger_s or stream_default_trigger()
     try:
         from mmfs.online.reader import OnlineReader
 
@@ -317,13 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         result["sustained"] = []
         for rate in (int(x) for x in args.rates.split(",")):
             print(f"sustained {rate} events/s ...", flush=True)
-            result["sustained"].append(bench_sustained(tables, users, items, clock, rate, args.seconds, rng))
+            result["sustained"].append(bench_sustained(tables, users, items, clock, rate, args.seconds, rng, stream.pid))
             print(result["sustained"][-1], flush=True)
             if not result["sustained"][-1]["kept_up"]:
                 break
     finally:
         stream.terminate()
         stream.wait(timeout=60)
+        os.sched_setaffinity(0, set(cpus))
     print("consistency ...", flush=True)
     result["consistency"] = run_consistency(tables, work, root / "training_sets" / "ctr_dmf_v1")
     report = Path(args.report)

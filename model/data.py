@@ -49,6 +49,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmfs.model.batch import ITEM_STATS_COLUMNS, USER_STATS_COLUMNS, similarity_fields, stats_fields, to_tensors, vector_fields
+from mmfs.core.files import Files, LocalFiles, read_parquet
 from mmfs.core.features.item_index import MISSING, ItemEmbeddingIndex, KeyRanges, to_micros
 from mmfs.core.features.fusion import part_slices
 from mmfs.core.features.similarity import target_similarity
@@ -185,10 +186,12 @@ def snapshot_rows(index: SnapshotIndex, table: pa.Table, key_column: str) -> np.
     return index.rows(table.column("user_id").to_numpy(), stamps, known)
 
 
-def load_embedding_index(table_dir: str | Path, column: str) -> ItemEmbeddingIndex:
-    """All versions of one vector column of the embedding table (items x D, small)."""
-    files = sorted(Path(table_dir).glob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(f, columns=["item_id", "event_timestamp", "created_timestamp", column]) for f in files])
+def load_embedding_index(table_dir: str | Path, column: str, files: Files | None = None) -> ItemEmbeddingIndex:
+    """All versions of one vector column of the embedding table (items x D, small). ``files``: the
+    table's file system (``mmfs.core.files``; default the local disk)."""
+    files = files or LocalFiles()
+    paths = [e.path for e in files.list(str(table_dir)) if e.name.endswith(".parquet") and e.name[:1] not in "._"]
+    table = read_parquet(files, paths, columns=["item_id", "event_timestamp", "created_timestamp", column])
     return ItemEmbeddingIndex.from_arrow(table, column, str(table_dir))
 
 

@@ -41,14 +41,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmfs.core.contracts import tables as C
 from mmfs.core.contracts.names import ITEM_STATS_VIEW, USER_SEQUENCE_VIEW, USER_STATS_VIEW
@@ -57,6 +54,7 @@ from mmfs.core.features.similarity import similarity_batch
 from mmfs.core.features.snapshot import STAMP_AFTER_US, next_history, stamp_after
 from mmfs.core.features.stats import PRIOR_CTR, PRIOR_WEIGHT, running_stats_rows
 from mmfs.core.events.landing import Event, KnownItems, check_events
+from mmfs.core.files import Files, LocalFiles, read_parquet
 from mmfs.online.reader import OnlineReader
 from mmfs.streaming import increment_log
 from mmfs.streaming.increment_log import LOG  # noqa: F401 - where committed batches wait
@@ -72,42 +70,35 @@ class IncrementError(ValueError):
     """A batch the writer refuses, with the reason."""
 
 
-def _rows(path: Path) -> int:
-    """Rows of a parquet file, from its footer; 0 when there is none."""
-    return pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
-
-
 def _us(ts: dt.datetime) -> int:
     return int((ts - EPOCH) / dt.timedelta(microseconds=1))
 
-
-def _from_us(us: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(microseconds=int(us))
 
 
 class IncrementWriter:
     """Applies events online and offline for one store and table root (``record``); see the module docstring."""
 
-    def __init__(self, store, table_root: str | Path, reader: OnlineReader | None = None):
+    def __init__(self, store, table_root: str | Path, reader: OnlineReader | None = None, files: Files | None = None):
+        """``files``: the file system of ``table_root`` (default the local disk; ``mmfs stream`` passes
+        Hadoop's, ``mmfs.pipelines.spark.table_io.HadoopFiles``)."""
         self.store = store
-        self.root = Path(table_root)
+        self.files = files or LocalFiles()
+        self.root = str(table_root)
         self.reader = reader or OnlineReader(store, _service_with(store, USER_SEQUENCE_VIEW))
-        meta = self.root / "user_sequence_snapshots" / "_mmfs_meta.json"
-        self.max_len = int(json.loads(meta.read_text()).get("max_len", 50)) if meta.is_file() else 50
+        self.max_len = int(self._meta("user_sequence_snapshots").get("max_len", 50))
         self.priors = {}  # view -> (prior_ctr, prior_weight) its table was written with
         for view, _, _, _ in STATS_VIEWS:
-            stats_meta = self.root / view / "_mmfs_meta.json"
-            stats = json.loads(stats_meta.read_text()) if stats_meta.is_file() else {}
+            stats = self._meta(view)
             self.priors[view] = (stats.get("prior_ctr", PRIOR_CTR), stats.get("prior_weight", PRIOR_WEIGHT))
         self._index: tuple | None = None  # (table stamp, index, encoder id)
-        self.known = KnownItems(self.root)
+        self.known = KnownItems(self.root, self.files)
         self.recovered: dict[str, int] = {}  # batch -> events a recovery applied for it
         self.recover()
         # What each rule counts on from: the newest offline row per key (mmfs.streaming.state).
-        self.newest = {C.USER_SEQUENCE_SNAPSHOTS.name: NewestRows(self.root / C.USER_SEQUENCE_SNAPSHOTS.name, "user_id",
-                                                                  ("hist_item_ids", "hist_ts_us"))}
+        self.newest = {C.USER_SEQUENCE_SNAPSHOTS.name: NewestRows(self._table(C.USER_SEQUENCE_SNAPSHOTS.name), "user_id",
+                                                                  ("hist_item_ids", "hist_ts_us"), self.files)}
         for view, key, names, table in STATS_VIEWS:
-            self.newest[view] = NewestRows(self.root / table.name, key, names[:2])
+            self.newest[view] = NewestRows(self._table(table.name), key, names[:2], self.files)
         self._read_files: set[str] = set()
         self._keys = self._recorded_keys()  # (user, item, event µs) -> label, for every event feedback recorded
 
@@ -116,18 +107,25 @@ class IncrementWriter:
         """The stats views this store serves: (view, key, columns)."""
         return [(view, key, names) for view, key, names, _ in STATS_VIEWS if view in self.reader.views]
 
+    def _table(self, name: str) -> str:
+        return self.files.join(self.root, name)
+
+    def _meta(self, table: str) -> dict:
+        """A table's ``_mmfs_meta.json`` ({} without one)."""
+        path = self.files.join(self._table(table), "_mmfs_meta.json")
+        return json.loads(self.files.read_bytes(path)) if self.files.exists(path) else {}
+
     def _embedding_index(self) -> tuple[ItemEmbeddingIndex | None, str]:
         """The offline embedding table's mm_emb versions, reloaded when the table is rewritten."""
         from mmfs.model.data import load_embedding_index
 
-        table = self.root / "item_embeddings"
-        if not any(table.glob("*.parquet")):
+        listing = self.files.list(self._table("item_embeddings"))
+        if not any(e.name.endswith(".parquet") for e in listing):
             return None, ""
-        stamp = os.stat(table / "_mmfs_meta.json").st_mtime_ns if (table / "_mmfs_meta.json").exists() else None
+        stamp = frozenset((e.name, e.mtime_ms, e.size) for e in listing)
         if self._index is None or self._index[0] != stamp:
-            meta = json.loads((table / "_mmfs_meta.json").read_text()) if stamp else {}
-            encoder_id = (meta.get("encoder_identity") or {}).get("encoder_id", "")
-            self._index = (stamp, load_embedding_index(table, "mm_emb"), encoder_id)
+            encoder_id = (self._meta("item_embeddings").get("encoder_identity") or {}).get("encoder_id", "")
+            self._index = (stamp, load_embedding_index(self._table("item_embeddings"), "mm_emb", self.files), encoder_id)
         return self._index[1], self._index[2]
 
     def record(self, events: list[Event], now: dt.datetime | None = None, batch_id: str | None = None) -> dict:
@@ -172,9 +170,9 @@ class IncrementWriter:
             snapshots, sim_rows = self._sequence_rows(events, seq)
             tables[C.EVENTS.name] = _table(C.EVENTS, event_rows(events))
             tables[C.SEQUENCES.name] = _table(C.SEQUENCES, [(e.user_id, e.item_id, e.event_timestamp, e.label, [i for _, i in h],
-                                                             [_from_us(x) for x, _ in h], len(h)) for e, h in sim_rows])
+                                                             [x for x, _ in h], len(h)) for e, h in sim_rows])
             tables[C.USER_SEQUENCE_SNAPSHOTS.name] = _table(C.USER_SEQUENCE_SNAPSHOTS, [
-                (u, t, [i for _, i in h], [_from_us(x) for x, _ in h], [x for x, _ in h], len(h)) for u, t, h in snapshots])
+                (u, t, [i for _, i in h], [x for x, _ in h], [x for x, _ in h], len(h)) for u, t, h in snapshots])
             for view, key, names, table in STATS_VIEWS:
                 if view in stats:
                     tables[view] = _table(table, self._stats_rows(events, stats[view], key))
@@ -182,12 +180,12 @@ class IncrementWriter:
             if similarities is not None:
                 tables[C.TARGET_SIMILARITY.name] = similarities
         batch_id = batch_id or f"direct-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
-        increment_log.commit(self.root, batch_id, tables)
+        increment_log.commit(self.files, self.root, batch_id, tables)
         for e in events + late_rows:
             self._keys[_key(e)] = e.label
-        written = increment_log.apply(self.root, batch_id, self.store, self._stats_views)
+        written = increment_log.apply(self.files, self.root, batch_id, self.store, self._stats_views, tables)
         for name, newest in self.newest.items():
-            newest.update(tables.get(name), Path(written[name]) if name in written else None)
+            newest.update(tables.get(name), written.get(name))
         changed = sorted({e.item_id for e in events})
         return {**result, "events": len(events), "late": len(late_rows), "users": len({e.user_id for e in events}),
                 "items": len(changed), "snapshots": len(snapshots), "changed_items": changed, "files": written}
@@ -195,12 +193,9 @@ class IncrementWriter:
     def recover(self) -> list[str]:
         """Finish every committed batch a failure left behind (``increment_log.recover``), and
         remember how many events each one applied (``record`` reports them for its batch)."""
-        log_dir = self.root / increment_log.LOG
-        pending = {p.name: _rows(p / f"{C.EVENTS.name}.parquet") for p in log_dir.iterdir()
-                   if p.is_dir() and not p.name.startswith(".")} if log_dir.is_dir() else {}
-        finished = increment_log.recover(self.root, self.store, self._stats_views)
-        self.recovered.update({name: pending.get(name, 0) for name in finished})
-        return finished
+        finished = increment_log.recover(self.files, self.root, self.store, self._stats_views)
+        self.recovered.update(finished)
+        return list(finished)
 
     # -- the rows a batch writes ------------------------------------------------------------------
 
@@ -279,20 +274,30 @@ class IncrementWriter:
     def _recorded_keys(self) -> dict:
         """(user, item, event us) -> label of every event in ``feedback_events`` not read yet; the
         files read are remembered, so a call after another process wrote reads only its files."""
-        files = {f.name for f in (self.root / "feedback_events").glob("*.parquet")} - self._read_files
+        table = self._table("feedback_events")
+        files = {e.name for e in self.files.list(table) if e.name.endswith(".parquet") and e.name[:1] not in "._"} - self._read_files
         if not files:
             return {}
         self._read_files |= files
-        recorded = pq.ParquetDataset([str(self.root / "feedback_events" / f) for f in sorted(files)]).read(
-            columns=["user_id", "item_id", "event_timestamp", "label"])
-        ts = recorded.column("event_timestamp").cast(pa.int64()).to_pylist()  # µs
+        recorded = read_parquet(self.files, [self.files.join(table, f) for f in sorted(files)],
+                                columns=["user_id", "item_id", "event_timestamp", "label"])
+        ts = recorded.column("event_timestamp").cast(pa.timestamp("us", "UTC")).cast(pa.int64()).to_pylist()  # µs
         return {(u, i, t): label for u, i, t, label in zip(recorded.column("user_id").to_pylist(), recorded.column("item_id").to_pylist(),
                                                           ts, recorded.column("label").to_pylist())}
 
 
 def _table(table: C.Table, rows: list[tuple]) -> pa.Table:
-    """Rows (tuples in the table's column order) as an Arrow table with the table's own schema."""
-    return pa.table({name: [r[i] for r in rows] for i, name in enumerate(table.names)}, schema=table.arrow())
+    """Rows (tuples in the table's column order) as an Arrow table with the table's own schema. A
+    list of timestamps may come as epoch microseconds (cast in Arrow, not a datetime per value)."""
+    schema = table.arrow()
+    columns = []
+    for i, field in enumerate(schema):
+        values = [r[i] for r in rows]
+        if pa.types.is_list(field.type) and pa.types.is_timestamp(field.type.value_type):
+            columns.append(pa.array(values, pa.list_(pa.int64())).cast(field.type))
+        else:
+            columns.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _key(e: Event) -> tuple[int, int, int]:

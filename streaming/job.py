@@ -1,7 +1,7 @@
 """``mmfs stream``: the event log's files applied to the online store and the offline tables by
 Spark Structured Streaming.
 
-    mmfs stream --root out/movielens [--landing DIR] [--trigger-s 1] [--available-now] [--master URL]
+    mmfs stream --root out/movielens [--landing DIR] [--trigger-s 0.2] [--available-now] [--master URL]
 
 Reads the landing folder (``<root>/_landing/events`` by default; ``POST /events`` appends there,
 any producer may) with Spark's file source, one JSON line per event. Each micro-batch:
@@ -27,6 +27,12 @@ Order: Spark's file source takes files in modification-time order (milliseconds)
 applies its events in time order. An event that comes in after a newer one of its user or item was
 applied (it landed later, or in a file older by mtime that another batch took first) is late.
 
+Any file system: ``--root``, ``--landing`` and ``--checkpoint`` take a path or any URI Hadoop
+knows (``file://``, ``hdfs://``, ``s3a://``). Everything the job writes goes through Hadoop's
+FileSystem API on the driver (``mmfs.pipelines.spark.table_io.HadoopFiles``), the layer the batch
+jobs write their tables through. The Feast repo (its registry and online store) stays local: a
+root that is not on the local disk needs ``--repo``.
+
 ``--available-now`` processes what has landed and stops (Spark's AvailableNow trigger): the demo
 and the tests use it. Otherwise the job runs until stopped, one micro-batch every ``--trigger-s``.
 """
@@ -36,48 +42,47 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import sys
 import time
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmfs.core.contracts import tables as C
-from mmfs.core.contracts.names import STREAM_SUBDIR
+from mmfs.core.contracts.names import LANDING_SUBDIR, STREAM_SUBDIR
+from mmfs.core.events.landing import parse_line
+from mmfs.core.files import Files, join, write_parquet
 from mmfs.pipelines.spark.args import add_common_args, spark_from_args
-from mmfs.pipelines.spark.table_io import job_main
-from mmfs.core.events.landing import landing_dir, parse_line
+from mmfs.pipelines.spark.table_io import HadoopFiles, job_main
 from mmfs.streaming.checkpoint import batch_name, generation as checkpoint_generation
 
 log = logging.getLogger("mmfs.stream")
 UTC = dt.timezone.utc
 MAX_FILE_AGE = "36500d"  # Spark's file source: ignore nothing for its age
 LANDING_CHECK_S = 60.0  # how often a running stream looks for landed files Spark will not read
+DEFAULT_TRIGGER_S = 0.2  # a micro-batch every 0.2 s at most: event -> servable p99 within 1 s (docs/streaming.md)
 IN_FLIGHT_S = 600  # a hidden .tmp younger than this is a write in progress (EventLanding renames it when done)
 
 
-def set_aside_unreadable(root: Path, landing: Path) -> list[str]:
+def set_aside_unreadable(files: Files, root: str, landing: str) -> list[str]:
     """Move every landed file Spark's file source would skip without a word (a name, or a folder on its
     path, starting with ``_`` or ``.``; an abandoned ``.tmp``) to ``<root>/quarantine/landing/``, each
     with its reason in ``reasons.jsonl`` there. Returns the files moved (logged as a warning)."""
     moved, now = [], time.time()
-    target = root / "quarantine" / "landing"
-    for path in sorted(p for p in landing.rglob("*") if p.is_file()):
-        rel = path.relative_to(landing)
-        if not any(part[:1] in ("_", ".") for part in rel.parts):
+    target = join(root, "quarantine", "landing")
+    base = landing.rstrip("/") + "/"
+    for entry in sorted(files.list_files(landing), key=lambda e: e.path):
+        parts = entry.path[len(base):].split("/")
+        if not any(part[:1] in ("_", ".") for part in parts):
             continue
-        if path.name.startswith(".") and path.name.endswith(".tmp") and now - path.stat().st_mtime < IN_FLIGHT_S:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and now - entry.mtime_ms / 1e3 < IN_FLIGHT_S:
             continue  # a write in progress
-        reason = ("an unfinished write (a hidden .tmp never renamed)" if path.name.endswith(".tmp") else
+        reason = ("an unfinished write (a hidden .tmp never renamed)" if entry.name.endswith(".tmp") else
                   "Spark's file source skips names starting with '_' or '.': rename it without the prefix and land it again")
-        dest = target / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{'~'.join(rel.parts)}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, dest)
-        with open(target / "reasons.jsonl", "a") as f:
-            f.write(json.dumps({"file": str(path), "moved_to": str(dest), "reason": reason, "at": now}) + "\n")
-        moved.append(str(path))
+        dest = join(target, f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{'~'.join(parts)}")
+        files.mkdirs(target)
+        files.rename(entry.path, dest)
+        files.append_text(join(target, "reasons.jsonl"), json.dumps({"file": entry.path, "moved_to": dest, "reason": reason, "at": now}) + "\n")
+        moved.append(entry.path)
     if moved:
         log.warning("%d landed file(s) Spark would not read, set aside in %s with their reasons: %s", len(moved), target, moved)
     return moved
@@ -86,19 +91,20 @@ def set_aside_unreadable(root: Path, landing: Path) -> list[str]:
 class MicroBatches:
     """The foreachBatch function: one Spark micro-batch of landed lines -> quarantine, apply, report."""
 
-    def __init__(self, writer, root: Path, generation: int, landing: Path):
+    def __init__(self, writer, root: str, generation: int, landing: str):
         self.writer = writer
+        self.files: Files = writer.files
         self.root = root
         self.landing = landing
         self.checked_landing = time.time()
         self.generation = generation  # the checkpoint's (mmfs.streaming.checkpoint): batch names never repeat across checkpoints
-        self.report = root / STREAM_SUBDIR / "batches.jsonl"
-        self.report.parent.mkdir(parents=True, exist_ok=True)
+        self.report = join(root, STREAM_SUBDIR, "batches.jsonl")
+        self.files.mkdirs(join(root, STREAM_SUBDIR))
 
     def __call__(self, lines, batch_id: int) -> None:
         began = time.time()
         if began - self.checked_landing > LANDING_CHECK_S:
-            set_aside_unreadable(self.root, self.landing)
+            set_aside_unreadable(self.files, self.root, self.landing)
             self.checked_landing = began
         rows = lines.collect()  # a micro-batch is bounded by maxFilesPerTrigger: the driver applies it
         name = batch_name(self.generation, batch_id)
@@ -122,40 +128,42 @@ class MicroBatches:
                  "late": done["late"], "quarantined": bad_lines, "broken_rules": len(bad), "users": done["users"], "items": done["items"],
                  "snapshots": done["snapshots"], "files": len(files),
                  "landed_min": min((t for t in files.values() if t), default=None), "started": began, "visible": visible}
-        with open(self.report, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        self.files.append_text(self.report, json.dumps(entry) + "\n")
         log.info("%s: %d lines, %d applied, %d duplicates, %d late, %d quarantined in %.2f s", name, len(rows), done["events"],
                  done["duplicates"], done["late"], bad_lines, visible - began)
 
     def _quarantine(self, name: str, bad: list[tuple[str, str, str]]) -> None:
         """The lines that broke a rule, in the quarantine table's shape, one file per batch (a replay rewrites it)."""
-        path = self.root / "quarantine" / "stream" / f"{name}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = join(self.root, "quarantine", "stream")
+        self.files.mkdirs(folder)
         at = dt.datetime.now(UTC)
         table = pa.table({"table": ["events"] * len(bad), "rule": [b[0] for b in bad], "reason": [b[1] for b in bad],
                           "row_json": [b[2] for b in bad], "quarantined_at": [at] * len(bad)}, schema=C.QUARANTINE.arrow())
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        tmp, path = join(folder, f".{name}.parquet.tmp"), join(folder, f"{name}.parquet")
+        write_parquet(self.files, tmp, table, sync=True)
+        if self.files.exists(path):  # a replay's: the same lines
+            self.files.delete(path)
+        self.files.rename(tmp, path)
 
 
-def start(spark, writer, root: Path, landing: Path, checkpoint: Path, trigger_s: float, available_now: bool,
+def start(spark, writer, root: str, landing: str, checkpoint: str, trigger_s: float, available_now: bool,
           max_files_per_trigger: int):
     """Start the streaming query over ``landing``; returns it (``awaitTermination`` to wait). The
     checkpoint's generation names its batches (``mmfs.streaming.checkpoint``)."""
     from pyspark.sql import functions as F
 
-    landing.mkdir(parents=True, exist_ok=True)
-    generation = checkpoint_generation(checkpoint, root, landing)
-    set_aside_unreadable(root, landing)
+    files = writer.files
+    files.mkdirs(landing)
+    generation = checkpoint_generation(files, checkpoint, root, landing)
+    set_aside_unreadable(files, root, landing)
     # Every file, however old and however deep: Spark's defaults skip a file whose modification time is
     # more than 7 days older than the newest one seen (maxFileAge) and never look into subfolders.
     lines = (spark.readStream.format("text").option("maxFilesPerTrigger", max_files_per_trigger)
-             .option("maxFileAge", MAX_FILE_AGE).option("recursiveFileLookup", "true").load(str(landing))
+             .option("maxFileAge", MAX_FILE_AGE).option("recursiveFileLookup", "true").load(landing)
              .select("value", F.col("_metadata.file_path").alias("file"),
                      (F.unix_micros(F.col("_metadata.file_modification_time")) / 1e6).alias("landed")))
-    query = lines.writeStream.foreachBatch(MicroBatches(writer, root, generation, landing)).option("checkpointLocation", str(checkpoint))
-    query = query.trigger(availableNow=True) if available_now else query.trigger(processingTime=f"{trigger_s} seconds")
+    query = lines.writeStream.foreachBatch(MicroBatches(writer, root, generation, landing)).option("checkpointLocation", checkpoint)
+    query = query.trigger(availableNow=True) if available_now else query.trigger(processingTime=f"{max(1, round(trigger_s * 1000))} milliseconds")
     return query.queryName("mmfs-stream").start()
 
 
@@ -170,19 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--landing", default="", help="the event log folder (default <root>/_landing/events)")
     parser.add_argument("--checkpoint", default="", help="Spark's checkpoint folder (default <root>/_stream/checkpoint)")
     add_repo_args(parser)
-    parser.add_argument("--trigger-s", type=float, default=1.0, help="micro-batch interval in seconds (default %(default)s)")
+    parser.add_argument("--trigger-s", type=float, default=DEFAULT_TRIGGER_S, help="micro-batch interval in seconds (default %(default)s)")
     parser.add_argument("--max-files-per-trigger", type=int, default=1000)
     parser.add_argument("--available-now", action="store_true", help="process what has landed, then stop")
     parser.add_argument("--timeout-s", type=float, default=0, help="stop after this many seconds (default: run until stopped)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    root = Path(args.root)
+    root = args.root
     spark = spark_from_args(args, "mmfs-stream")
-    store = open_store(args.config, args.repo, root)
-    writer = IncrementWriter(store, root)
-    query = start(spark, writer, root, Path(args.landing) if args.landing else landing_dir(root),
-                  Path(args.checkpoint) if args.checkpoint else root / STREAM_SUBDIR / "checkpoint",
+    files = HadoopFiles(spark)
+    local_root = files.local_path(root)
+    if local_root is None and not args.repo:
+        parser.error(f"--root {root} is not on the local disk: pass --repo, the Feast repo whose config reads it")
+    store = open_store(args.config, args.repo, local_root)
+    writer = IncrementWriter(store, root, files=files)
+    query = start(spark, writer, root, args.landing or join(root, LANDING_SUBDIR),
+                  args.checkpoint or join(root, STREAM_SUBDIR, "checkpoint"),
                   args.trigger_s, args.available_now, args.max_files_per_trigger)
     try:
         if args.timeout_s:
@@ -195,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     if query.exception() is not None:
         print(f"mmfs stream: error: {query.exception()}", file=sys.stderr)
         return 1
-    print(f"mmfs stream: {summary(root)}")
+    print(f"mmfs stream: {summary(files, root)}")
     return 0
 
 
-def summary(root: Path) -> str:
+def summary(files: Files, root: str) -> str:
     """Totals of ``<root>/_stream/batches.jsonl``."""
-    path = root / STREAM_SUBDIR / "batches.jsonl"
-    batches = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    path = join(root, STREAM_SUBDIR, "batches.jsonl")
+    batches = [json.loads(line) for line in files.read_bytes(path).decode().splitlines()] if files.exists(path) else []
     total = {k: sum(b[k] for b in batches) for k in ("events", "duplicates", "late", "quarantined")}
     return f"{len(batches)} micro-batches, {total['events']} events applied, {total['duplicates']} duplicates, " \
            f"{total['late']} late (to the batch path), {total['quarantined']} quarantined"

@@ -12,33 +12,27 @@ writer appended) reloads it on the next ``get``.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from mmfs.core.files import Files, LocalFiles, basename, read_parquet
 
 
 class NewestRows:
     """``key -> (stamp µs, values)``: the newest row per key of the table at ``path`` (see the module docstring)."""
 
-    def __init__(self, path: Path, key: str, columns: tuple[str, ...]):
-        self.path = Path(path)
+    def __init__(self, path: str, key: str, columns: tuple[str, ...], files: Files | None = None):
+        self.path = str(path)
+        self.files = files or LocalFiles()
         self.key, self.columns = key, columns
         self.rows: dict[int, tuple[int, tuple]] = {}
-        self.seen: frozenset | None = None  # (file name, mtime ns, size) of the files the rows reflect
+        self.seen: frozenset | None = None  # (file name, mtime ms, size) of the files the rows reflect
         self.reloads = 0
 
     def _files(self) -> frozenset:
-        out = set()
-        for f in self.path.glob("*.parquet"):
-            try:
-                st = f.stat()
-            except OSError:
-                continue
-            out.add((f.name, st.st_mtime_ns, st.st_size))
-        return frozenset(out)
+        return frozenset((e.name, e.mtime_ms, e.size) for e in self.files.list(self.path)
+                         if not e.is_dir and e.name.endswith(".parquet") and e.name[:1] not in "._")
 
     def get(self, keys) -> dict[int, tuple[int, tuple]]:
         """The newest row of each of ``keys`` that has one."""
@@ -53,15 +47,15 @@ class NewestRows:
         self.reloads += 1
         if not files:
             return
-        table = pq.ParquetDataset([str(self.path / name) for name, _, _ in sorted(files)]).read(
-            columns=[self.key, "event_timestamp", *self.columns])
+        table = read_parquet(self.files, [self.files.join(self.path, name) for name, _, _ in sorted(files)],
+                             columns=[self.key, "event_timestamp", *self.columns])
         self._merge(table)
 
     def _merge(self, table: pa.Table) -> None:
         """Keep, per key, the newest of the table's rows and the rows held."""
         if not table.num_rows:
             return
-        stamps = pc.cast(table.column("event_timestamp"), pa.int64()).to_numpy()  # µs
+        stamps = pc.cast(pc.cast(table.column("event_timestamp"), pa.timestamp("us", "UTC")), pa.int64()).to_numpy()  # µs
         keys = table.column(self.key).to_numpy()
         order = np.lexsort((stamps, keys))
         last = order[np.r_[keys[order][1:] != keys[order][:-1], True]]  # each key's newest
@@ -72,7 +66,7 @@ class NewestRows:
             if held is None or held[0] <= stamp:
                 self.rows[k] = (stamp, v)
 
-    def update(self, table: pa.Table | None, published: Path | None) -> None:
+    def update(self, table: pa.Table | None, published: str | None) -> None:
         """The rows of a file the stream just published into the table: merged in memory, and the
         file counted as seen (so it does not trigger a reload)."""
         if table is None or published is None:
@@ -81,8 +75,5 @@ class NewestRows:
             self.get([])
             return  # the load read the new file already
         self._merge(table.select([self.key, "event_timestamp", *self.columns]))
-        try:
-            st = published.stat()
-            self.seen = self.seen | {(published.name, st.st_mtime_ns, st.st_size)}
-        except OSError:
-            pass
+        name = basename(published)
+        self.seen = self.seen | {f for f in self._files() if f[0] == name}

@@ -23,9 +23,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from mmfs.core.contracts.names import LANDING_SUBDIR
+from mmfs.core.files import Files, LocalFiles, join, read_parquet
 from mmfs.core.events.rules import EVENT_KEY, LIVE_FUTURE_SLACK, event_violations
 
 UTC = dt.timezone.utc
@@ -104,18 +103,19 @@ class KnownItems:
     """The items table's ids (ingest's ``item_known``); a root without one falls back to the
     item_embeddings table's. Reloaded when the table is rewritten."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, files: Files | None = None):
+        self.root = str(root)
+        self.files = files or LocalFiles()  # the root's file system (mmfs.core.files)
         self._items: tuple | None = None
 
     def ids(self) -> set[int]:
-        for table in (self.root / "items", self.root / "item_embeddings"):
-            files = sorted(table.glob("*.parquet"))
-            if not files:
+        for table in (join(self.root, "items"), join(self.root, "item_embeddings")):
+            listing = [e for e in self.files.list(table) if e.name.endswith(".parquet") and e.name[:1] not in "._"]
+            if not listing:
                 continue
-            stamp = tuple((f.name, f.stat().st_mtime_ns) for f in files)
+            stamp = tuple((e.name, e.mtime_ms, e.size) for e in listing)
             if self._items is None or self._items[:2] != (table, stamp):
-                ids = pq.ParquetDataset([str(f) for f in files]).read(columns=["item_id"]).column("item_id")
+                ids = read_parquet(self.files, [e.path for e in listing], columns=["item_id"]).column("item_id")
                 self._items = (table, stamp, set(ids.to_pylist()))
             return self._items[2]
         return set()

@@ -4,6 +4,9 @@ A job never writes into a live table. It writes to a temporary sibling, then swa
 two renames through the Hadoop FileSystem API (local disk, HDFS and the like), so a failed or
 interrupted job leaves the previous good output untouched. A swap interrupted between its two
 renames is repaired by the next write or read of that table.
+
+``HadoopFiles`` is the same layer for the driver's own files (``mmfs.core.files.Files``): what
+``mmfs stream`` publishes, logs and reports goes through it, so its root may be any URI Hadoop knows.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
+
+from mmfs.core.files import Entry, join as files_join, local_path
 
 from mmfs.core.contracts.names import META_FILE  # _mmfs_meta.json: a leading underscore, so Spark and pyarrow skip it as data
 
@@ -205,3 +210,128 @@ def _write_bytes(fs, hadoop_path, data: bytes) -> None:
         stream.write(bytearray(data))
     finally:
         stream.close()
+
+
+class HadoopFiles:
+    """``mmfs.core.files.Files`` through Hadoop's FileSystem API on the Spark driver: a local path,
+    ``file://``, ``hdfs://``, ``s3a://`` alike. Local disk is used raw (no ``.crc`` side files,
+    which readers of the tables would have to skip)."""
+
+    def __init__(self, spark: SparkSession):
+        self._jvm = spark._jvm
+        self._conf = spark._jsc.hadoopConfiguration()
+        self._raw_local = None
+
+    join = staticmethod(files_join)
+
+    def _fs(self, path: str):
+        hadoop_path = self._jvm.org.apache.hadoop.fs.Path(str(path))
+        fs = hadoop_path.getFileSystem(self._conf)
+        if fs.getScheme() == "file":  # LocalFileSystem (or a subclass) checksums into .crc files and cannot append
+            if self._raw_local is None:
+                self._raw_local = self._jvm.org.apache.hadoop.fs.RawLocalFileSystem()
+                self._raw_local.initialize(self._jvm.java.net.URI("file:///"), self._conf)
+            fs = self._raw_local
+        return fs, hadoop_path
+
+    def local_path(self, path: str) -> str | None:
+        fs, _ = self._fs(path)
+        return local_path(path) if fs is self._raw_local else None
+
+    def exists(self, path: str) -> bool:
+        fs, p = self._fs(path)
+        return bool(fs.exists(p))
+
+    def is_dir(self, path: str) -> bool:
+        fs, p = self._fs(path)
+        try:
+            return bool(fs.getFileStatus(p).isDirectory())
+        except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
+            if _java_class(exc) == "java.io.FileNotFoundException":
+                return False
+            raise
+
+    def list(self, path: str) -> list[Entry]:
+        fs, p = self._fs(path)
+        try:
+            statuses = fs.listStatus(p)
+        except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
+            if _java_class(exc) == "java.io.FileNotFoundException":
+                return []
+            raise
+        out = [Entry(files_join(path, s.getPath().getName()), s.getPath().getName(), bool(s.isDirectory()),
+                     int(s.getModificationTime()), int(s.getLen())) for s in statuses]
+        return sorted(out, key=lambda e: e.name)
+
+    def list_files(self, path: str) -> list[Entry]:
+        out = []
+        for entry in self.list(path):
+            out += self.list_files(entry.path) if entry.is_dir else [entry]
+        return out
+
+    def mkdirs(self, path: str) -> None:
+        fs, p = self._fs(path)
+        if not fs.mkdirs(p):
+            raise OSError(f"could not create {path}")
+
+    def read_bytes(self, path: str) -> bytes:
+        fs, p = self._fs(path)
+        try:
+            stream = fs.open(p)
+        except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
+            if _java_class(exc) == "java.io.FileNotFoundException":
+                raise FileNotFoundError(path) from None
+            raise
+        try:
+            return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
+    def write_bytes(self, path: str, data: bytes, sync: bool = False) -> None:
+        fs, p = self._fs(path)
+        stream = fs.create(p, True)
+        try:
+            stream.write(bytearray(data))
+            if sync:
+                stream.hsync()
+        finally:
+            stream.close()
+
+    def append_text(self, path: str, text: str) -> None:
+        fs, p = self._fs(path)
+        if not fs.exists(p):
+            self.write_bytes(path, text.encode("utf-8"))
+            return
+        try:
+            stream = fs.append(p)
+        except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
+            if _java_class(exc) != "java.lang.UnsupportedOperationException":
+                raise
+            # An object store cannot append: write the file again with the text added.
+            tmp = files_join(path.rsplit("/", 1)[0], f".{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:8]}.tmp")
+            self.write_bytes(tmp, self.read_bytes(path) + text.encode("utf-8"))
+            fs.delete(p, False)
+            self.rename(tmp, path)
+            return
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, s = self._fs(src)
+        _, d = self._fs(dst)
+        if fs.exists(d):
+            raise FileExistsError(f"cannot rename {src} to {dst}: {dst} exists")
+        if not fs.rename(s, d):
+            raise OSError(f"could not rename {src} to {dst}")
+
+    def delete(self, path: str) -> None:
+        fs, p = self._fs(path)
+        fs.delete(p, True)
+
+
+def _java_class(exc: BaseException) -> str:
+    """The Java exception class behind a py4j error, or pyspark's captured one ("" for neither)."""
+    origin = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    return str(origin.getClass().getName()) if origin is not None else ""

@@ -108,19 +108,19 @@ def test_a_failure_after_the_commit_is_finished_by_the_retry_and_counted_once(fe
 def test_a_failure_before_the_commit_leaves_nothing(fed, monkeypatch):
     writer, root = fed["writer"], fed["root"]
     before = online(fed, "item_stats", 12)
-    real = os.replace
+    real = writer.files.write_bytes
 
-    def broken(src, dst):
-        if str(dst).endswith(tuple("0123456789abcdef")) and LOG in str(dst):  # the commit's rename
+    def broken(path, data, sync=False):
+        if path.endswith(increment_log.COMMITTED):  # the commit's marker
             raise OSError("crash before the commit")
-        return real(src, dst)
+        return real(path, data, sync)
 
-    monkeypatch.setattr(increment_log.os, "replace", broken)
+    monkeypatch.setattr(writer.files, "write_bytes", broken)
     click = Event(3, 12, AT, 1)
     with pytest.raises(OSError, match="before the commit"):
         writer.record([click])
     assert online(fed, "item_stats", 12) == before and not (root / "feedback_events").exists()
-    monkeypatch.setattr(increment_log.os, "replace", real)
+    monkeypatch.setattr(writer.files, "write_bytes", real)
     assert writer.record([click])["events"] == 1  # the retry records it, once
     assert not list((root / LOG).iterdir())
     assert online(fed, "item_stats", 12)["impressions"] == before["impressions"] + 1
@@ -150,13 +150,15 @@ def test_a_batch_whose_name_is_published_is_refused_and_kept(tmp_path):
     published file; the batch stays in the log, the file as it was."""
     import pyarrow as pa
 
+    from mmfs.core.files import LocalFiles
     from mmfs.streaming import increment_log
 
-    increment_log.commit(tmp_path, "stream-g001-0000000000", {"events": pa.table({"x": [1]})})
+    files = LocalFiles()
+    increment_log.commit(files, str(tmp_path), "stream-g001-0000000000", {"events": pa.table({"x": [1]})})
     published = tmp_path / "events" / "stream-g001-0000000000.parquet"
     published.parent.mkdir()
     published.write_bytes(b"an earlier checkpoint's batch")
     with pytest.raises(increment_log.PublishedError, match="would overwrite"):
-        increment_log.apply(tmp_path, "stream-g001-0000000000", None, [])
+        increment_log.apply(files, str(tmp_path), "stream-g001-0000000000", None, [])
     assert published.read_bytes() == b"an earlier checkpoint's batch"
     assert (tmp_path / increment_log.LOG / "stream-g001-0000000000" / "events.parquet").is_file()

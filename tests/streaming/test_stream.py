@@ -28,15 +28,16 @@ UTC = dt.timezone.utc
 T = dt.datetime.fromisoformat
 
 
-def stream(root: Path, repo: Path, crash: str | None = None, max_files: int = 1) -> subprocess.CompletedProcess:
+def stream(root: Path | str, repo: Path, crash: str | None = None, max_files: int = 1, cwd: Path | None = None,
+           extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """``mmfs stream --available-now`` in its own process (a SIGKILL must not take the test with it)."""
     env = dict(os.environ)  # PYTHONPATH kept: the mutants' copy maps mmfs through it
     env.pop(CRASH_ENV, None)
     if crash:
         env[CRASH_ENV] = crash
     return subprocess.run([sys.executable, "-m", "mmfs.cli", "stream", "--root", str(root), "--repo", str(repo), "--available-now",
-                           "--max-files-per-trigger", str(max_files), "--conf", "spark.ui.enabled=false"],
-                          env=env, capture_output=True, text=True, timeout=600)
+                           "--max-files-per-trigger", str(max_files), "--conf", "spark.ui.enabled=false", *extra],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def applied_root(spark, tmp_path, events, embeddings) -> tuple[Path, Path]:
@@ -236,3 +237,30 @@ def test_every_landed_file_is_read_or_set_aside_with_its_reason(spark, tmp_path)
     reasons = [json.loads(x) for x in (root / "quarantine" / "landing" / "reasons.jsonl").read_text().splitlines()]
     assert [r["file"] for r in reasons] == [str(landing / "_hidden.json")] and "skips names starting with" in reasons[0]["reason"]
     assert Path(reasons[0]["moved_to"]).read_text() == line(4, 12, "2020-07-10T00:00:00")
+
+
+@pytest.mark.integration
+def test_the_stream_on_a_standalone_cluster_with_its_root_as_a_file_uri(spark, tmp_path):
+    """``--root file:///...`` and ``--master spark://...`` with the driver started in another folder:
+    the stream reads, logs, publishes and reports through Hadoop's FileSystem (the batch jobs'
+    layer), nothing lands beside the driver, and the result equals the batch recompute."""
+    from tests.support.spark_cluster import spark_cluster
+
+    root, repo = applied_root(spark, tmp_path, EVENTS, embedding_rows())
+    land(root, NEW)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with spark_cluster(tmp_path / "cluster", cores=1, memory="1g") as cluster:
+        done = stream(root.as_uri(), repo, max_files=2, cwd=elsewhere, extra=(
+            "--master", cluster.master_url, "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.executor.memory=512m",
+            "--conf", f"spark.pyspark.python={sys.executable}"))
+        state = cluster.state()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [a["name"] for a in state["completedapps"]] == ["mmfs-stream"]
+    assert not list(elsewhere.iterdir())  # every path resolved against the root, not the driver's folder
+    report = [json.loads(line) for line in (root / "_stream" / "batches.jsonl").read_text().splitlines()]
+    assert [b["batch"] for b in report] == ["stream-g001-0000000000", "stream-g001-0000000001"]
+    assert json.loads((root / "_stream" / "checkpoint" / "_mmfs_checkpoint.json").read_text())["root"] == str(root.resolve())
+    assert not list(root.glob("*/.stream-*.crc"))  # the raw local file system: no checksum files beside what the stream published
+    unique = {(u, i, t): l for rows in NEW for u, i, t, l in rows if (u, i, t) != (2, 14, "2020-07-06 00:00:00") or l == 1}
+    assert_stream_equals_batch(spark, root, repo, EVENTS + [(u, i, t, l) for (u, i, t), l in unique.items()])
