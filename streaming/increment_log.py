@@ -56,7 +56,8 @@ def commit(files: Files, root: str, batch_id: str, tables: dict[str, pa.Table]) 
     for table, data in tables.items():
         if data.num_rows:
             write_parquet(files, join(pending, f"{table}.parquet"), data, sync=True)
-    files.write_bytes(join(pending, COMMITTED), b"", sync=True)
+    events = tables.get("events")
+    files.write_bytes(join(pending, COMMITTED), json.dumps({"events": events.num_rows if events is not None else 0}).encode(), sync=True)
     files.rename(pending, join(log_dir, batch_id))
     crash_point("after_commit", batch_id)
 
@@ -128,11 +129,18 @@ def recover(files: Files, root: str, store, stats_views) -> dict[str, int]:
     finished = {}
     for entry in files.list(log_dir):
         if entry.is_dir and not entry.name.startswith("."):
-            events = join(entry.path, "events.parquet")
-            finished[entry.name] = pq.ParquetFile(pa.BufferReader(files.read_bytes(events))).metadata.num_rows \
-                if files.exists(events) else 0
+            finished[entry.name] = _events_of(files, entry.path)
             apply(files, root, entry.name, store, stats_views)
     return finished
+
+
+def _events_of(files: Files, batch: str) -> int:
+    """How many events a committed batch applies: its marker says (the events file may be published
+    already); a batch committed before markers, its events file's footer."""
+    marker, staged = join(batch, COMMITTED), join(batch, "events.parquet")
+    if files.exists(marker):
+        return int(json.loads(files.read_bytes(marker) or b"{}").get("events", 0))
+    return pq.ParquetFile(pa.BufferReader(files.read_bytes(staged))).metadata.num_rows if files.exists(staged) else 0
 
 
 def _finish_move(files: Files, staged: str, final: str) -> None:

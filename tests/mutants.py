@@ -314,6 +314,16 @@ MUTANTS = (
            "MMAP_BYTES = 0",
            "MMAP_BYTES = 1 << 30",
            ("tests/serving/test_app.py::test_a_store_file_rewritten_in_place_is_a_503_and_a_recovery_never_a_crash",)),
+    Mutant("a staged micro-batch without its commit marker is applied on recovery",
+           "streaming/increment_log.py",
+           "            if entry.is_dir and files.exists(join(entry.path, COMMITTED)):",
+           "            if entry.is_dir:",
+           ("tests/streaming/test_increments.py::test_a_failure_before_the_commit_leaves_nothing",)),
+    Mutant("the stream's Hadoop files keep the checksumming local file system (.crc files, no append)",
+           "pipelines/spark/table_io.py",
+           '        if fs.getScheme() == "file":',
+           "        if False:",
+           ("tests/core/test_files.py::test_files_keep_their_promises",)),
 )
 
 
