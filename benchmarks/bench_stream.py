@@ -333,7 +333,9 @@ def markdown(r: dict) -> str:
               "batch recompute row for row, and the online sequence and stats of every user and item equal the batch's "
               "newest rows (`make test-all` also kills after the commit and mid-publish). A day of MovieLens "
               "(2015-11-14: 292 events of 7 users, 4,701 events with their history, many in the same second) landed hour by "
-              "hour and streamed equals the batch the same way.", ""]
+              "hour and streamed equals the batch the same way. On the standalone cluster (`tests/support/spark_cluster.py`: "
+              "`--master spark://...`, the root given as a `file://` URI, the driver started in another folder) the stream "
+              "writes everything through Hadoop's FileSystem API and equals the batch the same way.", ""]
     return "\n".join(lines)
 
 

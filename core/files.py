@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 @dataclass(frozen=True)
 class Entry:
-    """One name in a folder: its full path, whether it is a folder, modification time (ms) and size."""
+    """One name in a folder: its full path, whether it is a folder, modification time (ms) and size (0 for a folder)."""
 
     path: str
     name: str
@@ -49,6 +49,7 @@ class Files(Protocol):
     def is_dir(self, path: str) -> bool: ...
     def list(self, path: str) -> list[Entry]: ...
     def list_files(self, path: str) -> list[Entry]: ...
+    def status(self, path: str) -> Entry: ...
     def mkdirs(self, path: str) -> None: ...
     def read_bytes(self, path: str) -> bytes: ...
     def write_bytes(self, path: str, data: bytes, sync: bool = False) -> None: ...
@@ -116,7 +117,8 @@ class LocalFiles:
                 st = d.stat()
             except OSError:
                 continue  # gone meanwhile
-            out.append(Entry(join(path, d.name), d.name, d.is_dir(), st.st_mtime_ns // 1_000_000, st.st_size))
+            is_dir = d.is_dir()
+            out.append(Entry(join(path, d.name), d.name, is_dir, st.st_mtime_ns // 1_000_000, 0 if is_dir else st.st_size))
         return sorted(out, key=lambda e: e.name)
 
     def list_files(self, path: str) -> list[Entry]:
@@ -124,6 +126,12 @@ class LocalFiles:
         for entry in self.list(path):
             out += self.list_files(entry.path) if entry.is_dir else [entry]
         return out
+
+    def status(self, path: str) -> Entry:
+        """The entry of one path (FileNotFoundError if there is none)."""
+        st = os.stat(self._p(path))
+        is_dir = os.path.isdir(self._p(path))
+        return Entry(str(path), basename(path), is_dir, st.st_mtime_ns // 1_000_000, 0 if is_dir else st.st_size)
 
     def mkdirs(self, path: str) -> None:
         os.makedirs(self._p(path), exist_ok=True)

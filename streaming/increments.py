@@ -54,7 +54,7 @@ from mmfs.core.features.similarity import similarity_batch
 from mmfs.core.features.snapshot import STAMP_AFTER_US, next_history, stamp_after
 from mmfs.core.features.stats import PRIOR_CTR, PRIOR_WEIGHT, running_stats_rows
 from mmfs.core.events.landing import Event, KnownItems, check_events
-from mmfs.core.files import Files, LocalFiles, read_parquet
+from mmfs.core.files import Files, LocalFiles, basename, read_parquet
 from mmfs.online.reader import OnlineReader
 from mmfs.streaming import increment_log
 from mmfs.streaming.increment_log import LOG  # noqa: F401 - where committed batches wait
@@ -184,6 +184,8 @@ class IncrementWriter:
         for e in events + late_rows:
             self._keys[_key(e)] = e.label
         written = increment_log.apply(self.files, self.root, batch_id, self.store, self._stats_views, tables)
+        if C.FEEDBACK_EVENTS.name in written:  # its keys are recorded above: never read back
+            self._read_files.add(basename(written[C.FEEDBACK_EVENTS.name]))
         for name, newest in self.newest.items():
             newest.update(tables.get(name), written.get(name))
         changed = sorted({e.item_id for e in events})

@@ -324,6 +324,16 @@ MUTANTS = (
            '        if fs.getScheme() == "file":',
            "        if False:",
            ("tests/core/test_files.py::test_files_keep_their_promises",)),
+    Mutant("the driver reads every file the source log ever named, not the micro-batch's",
+           "streaming/job.py",
+           "        for entry in range(log_offset(batch_id - 1) + 1, log_offset(batch_id) + 1):",
+           "        for entry in range(0, log_offset(batch_id) + 1):",
+           ("tests/streaming/test_stream.py::test_a_micro_batchs_files_are_read_from_the_checkpoint_or_left_to_spark",)),
+    Mutant("Hadoop listings parsed loosely (a name that reads like a status's fields gives a wrong entry)",
+           "pipelines/spark/table_io.py",
+           '(?:; length=(\\d+); replication=\\d+; blocksize=\\d+)?; "\n                     r"modification_time=(\\d+);")',
+           '(?:; length=(\\d+))?[^{}]*?; "\n                     r"modification_time=(\\d+)")',
+           ("tests/core/test_files.py::test_hadoops_listing_in_bulk_reads_back_every_entry",)),
 )
 
 

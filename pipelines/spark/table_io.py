@@ -15,11 +15,12 @@ import json
 import re
 import uuid
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
-from mmfs.core.files import Entry, join as files_join, local_path
+from mmfs.core.files import Entry, LocalFiles, join as files_join, local_path
 
 from mmfs.core.contracts.names import META_FILE  # _mmfs_meta.json: a leading underscore, so Spark and pyarrow skip it as data
 
@@ -217,21 +218,34 @@ class HadoopFiles:
     ``file://``, ``hdfs://``, ``s3a://`` alike. Local disk is used raw (no ``.crc`` side files,
     which readers of the tables would have to skip)."""
 
-    def __init__(self, spark: SparkSession):
+    def __init__(self, spark: SparkSession, local_reads_by_os: bool = True):
+        """``local_reads_by_os``: list and read the local disk with the OS (the same files; Hadoop's raw
+        local file system is java.io.File underneath, and bytes read over py4j cost seconds for a
+        large table). Writes, renames and deletes always go through Hadoop."""
+        self.local_reads_by_os = local_reads_by_os
         self._jvm = spark._jvm
+        self._gateway = spark.sparkContext._gateway
         self._conf = spark._jsc.hadoopConfiguration()
         self._raw_local = None
+        self._to_string = None  # java.util.Arrays.toString(Object[]), called by reflection (see list)
+        self._path_class = self._jvm.org.apache.hadoop.fs.Path  # each attribute of a py4j package path is a round trip
+        self._file_systems: dict[tuple[str, str], Any] = {}  # (scheme, authority) -> FileSystem: Hadoop caches them too
 
     join = staticmethod(files_join)
 
     def _fs(self, path: str):
-        hadoop_path = self._jvm.org.apache.hadoop.fs.Path(str(path))
-        fs = hadoop_path.getFileSystem(self._conf)
-        if fs.getScheme() == "file":  # LocalFileSystem (or a subclass) checksums into .crc files and cannot append
-            if self._raw_local is None:
-                self._raw_local = self._jvm.org.apache.hadoop.fs.RawLocalFileSystem()
-                self._raw_local.initialize(self._jvm.java.net.URI("file:///"), self._conf)
-            fs = self._raw_local
+        hadoop_path = self._path_class(str(path))
+        parts = urlsplit(str(path))
+        key = (parts.scheme, parts.netloc)
+        fs = self._file_systems.get(key)
+        if fs is None:
+            fs = hadoop_path.getFileSystem(self._conf)
+            if fs.getScheme() == "file":  # LocalFileSystem (or a subclass) checksums into .crc files and cannot append
+                if self._raw_local is None:
+                    self._raw_local = self._jvm.org.apache.hadoop.fs.RawLocalFileSystem()
+                    self._raw_local.initialize(self._jvm.java.net.URI("file:///"), self._conf)
+                fs = self._raw_local
+            self._file_systems[key] = fs
         return fs, hadoop_path
 
     def local_path(self, path: str) -> str | None:
@@ -253,21 +267,65 @@ class HadoopFiles:
 
     def list(self, path: str) -> list[Entry]:
         fs, p = self._fs(path)
+        if fs is self._raw_local and self.local_reads_by_os:
+            # Hadoop's raw local file system is java.io.File; its statuses fork a shell per file for the
+            # owner and permissions their text carries. The OS lists the same folder in microseconds.
+            return LocalFiles().list(path)
         try:
             statuses = fs.listStatus(p)
         except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
             if _java_class(exc) == "java.io.FileNotFoundException":
                 return []
             raise
-        out = [Entry(files_join(path, s.getPath().getName()), s.getPath().getName(), bool(s.isDirectory()),
-                     int(s.getModificationTime()), int(s.getLen())) for s in statuses]
+        out = self._parse(path, statuses)
+        if out is None:  # a listing the bulk form cannot be read from: one field at a time
+            out = [Entry(files_join(path, s.getPath().getName()), s.getPath().getName(), bool(s.isDirectory()),
+                         int(s.getModificationTime()), int(s.getLen())) for s in statuses]
         return sorted(out, key=lambda e: e.name)
+
+    def _parse(self, path: str, statuses) -> list[Entry] | None:
+        """The listing in a few py4j calls, whatever its length: every FileStatus's ``toString`` at once
+        (each field read over py4j costs a round trip, and the stream lists its tables every batch;
+        HDFS and S3A statuses carry their fields). None when the text does not parse back to as many
+        entries (a name holding '; ', say)."""
+        n = len(statuses)
+        if n == 0:
+            return []
+        if self._to_string is None:
+            arrays = self._jvm.java.lang.Class.forName("java.util.Arrays")
+            parameters = self._gateway.new_array(self._jvm.java.lang.Class, 1)
+            parameters[0] = self._gateway.new_array(self._jvm.java.lang.Object, 0).getClass()
+            self._to_string = arrays.getMethod("toString", parameters)
+        args = self._gateway.new_array(self._jvm.java.lang.Object, 1)
+        args[0] = statuses
+        text = str(self._to_string.invoke(None, args))
+        found = _STATUS.findall(text)
+        if len(found) != n:
+            return None
+        out = []
+        for full, is_dir, length, mtime in found:
+            name = full.rstrip("/").rsplit("/", 1)[-1]
+            out.append(Entry(files_join(path, name), name, is_dir == "true", int(mtime), int(length or 0)))
+        return out
 
     def list_files(self, path: str) -> list[Entry]:
         out = []
         for entry in self.list(path):
             out += self.list_files(entry.path) if entry.is_dir else [entry]
         return out
+
+    def status(self, path: str) -> Entry:
+        fs, p = self._fs(path)
+        if fs is self._raw_local and self.local_reads_by_os:
+            return LocalFiles().status(path)
+        try:
+            s = fs.getFileStatus(p)
+        except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
+            if _java_class(exc) == "java.io.FileNotFoundException":
+                raise FileNotFoundError(path) from None
+            raise
+        return Entry(str(path), path.rstrip("/").rsplit("/", 1)[-1], bool(s.isDirectory()), int(s.getModificationTime()),
+                     0 if s.isDirectory() else int(s.getLen()))
 
     def mkdirs(self, path: str) -> None:
         fs, p = self._fs(path)
@@ -276,6 +334,8 @@ class HadoopFiles:
 
     def read_bytes(self, path: str) -> bytes:
         fs, p = self._fs(path)
+        if fs is self._raw_local and self.local_reads_by_os:
+            return LocalFiles().read_bytes(path)
         try:
             stream = fs.open(p)
         except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
@@ -329,6 +389,11 @@ class HadoopFiles:
     def delete(self, path: str) -> None:
         fs, p = self._fs(path)
         fs.delete(p, True)
+
+
+# Hadoop's FileStatus.toString: "<Class>{path=<uri>; isDirectory=<bool>[; length=<n>; ...]; modification_time=<ms>; ...}"
+_STATUS = re.compile(r"\{path=([^;]*); isDirectory=(true|false)(?:; length=(\d+); replication=\d+; blocksize=\d+)?; "
+                     r"modification_time=(\d+);")
 
 
 def _java_class(exc: BaseException) -> str:

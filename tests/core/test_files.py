@@ -6,14 +6,15 @@ import pytest
 from mmfs.core.files import LocalFiles, join, local_path, read_parquet, write_parquet
 
 
-@pytest.fixture(params=["local", "hadoop", "hadoop-uri"])
+@pytest.fixture(params=["local", "hadoop", "hadoop-uri", "hadoop-only"])
 def fs(request, tmp_path):
-    """(files, base): a Files and a folder to work in, as that Files' user would name it."""
+    """(files, base): a Files and a folder to work in, as that Files' user would name it. ``hadoop-only``
+    lists and reads the local disk through Hadoop too, as it does every other file system."""
     if request.param == "local":
         return LocalFiles(), str(tmp_path)
     from mmfs.pipelines.spark.table_io import HadoopFiles
 
-    files = HadoopFiles(request.getfixturevalue("spark"))
+    files = HadoopFiles(request.getfixturevalue("spark"), local_reads_by_os=request.param != "hadoop-only")
     return files, tmp_path.as_uri() if request.param == "hadoop-uri" else str(tmp_path)
 
 
@@ -30,6 +31,7 @@ def test_files_keep_their_promises(fs, tmp_path):
     assert (tmp_path / "a" / "b" / "new.jsonl").read_text() == "line\n"
     [entry, _] = [e for e in files.list(folder) if e.name == "x.bin"] + [None]
     assert (entry.path, entry.is_dir, entry.size) == (join(folder, "x.bin"), False, 7) and entry.mtime_ms > 0
+    assert files.status(join(folder, "x.bin")) == entry and files.status(folder).is_dir
     assert not list((tmp_path / "a" / "b").glob(".*.crc"))  # no checksum side files among the data
     files.write_bytes(join(folder, "y.bin"), b"y")
     with pytest.raises(FileExistsError):
@@ -52,3 +54,23 @@ def test_local_paths_and_uris():
     assert join("s3a://bucket/", "a/", "/b") == "s3a://bucket/a/b" and join("/r", "x") == "/r/x"
     with pytest.raises(ValueError, match="not a local path"):
         LocalFiles().exists("hdfs://nn/x")
+
+
+def test_hadoops_listing_in_bulk_reads_back_every_entry(spark, tmp_path):
+    """HDFS and S3A listings are read from their statuses' text in one call (the local disk is listed by
+    the OS); the parse gives back what the OS lists, or None rather than a wrong listing."""
+    from mmfs.pipelines.spark.table_io import HadoopFiles
+
+    files = HadoopFiles(spark)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.parquet").write_bytes(b"12345")
+    (tmp_path / ".hidden.tmp").write_bytes(b"")
+    fs, path = files._fs(str(tmp_path))
+    parsed = files._parse(str(tmp_path), fs.listStatus(path))
+    local = LocalFiles().list(str(tmp_path))
+    assert sorted((e.name, e.is_dir, e.size) for e in parsed) == [(e.name, e.is_dir, e.size) for e in local]
+    assert all(abs(a.mtime_ms - b.mtime_ms) <= 1 for a, b in zip(sorted(parsed, key=lambda e: e.name), local))
+    (tmp_path / "odd; isDirectory=true.json").write_bytes(b"x")
+    odd = files._parse(str(tmp_path), fs.listStatus(path))  # a name that reads like a status's fields
+    assert odd is None or sorted((e.name, e.is_dir, e.size) for e in odd) == \
+        [(e.name, e.is_dir, e.size) for e in LocalFiles().list(str(tmp_path))]

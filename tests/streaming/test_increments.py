@@ -81,21 +81,21 @@ def test_duplicates_and_retries_are_no_ops_and_batch_jobs_accept_what_feedback_w
 
 def test_a_failure_after_the_commit_is_finished_by_the_retry_and_counted_once(fed, monkeypatch):
     writer, root, store = fed["writer"], fed["root"], fed["store"]
-    real = store.write_to_online_store
+    real = increment_log.write_online
     calls = []
 
-    def flaky(view, df, *args, **kwargs):
+    def flaky(store, view, df):
         calls.append(view)
         if len(calls) == 2:  # the sequence is online, the stats are not
             raise OSError("disk full")
-        return real(view, df, *args, **kwargs)
+        return real(store, view, df)
 
-    monkeypatch.setattr(store, "write_to_online_store", flaky)
+    monkeypatch.setattr(increment_log, "write_online", flaky)
     click = Event(3, 12, AT, 1)
     with pytest.raises(OSError):
         writer.record([click])
     assert len(list((root / LOG).iterdir())) == 1  # committed, not yet applied
-    monkeypatch.setattr(store, "write_to_online_store", real)
+    monkeypatch.setattr(increment_log, "write_online", real)
     retry = IncrementWriter(store, root).record([click])  # after a restart: the log is finished first
     assert (retry["events"], retry["duplicates"]) == (0, 1)
     assert not list((root / LOG).iterdir())

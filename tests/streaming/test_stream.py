@@ -162,9 +162,11 @@ def test_a_day_of_movielens_replayed_through_the_stream_equals_the_batch(spark, 
     for r in during:
         by_hour.setdefault(r[2][:13], []).append(r)
     land(root, list(by_hour.values()))
-    done = stream(root, repo, max_files=2)
+    # Spark's source log folded into a .compact file every second batch: those batches Spark reads, the others the driver.
+    done = stream(root, repo, max_files=2, extra=("--conf", "spark.sql.streaming.fileSource.log.compactInterval=2"))
     assert done.returncode == 0, done.stderr[-3000:]
     report = [json.loads(line) for line in (root / "_stream" / "batches.jsonl").read_text().splitlines()]
+    assert {b["read_by"] for b in report} == {"spark", "driver"}, [b["read_by"] for b in report]
     assert sum(b["events"] for b in report) == len(during) and not any(b["late"] or b["quarantined"] for b in report)
     assert math.ceil(len(by_hour) / 2) == len(report)
     assert_stream_equals_batch(spark, root, repo, rows)
@@ -264,3 +266,29 @@ def test_the_stream_on_a_standalone_cluster_with_its_root_as_a_file_uri(spark, t
     assert not list(root.glob("*/.stream-*.crc"))  # the raw local file system: no checksum files beside what the stream published
     unique = {(u, i, t): l for rows in NEW for u, i, t, l in rows if (u, i, t) != (2, 14, "2020-07-06 00:00:00") or l == 1}
     assert_stream_equals_batch(spark, root, repo, EVENTS + [(u, i, t, l) for (u, i, t), l in unique.items()])
+
+
+def test_a_micro_batchs_files_are_read_from_the_checkpoint_or_left_to_spark(tmp_path):
+    """The driver reads a micro-batch's files itself when Spark's checkpoint names them plainly (the
+    offsets of the batch and the one before, the source log's entries in between); an entry folded
+    into a .compact file, or a log in another form, gives None: Spark reads that batch."""
+    from mmfs.core.files import LocalFiles
+    from mmfs.streaming.job import batch_files
+
+    checkpoint = tmp_path / "checkpoint"
+    (checkpoint / "offsets").mkdir(parents=True)
+    (checkpoint / "sources" / "0").mkdir(parents=True)
+    for batch, offset in ((0, 1), (1, 3), (2, 4)):
+        (checkpoint / "offsets" / str(batch)).write_text(f'v1\n{{"batchWatermarkMs":0}}\n{{"logOffset":{offset}}}')
+    entries = {0: ["a b.json"], 1: ["b.json"], 2: ["c.json", "d.json"], 3: ["e.json"]}
+    for entry, names in entries.items():
+        (checkpoint / "sources" / "0" / str(entry)).write_text("v1\n" + "".join(
+            json.dumps({"path": f"file:///land/{n.replace(' ', '%20')}", "timestamp": 1000 * (entry + 1), "batchId": entry}) + "\n"
+            for n in names))
+    files = LocalFiles()
+    assert batch_files(files, str(checkpoint), 0) == [("file:///land/a b.json", 1.0), ("file:///land/b.json", 2.0)]
+    assert batch_files(files, str(checkpoint), 1) == [("file:///land/c.json", 3.0), ("file:///land/d.json", 3.0),
+                                                      ("file:///land/e.json", 4.0)]
+    assert batch_files(files, str(checkpoint), 2) is None  # entry 4 lives in 4.compact, or not yet: Spark reads it
+    (checkpoint / "sources" / "0" / "3").write_text("v2\n{}")
+    assert batch_files(files, str(checkpoint), 1) is None
