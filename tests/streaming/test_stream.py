@@ -29,9 +29,9 @@ T = dt.datetime.fromisoformat
 
 
 def stream(root: Path | str, repo: Path, crash: str | None = None, max_files: int = 1, cwd: Path | None = None,
-           extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+           extra: tuple[str, ...] = (), env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """``mmfs stream --available-now`` in its own process (a SIGKILL must not take the test with it)."""
-    env = dict(os.environ)  # PYTHONPATH kept: the mutants' copy maps mmfs through it
+    env = {**os.environ, **(env_extra or {})}  # PYTHONPATH kept: the mutants' copy maps mmfs through it
     env.pop(CRASH_ENV, None)
     if crash:
         env[CRASH_ENV] = crash
@@ -162,8 +162,10 @@ def test_a_day_of_movielens_replayed_through_the_stream_equals_the_batch(spark, 
     for r in during:
         by_hour.setdefault(r[2][:13], []).append(r)
     land(root, list(by_hour.values()))
-    # Spark's source log folded into a .compact file every second batch: those batches Spark reads, the others the driver.
-    done = stream(root, repo, max_files=2, extra=("--conf", "spark.sql.streaming.fileSource.log.compactInterval=2"))
+    # Spark's source log folded into a .compact file every second batch, never read by the driver here: those
+    # batches Spark reads, the others the driver.
+    done = stream(root, repo, max_files=2, extra=("--conf", "spark.sql.streaming.fileSource.log.compactInterval=2"),
+                  env_extra={"MMFS_STREAM_COMPACT_READ_MAX_BYTES": "0"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = [json.loads(line) for line in (root / "_stream" / "batches.jsonl").read_text().splitlines()]
     assert {b["read_by"] for b in report} == {"spark", "driver"}, [b["read_by"] for b in report]
@@ -289,6 +291,10 @@ def test_a_micro_batchs_files_are_read_from_the_checkpoint_or_left_to_spark(tmp_
     assert batch_files(files, str(checkpoint), 0) == [("file:///land/a b.json", 1.0), ("file:///land/b.json", 2.0)]
     assert batch_files(files, str(checkpoint), 1) == [("file:///land/c.json", 3.0), ("file:///land/d.json", 3.0),
                                                       ("file:///land/e.json", 4.0)]
-    assert batch_files(files, str(checkpoint), 2) is None  # entry 4 lives in 4.compact, or not yet: Spark reads it
+    assert batch_files(files, str(checkpoint), 2) is None  # entry 4 not written: Spark reads it
+    (checkpoint / "sources" / "0" / "4.compact").write_text("v1\n" + "".join(  # every entry so far, 4's last
+        json.dumps({"path": f"file:///land/{n}", "timestamp": 5000, "batchId": k}) + "\n" for k, n in ((3, "e.json"), (4, "f.json"))))
+    assert batch_files(files, str(checkpoint), 2) == [("file:///land/f.json", 5.0)]
+    assert batch_files(files, str(checkpoint), 2, compact_max_bytes=10) is None  # too big to read: Spark reads it
     (checkpoint / "sources" / "0" / "3").write_text("v2\n{}")
     assert batch_files(files, str(checkpoint), 1) is None
