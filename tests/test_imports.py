@@ -3,7 +3,7 @@ one way, down the floors of the house (README, "Layout").
 
 The floors, bottom up (each may import the ones named in ``ALLOWED``, never one above or beside it):
 
-    mmfs.core                      contracts, shared feature rules, event rules and landing types
+    mmfs.core                      contracts, shared feature rules, event rules and landing types, files
     mmfs.pipelines                 the Spark plumbing and jobs, the encoders, synth, implicit
     mmfs.store, mmfs.model         the Feast side; the models and their training
     mmfs.online                    the online store's reads
@@ -94,13 +94,14 @@ def test_serving_never_reaches_pyspark():
 # The floors, bottom up, and what each may import of the checkout's code (its own unit always).
 # Everything else is an upward or sideways arrow: serving into Spark jobs, model into serving, ...
 CORE, SPARK = "mmfs.core", "mmfs.pipelines.spark"
-CONTRACTS, FEATURES, EVENTS = f"{CORE}.contracts", f"{CORE}.features", f"{CORE}.events"
+CONTRACTS, FEATURES, EVENTS, FILES = f"{CORE}.contracts", f"{CORE}.features", f"{CORE}.events", f"{CORE}.files"
 IMAGES, ENCODERS, SYNTH = "mmfs.pipelines.images", "mmfs.pipelines.encoders", "mmfs.pipelines.synth"
 IMPLICIT = "mmfs.pipelines.implicit"
 ALLOWED = {
     CONTRACTS: set(),
     FEATURES: {CONTRACTS},
-    EVENTS: {CONTRACTS, FEATURES},
+    EVENTS: {CONTRACTS, FEATURES, FILES},
+    FILES: set(),  # the file operations the stream's state needs, on any file system
     IMAGES: set(),
     ENCODERS: {CORE, IMAGES},
     SPARK: {CORE, ENCODERS, IMAGES},  # the encode job's inference UDFs
