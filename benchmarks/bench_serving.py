@@ -272,6 +272,111 @@ def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[
     return rows
 
 
+CPU_SIZES = (1, 100, 1200)
+CPU_FORMATS = ("items", "arrays")  # the /score answer's shapes compared
+CPU_GOAL = 1.2  # server CPU per request over HTTP against the in-process scorer's CPU per call (C = 100, 1200)
+
+
+class KeepAliveClient:
+    """A lean HTTP/1.1 client on one keep-alive loopback connection: pre-encoded requests, the
+    answer read by its content-length. The load generator's own CPU is then small beside the
+    server's, on the same cores."""
+
+    def __init__(self, base: str):
+        import socket
+
+        host, port = base.rsplit("/", 1)[-1].rsplit(":", 1)
+        self.host = host
+        self.sock = socket.create_connection((host, int(port)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post(self, path: str, body: dict) -> bytes:
+        """The bytes of a POST of ``body`` as JSON to ``path``."""
+        data = json.dumps(body).encode()
+        return (f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(data)}\r\n\r\n").encode() + data
+
+    def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send one pre-encoded request; (status, body)."""
+        self.sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            answer += chunk
+        head, body = answer.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            body += self.sock.recv(65536)
+        return int(lines[0].split(b" ", 2)[1]), body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def cpu_requests(C: int, base: int) -> int:
+    """Requests per size for the CPU comparison: a few seconds of CPU each (/proc counts 10 ms ticks)."""
+    return max(200, base // max(1, C // 100))
+
+
+def bench_cpu(store, checkpoint: Path, root: Path, repo: Path, user: int, items: list[int], at: dt.datetime, base: int,
+              formats: tuple[str, ...] = CPU_FORMATS, rounds: int = 5) -> list[dict]:
+    """CPU per request, side by side: ``Scorer.score`` in this process (process CPU time around n
+    calls, one torch thread as ``mmfs serve`` runs) against ``mmfs serve`` over HTTP (the server
+    process tree's utime + stime from /proc around n requests at concurrency 1 on one keep-alive
+    connection; the client's CPU is this process's and is not counted). The two alternate in
+    ``rounds`` blocks so that other load on the machine falls on both alike. Both do the same work:
+    the server's served-feature log is off here. Also each side's latency (p50/p99)."""
+    from benchmarks.resources import serving_process, tree_cpu_seconds
+    from mmfs.serving.scorer import Scorer
+    from mmfs.serving.tuning import tune_for_serving
+
+    scorer = Scorer.from_checkpoint(checkpoint, store)
+    threads = torch.get_num_threads()
+    blas_limit = tune_for_serving()  # noqa: F841 - kept alive for the run
+    rows = []
+    with serving_process(checkpoint, root, repo, ready_timeout_s=180, extra=("--request-log", "off")) as (server, url):
+        client = KeepAliveClient(url)
+        torch.set_num_threads(1)  # mmfs serve's default --torch-threads
+        try:
+            for fmt in formats:
+                for C in CPU_SIZES:
+                    cands, n = items[:C], cpu_requests(C, base)
+                    request = client.post("/score", {"user_id": user, "item_ids": cands, "at": at.isoformat(),
+                                                     **({"format": fmt} if fmt != "items" else {})})
+                    for _ in range(20):  # warm: caches, lazy imports
+                        scorer.score(user, cands, now=at)
+                        status, answer = client.send(request)
+                        assert status == 200, answer[:500]
+                    ours, theirs, cpu_in, cpu_http = [], [], 0.0, 0.0
+                    for r in range(rounds):
+                        k = n // rounds
+                        cpu0 = time.process_time()
+                        for _ in range(k):
+                            began = time.perf_counter()
+                            scorer.score(user, cands, now=at)
+                            ours.append(time.perf_counter() - began)
+                        cpu_in += time.process_time() - cpu0
+                        cpu0 = tree_cpu_seconds(server.pid)
+                        for _ in range(k):
+                            began = time.perf_counter()
+                            status, _ = client.send(request)
+                            theirs.append(time.perf_counter() - began)
+                            assert status == 200, status
+                        cpu_http += tree_cpu_seconds(server.pid) - cpu0
+                    in_ms, http_ms = cpu_in / len(ours) * 1e3, cpu_http / len(theirs) * 1e3
+                    row = {"C": C, "format": fmt, "n": len(ours), "in_process_cpu_ms": in_ms, "http_cpu_ms": http_ms, "ratio": http_ms / in_ms,
+                           "in_process": percentiles(ours), "http": percentiles(theirs), "request_bytes": len(request)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            torch.set_num_threads(threads)
+            client.close()
+    return rows
+
+
 def bench_feast_server(config: str, repo: Path, root: Path, user: int, items: list[int], requests: int) -> list[dict]:
     """``feast serve`` on the same repo: 1 user + C items through the benchmark services (pre-computed on Redis)."""
     from benchmarks.serving_peers import check_feast_answer, feast_bodies, feast_server
@@ -299,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "serving"))
     parser.add_argument("--repeats", type=int, default=500, help="requests per size at C = 100 (fewer for larger C)")
     parser.add_argument("--http-requests", type=int, default=2000)
+    parser.add_argument("--cpu-requests", type=int, default=2000, help="requests per size in the CPU comparison at C <= 100 (fewer above)")
+    parser.add_argument("--only-cpu", action="store_true",
+                        help="only the CPU-per-request comparison (in-process against HTTP): printed and kept in <work>/cpu.json, no report")
     parser.add_argument("--skip-redis", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--report", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -323,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     store = feast_store.open_store("duckdb", repo, root)
     user, items = pick_user_and_items(root, args.at, max(SIZES))
     results["user"] = user
+    if args.only_cpu:
+        rows = bench_cpu(store, checkpoint, root, repo, user, items, args.at, args.cpu_requests, CPU_FORMATS)
+        (work / "cpu.json").write_text(json.dumps(rows, indent=1))
+        return 0
     results["sqlite"] = bench_in_process(store, checkpoint, user, items, args.at, args.repeats, with_feast=True)
     results["dmf_paths"] = bench_dmf_paths(checkpoint, args.repeats)
     from benchmarks.serving_peers import forward_ceiling, precompute
@@ -332,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_http:
         results["http"] = [row for workers in (1, os.cpu_count() or 2)
                            for row in bench_http(checkpoint, root, repo, user, items, args.at, args.http_requests, workers)]
+        results["cpu"] = bench_cpu(store, checkpoint, root, repo, user, items, args.at, args.cpu_requests, CPU_FORMATS)
         results["feast_server"] = bench_feast_server("duckdb", repo, root, user, items, args.http_requests)
     if not args.skip_redis:
         from tests.support.redis_server import redis_server

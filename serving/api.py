@@ -6,7 +6,9 @@ number is not silently epoch seconds).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 from typing_extensions import Annotated
 
@@ -29,6 +31,8 @@ class ScoreRequest(BaseModel):
     user_id: INT64
     item_ids: list[INT64] = Field(min_length=1, description="candidate item ids, at most the server's max_candidates")
     at: AwareDatetime | None = Field(None, description="score as of this time (replays, tests); default now")
+    format: Literal["items", "arrays"] = Field("items", description="the answer's shape: one object per candidate (items, "
+                                               "ScoreResponse) or one array per field (arrays, ScoreArraysResponse: cheaper at large C)")
 
     @field_validator("at", mode="before")
     @classmethod
@@ -58,6 +62,41 @@ class ScoreResponse(BaseModel):
     stale_features: int
     timings_ms: dict[str, float]
     request_id: str = Field("", description="the served-feature log's record of this request (mmfs consistency joins on it)")
+
+
+class ScoreArraysResponse(BaseModel):
+    """POST /score's answer with ``"format": "arrays"``: the candidates' fields as parallel arrays in request order."""
+
+    user_id: int
+    feature_service: str
+    model: str
+    item_ids: list[int]
+    scores: list[float | None] = Field(description="click probabilities; null for a candidate with an error")
+    item_flags: list[list[str]] = Field(description="each candidate's flags: new_item, no_embedding, no_item_stats, stale:<view>")
+    item_errors: list[str | None] = Field(description="each candidate's error, null where it was scored")
+    user_flags: list[str]
+    history_len: int
+    stale_features: int
+    timings_ms: dict[str, float]
+    request_id: str = ""
+
+
+def score_body(result, model: str, format: str = "items") -> bytes:
+    """``result`` (a ``mmfs.serving.results.ScoreResult``) as POST /score's JSON body in ``format``
+    (``ScoreResponse`` or ``ScoreArraysResponse``). Encoded by orjson straight from the result's
+    arrays: NaN (an error entry's score) becomes null; pydantic never sees the C candidates again."""
+    head = {"user_id": result.user_id, "feature_service": result.feature_service, "model": model}
+    tail = {"user_flags": result.user_flags, "history_len": result.history_len, "stale_features": result.stale_features,
+            "timings_ms": result.timings_ms, "request_id": result.request_id}
+    if format == "arrays":
+        body = {**head, "item_ids": result.item_ids, "scores": result.probabilities, "item_flags": result.flags,
+                "item_errors": result.item_errors, **tail}
+    else:
+        errors = result.item_errors
+        items = [{"item_id": i, "score": p, "flags": f, "error": e}
+                 for i, p, f, e in zip(result.item_ids, result.probabilities.tolist(), result.flags, errors)]
+        body = {**head, "items": items, **tail}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class EventIn(BaseModel):

@@ -161,3 +161,38 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class ScoreFastPath:
+    """ASGI middleware: ``POST /score`` answered here, before FastAPI's request machinery. The body
+    is parsed and validated in one pass by pydantic's compiled JSON validator
+    (``ScoreRequest.model_validate_json``), then handed to ``answer`` (the same function FastAPI's
+    documented /score route calls); errors are FastAPI's 422 body (``invalid(endpoint, errors)``,
+    each field named ``body.<field>``). On 2 cores, FastAPI's dependency solving, its stdlib JSON
+    parse and the second validation pass were a fifth of the event loop's time per request."""
+
+    def __init__(self, app, answer, invalid):
+        self.app, self.answer, self.invalid = app, answer, invalid
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/score" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        from pydantic import ValidationError
+
+        from mmfs.serving.api import ScoreRequest
+
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            request = ScoreRequest.model_validate_json(b"".join(chunks))
+        except ValidationError as exc:
+            response = self.invalid("/score", [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)])
+        else:
+            response = await self.answer(request)
+        await response(scope, receive, send)
