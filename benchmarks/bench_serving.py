@@ -12,9 +12,13 @@ with the online store materialised up to AS_OF, for one real user with a 50-item
   (random weights: speed only), with the time split into per-user and per-candidate work;
 - the forward-only ceiling of the machine's cores (``benchmarks/serving_peers.py``);
 - HTTP: ``mmfs serve`` with 1 worker and one per core, in a subprocess, a load generator in a
-  second process on loopback (fixed concurrency, request count and time limit), client-side
-  p50/p99, errors and 503s, server RSS; ``feast serve`` on the same repo returning the same
-  features (pre-computed on Redis), 1 user + C items per request;
+  second process on loopback (fixed concurrency, request count and time limit; pre-encoded
+  requests on keep-alive connections), client-side p50/p99, errors and 503s, server RSS;
+  ``feast serve`` on the same repo returning the same features (pre-computed on Redis), 1 user +
+  C items per request;
+- CPU per request, side by side: the in-process scorer's process CPU time against the server
+  process tree's (/proc utime + stime) at C in {1, 100, 1200}, for both /score answer shapes
+  (``--only-cpu`` runs just this part);
 - the in-process figures again with a real redis-server as the online store.
 
 The goals and their ratios, met or not, head the section (``benchmarks/serving_report.py``).
@@ -195,33 +199,65 @@ def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
 
 # -- HTTP ------------------------------------------------------------------------------------------
 
+async def _post(reader, writer, request: bytes) -> int:
+    """One pre-encoded request on a keep-alive connection; its status (the body is read and dropped)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:"))
+    await reader.readexactly(length)
+    return int(lines[0].split(b" ", 2)[1])
+
+
+def encoded_post(url: str, body: dict) -> tuple[str, int, bytes]:
+    """(host, port, the bytes of a POST of ``body`` as JSON to ``url``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    data = json.dumps(body).encode()
+    head = (f"POST {parts.path} HTTP/1.1\r\nhost: {parts.netloc}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\n\r\n").encode()
+    return parts.hostname, parts.port, head + data
+
+
 async def _load(calls: list[tuple[str, dict]], concurrency: int, requests: int, duration: float) -> dict:
     """``concurrency`` clients sending requests for ``duration`` s or ``requests`` in all; a request is
-    ``calls`` (url, json body) made one after the other, timed together (Feast's user + items reads)."""
-    import httpx
-
+    ``calls`` (url, json body) made one after the other, timed together (Feast's user + items reads).
+    Each client holds one keep-alive connection and sends pre-encoded bytes: on these 2 cores an
+    httpx client's own encoding and parsing were counted in the server's latency and shared its cores."""
     latencies, errors, statuses = [], 0, {}
     sent = 0
     deadline = time.perf_counter() + duration
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker():
-            nonlocal sent, errors
+    encoded = [encoded_post(url, body) for url, body in calls]
+
+    async def worker():
+        nonlocal sent, errors
+        conns = {}
+        try:
+            for host, port, _ in encoded:
+                if (host, port) not in conns:
+                    conns[host, port] = await asyncio.open_connection(host, port)
             while sent < requests and time.perf_counter() < deadline:
                 sent += 1
                 began = time.perf_counter()
                 failed = False
-                for url, body in calls:
+                for host, port, request in encoded:
                     try:
-                        r = await client.post(url, json=body)
-                        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                        failed |= r.status_code != 200
-                    except httpx.HTTPError:
+                        status = await _post(*conns[host, port], request)
+                        statuses[status] = statuses.get(status, 0) + 1
+                        failed |= status != 200
+                    except (OSError, asyncio.IncompleteReadError):
                         failed = True
+                        conns[host, port] = await asyncio.open_connection(host, port)
                 errors += failed
                 latencies.append(time.perf_counter() - began)
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - began
+        finally:
+            for _, writer in conns.values():
+                writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - began
     return {**percentiles(latencies), "qps": len(latencies) / wall, "errors": errors, "statuses": statuses, "wall_s": wall,
             "concurrency": concurrency}
 
@@ -274,7 +310,6 @@ def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[
 
 CPU_SIZES = (1, 100, 1200)
 CPU_FORMATS = ("items", "arrays")  # the /score answer's shapes compared
-CPU_GOAL = 1.2  # server CPU per request over HTTP against the in-process scorer's CPU per call (C = 100, 1200)
 
 
 class KeepAliveClient:
@@ -283,28 +318,32 @@ class KeepAliveClient:
     server's, on the same cores."""
 
     def __init__(self, base: str):
-        import socket
-
         host, port = base.rsplit("/", 1)[-1].rsplit(":", 1)
-        self.host = host
-        self.sock = socket.create_connection((host, int(port)))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.host, self.port = host, int(port)
+        self.sock = None
 
     def post(self, path: str, body: dict) -> bytes:
         """The bytes of a POST of ``body`` as JSON to ``path``."""
-        data = json.dumps(body).encode()
-        return (f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(data)}\r\n\r\n").encode() + data
+        return encoded_post(f"http://{self.host}:{self.port}{path}", body)[2]
 
     def send(self, request: bytes) -> tuple[int, bytes]:
-        """Send one pre-encoded request; (status, body)."""
-        self.sock.sendall(request)
-        answer = b""
+        """Send one pre-encoded request; (status, body). A connection the server closed while idle
+        (uvicorn's keep-alive timeout) is opened again."""
+        import socket
+
+        for attempt in (1, 2):
+            if self.sock is None:
+                self.sock = socket.create_connection((self.host, self.port))
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.sendall(request)
+            answer = self.sock.recv(65536)
+            if answer:
+                break
+            self.close()
+        else:
+            raise ConnectionError("the server closed the connection")
         while b"\r\n\r\n" not in answer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the server closed the connection")
-            answer += chunk
+            answer += self.sock.recv(65536)
         head, body = answer.split(b"\r\n\r\n", 1)
         lines = head.split(b"\r\n")
         length = next(int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:"))
@@ -313,7 +352,9 @@ class KeepAliveClient:
         return int(lines[0].split(b" ", 2)[1]), body
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 def cpu_requests(C: int, base: int) -> int:
