@@ -309,7 +309,7 @@ def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[
 
 
 CPU_SIZES = (1, 100, 1200)
-CPU_FORMATS = ("items", "arrays")  # the /score answer's shapes compared
+CPU_FORMATS = ("items", "arrays", "batch8")  # /score's two answer shapes, and /score/batch with 8 requests (items)
 
 
 class KeepAliveClient:
@@ -363,13 +363,16 @@ def cpu_requests(C: int, base: int) -> int:
 
 
 def bench_cpu(store, checkpoint: Path, root: Path, repo: Path, user: int, items: list[int], at: dt.datetime, base: int,
-              formats: tuple[str, ...] = CPU_FORMATS, rounds: int = 5) -> list[dict]:
+              formats: tuple[str, ...] = CPU_FORMATS, rounds: int = 5, pause_s: float = 0.001) -> list[dict]:
     """CPU per request, side by side: ``Scorer.score`` in this process (process CPU time around n
     calls, one torch thread as ``mmfs serve`` runs) against ``mmfs serve`` over HTTP (the server
-    process tree's utime + stime from /proc around n requests at concurrency 1 on one keep-alive
-    connection; the client's CPU is this process's and is not counted). The two alternate in
-    ``rounds`` blocks so that other load on the machine falls on both alike. Both do the same work:
-    the server's served-feature log is off here. Also each side's latency (p50/p99)."""
+    process tree's utime + stime from /proc around n requests; the client runs in this process and
+    its CPU is not the server's). HTTP at concurrency 1 (one keep-alive connection: the server
+    idles between requests) and at concurrency 4 (requests wait, so the scorer runs back to back as
+    the in-process loop does); the in-process scorer also with a ``pause_s`` sleep after each call,
+    which shows what idling between calls costs by itself. The measurements alternate in ``rounds``
+    blocks so that other load on the machine falls on all alike. Both sides do the same work: the
+    server's served-feature log is off here. Also each side's latency (p50/p99)."""
     from benchmarks.resources import serving_process, tree_cpu_seconds
     from mmfs.serving.scorer import Scorer
     from mmfs.serving.tuning import tune_for_serving
@@ -385,31 +388,46 @@ def bench_cpu(store, checkpoint: Path, root: Path, repo: Path, user: int, items:
             for fmt in formats:
                 for C in CPU_SIZES:
                     cands, n = items[:C], cpu_requests(C, base)
-                    request = client.post("/score", {"user_id": user, "item_ids": cands, "at": at.isoformat(),
-                                                     **({"format": fmt} if fmt != "items" else {})})
+                    one = {"user_id": user, "item_ids": cands, "at": at.isoformat()}
+                    per = int(fmt[len("batch"):]) if fmt.startswith("batch") else 1  # user requests per HTTP request
+                    path, body = ("/score/batch", {"requests": [one] * per}) if per > 1 else ("/score", {**one, "format": fmt})
+                    request = client.post(path, body)
                     for _ in range(20):  # warm: caches, lazy imports
                         scorer.score(user, cands, now=at)
                         status, answer = client.send(request)
                         assert status == 200, answer[:500]
-                    ours, theirs, cpu_in, cpu_http = [], [], 0.0, 0.0
-                    for r in range(rounds):
-                        k = n // rounds
+                    ours, theirs, cpu = [], [], {"in": 0.0, "paced": 0.0, "http": 0.0, "http4": 0.0}
+                    busy = []
+                    k = n // rounds
+                    for _ in range(rounds):
                         cpu0 = time.process_time()
                         for _ in range(k):
                             began = time.perf_counter()
                             scorer.score(user, cands, now=at)
                             ours.append(time.perf_counter() - began)
-                        cpu_in += time.process_time() - cpu0
-                        cpu0 = tree_cpu_seconds(server.pid)
+                        cpu["in"] += time.process_time() - cpu0
                         for _ in range(k):
+                            cpu0 = time.process_time()
+                            scorer.score(user, cands, now=at)
+                            cpu["paced"] += time.process_time() - cpu0
+                            time.sleep(pause_s)
+                        cpu0 = tree_cpu_seconds(server.pid)
+                        for _ in range(k // per):
                             began = time.perf_counter()
                             status, _ = client.send(request)
                             theirs.append(time.perf_counter() - began)
                             assert status == 200, status
-                        cpu_http += tree_cpu_seconds(server.pid) - cpu0
-                    in_ms, http_ms = cpu_in / len(ours) * 1e3, cpu_http / len(theirs) * 1e3
-                    row = {"C": C, "format": fmt, "n": len(ours), "in_process_cpu_ms": in_ms, "http_cpu_ms": http_ms, "ratio": http_ms / in_ms,
-                           "in_process": percentiles(ours), "http": percentiles(theirs), "request_bytes": len(request)}
+                        cpu["http"] += tree_cpu_seconds(server.pid) - cpu0
+                        cpu0 = tree_cpu_seconds(server.pid)
+                        busy.append(asyncio.run(_load([(url + path, body)], 4, k // per, 300)))
+                        cpu["http4"] += tree_cpu_seconds(server.pid) - cpu0
+                        assert busy[-1]["errors"] == 0 and busy[-1]["n"] == k // per, busy[-1]
+                    ms = {key: v / ((k // per) * per * rounds if key.startswith("http") else k * rounds) * 1e3 for key, v in cpu.items()}
+                    row = {"C": C, "format": fmt, "per_request": per, "n": k * rounds, "in_process_cpu_ms": ms["in"], "in_process_paced_cpu_ms": ms["paced"],
+                           "http_cpu_ms": ms["http"], "http4_cpu_ms": ms["http4"], "ratio": ms["http"] / ms["in"],
+                           "ratio4": ms["http4"] / ms["in"], "pause_ms": pause_s * 1e3, "in_process": percentiles(ours),
+                           "http": percentiles(theirs), "http4_qps": per * sum(b["n"] for b in busy) / sum(b["wall_s"] for b in busy),
+                           "request_bytes": len(request)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
         finally:

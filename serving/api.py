@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, fie
 from typing_extensions import Annotated
 
 MAX_EVENTS = 10_000
+MAX_BATCH = 64  # users per POST /score/batch
 INT64 = Annotated[StrictInt, Field(ge=-(2 ** 63), le=2 ** 63 - 1)]  # the stores' id type: larger ids are a 422, not a crash
 EARLIEST_AT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -24,21 +25,39 @@ def iso_time_only(value):
     return value
 
 
-class ScoreRequest(BaseModel):
-    """POST /score: one user's candidate items, scored as of ``at`` (default now)."""
+class UserCandidates(BaseModel):
+    """One user's candidate items, scored as of ``at`` (default now)."""
 
     model_config = ConfigDict(extra="forbid")
     user_id: INT64
     item_ids: list[INT64] = Field(min_length=1, description="candidate item ids, at most the server's max_candidates")
     at: AwareDatetime | None = Field(None, description="score as of this time (replays, tests); default now")
-    format: Literal["items", "arrays"] = Field("items", description="the answer's shape: one object per candidate (items, "
-                                               "ScoreResponse) or one array per field (arrays, ScoreArraysResponse: cheaper at large C)")
 
     @field_validator("at", mode="before")
     @classmethod
     def at_is_text(cls, value):
         """Refuse a non-string ``at`` (see ``iso_time_only``)."""
         return iso_time_only(value)
+
+
+FORMAT = Field("items", description="the answer's shape: one object per candidate (items, ScoreResponse) or one array per "
+                                    "field (arrays, ScoreArraysResponse: cheaper at large C)")
+
+
+class ScoreRequest(UserCandidates):
+    """POST /score: one user's candidate items, scored as of ``at`` (default now)."""
+
+    format: Literal["items", "arrays"] = FORMAT
+
+
+class ScoreBatchRequest(BaseModel):
+    """POST /score/batch: up to ``MAX_BATCH`` users' candidates in one request, each scored as
+    POST /score scores it and answered in the same order (one HTTP round trip and one hop to the
+    scoring worker for all of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests: list[UserCandidates] = Field(min_length=1, max_length=MAX_BATCH)
+    format: Literal["items", "arrays"] = FORMAT
 
 
 class ItemScoreOut(BaseModel):
@@ -97,6 +116,12 @@ def score_body(result, model: str, format: str = "items") -> bytes:
                  for i, p, f, e in zip(result.item_ids, result.probabilities.tolist(), result.flags, errors)]
         body = {**head, "items": items, **tail}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class ScoreBatchResponse(BaseModel):
+    """POST /score/batch's answer: one /score answer per request, in request order."""
+
+    results: list[ScoreResponse | ScoreArraysResponse]
 
 
 class EventIn(BaseModel):

@@ -39,8 +39,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mmfs.serving.api import (EventsRequest, EventsResponse, ScoreArraysResponse, ScoreRequest, ScoreResponse, offline_docs,
-                              score_body)
+from mmfs.serving.api import (EventsRequest, EventsResponse, ScoreArraysResponse, ScoreBatchRequest, ScoreBatchResponse, ScoreRequest,
+                              ScoreResponse, offline_docs, score_body)
 from mmfs.serving.runtime import BodyLimit, ScoreFastPath, ServeSettings, Shed, State
 
 log = logging.getLogger("mmfs.serve")
@@ -101,8 +101,7 @@ def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=
         return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
     _status_routes(app, state, count)
-    answer_score = _model_routes(app, state, count, refuse)
-    app.add_middleware(ScoreFastPath, answer=answer_score, invalid=invalid_request)
+    app.add_middleware(ScoreFastPath, routes=_model_routes(app, state, count, refuse), invalid=invalid_request)
     # added last, so outermost: a body over the limit is refused before anything reads it
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, on_refused=lambda path: count(path, 413, "body_too_large"))
     return app
@@ -140,8 +139,8 @@ def _status_routes(app: FastAPI, state: State, count) -> None:
 
 
 def _model_routes(app: FastAPI, state: State, count, refuse):
-    """/score and /events: run on the worker, the client's mistakes mapped to 4xx. Returns /score's
-    answer for a parsed request (``ScoreFastPath`` calls it)."""
+    """/score, /score/batch and /events: run on the worker, the client's mistakes mapped to 4xx.
+    Returns the scoring routes for ``ScoreFastPath``: path -> (request model, answer for a parsed request)."""
     settings = state.settings
 
     async def on_worker(endpoint: str, fn, *args, needs_store: bool = True):
@@ -195,10 +194,45 @@ def _model_routes(app: FastAPI, state: State, count, refuse):
         state.metrics.item_errors.inc(len(result.errors))
         return Response(body, media_type="application/json")
 
+    async def answer_batch(batch: ScoreBatchRequest) -> Response:
+        """/score/batch's answer: every request scored and encoded in one trip to the worker; a
+        request the scorer refuses makes the whole batch a 4xx naming it (``requests[i]``)."""
+        from mmfs.serving.scorer import BadRequest
+
+        for i, request in enumerate(batch.requests):
+            if len(request.item_ids) > settings.max_candidates:
+                return refuse("/score/batch", 413, f"requests[{i}]: {len(request.item_ids)} candidates is more than the limit of "
+                                                   f"{settings.max_candidates}")
+
+        def scored():
+            results, bodies = [], []
+            for i, request in enumerate(batch.requests):
+                try:
+                    result = state.scorer.score(request.user_id, request.item_ids, now=request.at)
+                except BadRequest as exc:
+                    raise BadRequest(f"requests[{i}]: {exc}") from exc
+                results.append(result)
+                bodies.append(score_body(result, state.scorer.model_name, batch.format))
+            return results, b'{"results":[' + b",".join(bodies) + b"]}"
+
+        done, error = await on_worker("/score/batch", scored)
+        if error is not None:
+            return error
+        results, body = done
+        count("/score/batch", 200)
+        state.metrics.stale.inc(sum(r.stale_features for r in results))
+        state.metrics.item_errors.inc(sum(len(r.errors) for r in results))
+        return Response(body, media_type="application/json")
+
     @app.post("/score", response_model=ScoreResponse | ScoreArraysResponse)
     async def score(request: ScoreRequest):
         """Documents /score (request and answer models); ``ScoreFastPath`` answers it before FastAPI parses the body."""
         return await answer_score(request)
+
+    @app.post("/score/batch", response_model=ScoreBatchResponse)
+    async def score_batch(request: ScoreBatchRequest):
+        """Documents /score/batch; ``ScoreFastPath`` answers it before FastAPI parses the body."""
+        return await answer_batch(request)
 
     @app.post("/events", response_model=EventsResponse, status_code=202)
     async def events(request: EventsRequest):
@@ -211,7 +245,7 @@ def _model_routes(app: FastAPI, state: State, count, refuse):
         count("/events", 202)
         return JSONResponse(status_code=202, content={"accepted": len(batch), "file": done})
 
-    return answer_score
+    return {"/score": (ScoreRequest, answer_score), "/score/batch": (ScoreBatchRequest, answer_batch)}
 
 
 SETTINGS_ENV = "MMFS_SERVE_SETTINGS"  # mmfs serve --workers N hands its settings to the worker processes here

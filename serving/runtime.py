@@ -164,23 +164,24 @@ class BodyLimit:
 
 
 class ScoreFastPath:
-    """ASGI middleware: ``POST /score`` answered here, before FastAPI's request machinery. The body
-    is parsed and validated in one pass by pydantic's compiled JSON validator
-    (``ScoreRequest.model_validate_json``), then handed to ``answer`` (the same function FastAPI's
-    documented /score route calls); errors are FastAPI's 422 body (``invalid(endpoint, errors)``,
-    each field named ``body.<field>``). On 2 cores, FastAPI's dependency solving, its stdlib JSON
-    parse and the second validation pass were a fifth of the event loop's time per request."""
+    """ASGI middleware: the scoring routes (``POST /score``, ``/score/batch``) answered here, before
+    FastAPI's request machinery. The body is parsed and validated in one pass by pydantic's compiled
+    JSON validator (``model.model_validate_json``), then handed to the route's answer (the same
+    function FastAPI's documented route calls); errors are FastAPI's 422 body (``invalid(endpoint,
+    errors)``, each field named ``body.<field>``). On 2 cores, FastAPI's dependency solving, its
+    stdlib JSON parse and the second validation pass were a fifth of the event loop's time per request.
+    ``routes``: path -> (pydantic request model, async answer(parsed request) -> ASGI response)."""
 
-    def __init__(self, app, answer, invalid):
-        self.app, self.answer, self.invalid = app, answer, invalid
+    def __init__(self, app, routes: dict, invalid):
+        self.app, self.routes, self.invalid = app, routes, invalid
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/score" or scope["method"] != "POST":
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
             return await self.app(scope, receive, send)
         from pydantic import ValidationError
 
-        from mmfs.serving.api import ScoreRequest
-
+        model, answer = route
         chunks = []
         while True:
             message = await receive()
@@ -190,9 +191,9 @@ class ScoreFastPath:
             if not message.get("more_body", False):
                 break
         try:
-            request = ScoreRequest.model_validate_json(b"".join(chunks))
+            request = model.model_validate_json(b"".join(chunks))
         except ValidationError as exc:
-            response = self.invalid("/score", [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)])
+            response = self.invalid(scope["path"], [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)])
         else:
-            response = await self.answer(request)
+            response = await answer(request)
         await response(scope, receive, send)

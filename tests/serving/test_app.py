@@ -232,3 +232,23 @@ def test_score_answers_items_or_arrays_with_the_same_values(served, own_store): 
         wrong = client.post("/score", json={**request, "format": "columns"})
         assert wrong.status_code == 422 and wrong.json()["detail"][0]["field"] == "body.format"
         assert "ScoreArraysResponse" in client.get("/openapi.json").json()["components"]["schemas"]
+
+
+def test_a_batch_answers_each_request_as_score_does_in_order(served, own_store):  # noqa: F811
+    repo, _ = own_store
+    with TestClient(create_app(settings_for(served, repo, request_log="off", max_candidates=3), load_in_background=False)) as client:
+        requests = [{"user_id": 2, "item_ids": [3, 1], "at": AT}, {"user_id": 1, "item_ids": [21, 2, 1], "at": AT}]
+        for fmt in ("items", "arrays"):
+            batch = client.post("/score/batch", json={"requests": requests, "format": fmt})
+            assert batch.status_code == 200, batch.text
+            one_by_one = [client.post("/score", json={**r, "format": fmt}).json() for r in requests]
+            strip = lambda a: {k: v for k, v in a.items() if k != "timings_ms"}  # noqa: E731
+            assert [strip(a) for a in batch.json()["results"]] == [strip(a) for a in one_by_one]
+        refused = client.post("/score/batch", json={"requests": [requests[0], {**requests[1], "at": "2020-01-01T00:00:00Z"}]})
+        assert refused.status_code == 422 and refused.json()["detail"].startswith("requests[1]: ")
+        too_many = client.post("/score/batch", json={"requests": [requests[0], {"user_id": 1, "item_ids": [1, 2, 3, 4]}]})
+        assert too_many.status_code == 413 and too_many.json()["detail"].startswith("requests[1]: 4 candidates")
+        empty = client.post("/score/batch", json={"requests": []})
+        assert empty.status_code == 422 and empty.json()["detail"][0]["field"] == "body.requests"
+        nested = client.post("/score/batch", json={"requests": [{"user_id": 1, "item_ids": ["x"]}]})
+        assert nested.status_code == 422 and nested.json()["detail"][0]["field"] == "body.requests.0.item_ids.0"

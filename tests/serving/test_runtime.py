@@ -39,7 +39,9 @@ def call(path: str, chunks: list[bytes], method: str = "POST"):
         sent.append(message)
 
     scope = {"type": "http", "path": path, "method": method, "headers": []}
-    asyncio.run(ScoreFastPath(app, answer, invalid)(scope, receive, send))
+    from mmfs.serving.api import ScoreRequest
+
+    asyncio.run(ScoreFastPath(app, {"/score": (ScoreRequest, answer)}, invalid)(scope, receive, send))
     return seen, sent[0]["status"]
 
 
