@@ -12,9 +12,13 @@ with the online store materialised up to AS_OF, for one real user with a 50-item
   (random weights: speed only), with the time split into per-user and per-candidate work;
 - the forward-only ceiling of the machine's cores (``benchmarks/serving_peers.py``);
 - HTTP: ``mmfs serve`` with 1 worker and one per core, in a subprocess, a load generator in a
-  second process on loopback (fixed concurrency, request count and time limit), client-side
-  p50/p99, errors and 503s, server RSS; ``feast serve`` on the same repo returning the same
-  features (pre-computed on Redis), 1 user + C items per request;
+  second process on loopback (fixed concurrency, request count and time limit; pre-encoded
+  requests on keep-alive connections), client-side p50/p99, errors and 503s, server RSS;
+  ``feast serve`` on the same repo returning the same features (pre-computed on Redis), 1 user +
+  C items per request;
+- CPU per request, side by side: the in-process scorer's process CPU time against the server
+  process tree's (/proc utime + stime) at C in {1, 100, 1200}, for both /score answer shapes
+  (``--only-cpu`` runs just this part);
 - the in-process figures again with a real redis-server as the online store.
 
 The goals and their ratios, met or not, head the section (``benchmarks/serving_report.py``).
@@ -195,33 +199,65 @@ def bench_dmf_paths(checkpoint: Path, base: int) -> list[dict]:
 
 # -- HTTP ------------------------------------------------------------------------------------------
 
+async def _post(reader, writer, request: bytes) -> int:
+    """One pre-encoded request on a keep-alive connection; its status (the body is read and dropped)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:"))
+    await reader.readexactly(length)
+    return int(lines[0].split(b" ", 2)[1])
+
+
+def encoded_post(url: str, body: dict) -> tuple[str, int, bytes]:
+    """(host, port, the bytes of a POST of ``body`` as JSON to ``url``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    data = json.dumps(body).encode()
+    head = (f"POST {parts.path} HTTP/1.1\r\nhost: {parts.netloc}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\n\r\n").encode()
+    return parts.hostname, parts.port, head + data
+
+
 async def _load(calls: list[tuple[str, dict]], concurrency: int, requests: int, duration: float) -> dict:
     """``concurrency`` clients sending requests for ``duration`` s or ``requests`` in all; a request is
-    ``calls`` (url, json body) made one after the other, timed together (Feast's user + items reads)."""
-    import httpx
-
+    ``calls`` (url, json body) made one after the other, timed together (Feast's user + items reads).
+    Each client holds one keep-alive connection and sends pre-encoded bytes: on these 2 cores an
+    httpx client's own encoding and parsing were counted in the server's latency and shared its cores."""
     latencies, errors, statuses = [], 0, {}
     sent = 0
     deadline = time.perf_counter() + duration
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker():
-            nonlocal sent, errors
+    encoded = [encoded_post(url, body) for url, body in calls]
+
+    async def worker():
+        nonlocal sent, errors
+        conns = {}
+        try:
+            for host, port, _ in encoded:
+                if (host, port) not in conns:
+                    conns[host, port] = await asyncio.open_connection(host, port)
             while sent < requests and time.perf_counter() < deadline:
                 sent += 1
                 began = time.perf_counter()
                 failed = False
-                for url, body in calls:
+                for host, port, request in encoded:
                     try:
-                        r = await client.post(url, json=body)
-                        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                        failed |= r.status_code != 200
-                    except httpx.HTTPError:
+                        status = await _post(*conns[host, port], request)
+                        statuses[status] = statuses.get(status, 0) + 1
+                        failed |= status != 200
+                    except (OSError, asyncio.IncompleteReadError):
                         failed = True
+                        conns[host, port] = await asyncio.open_connection(host, port)
                 errors += failed
                 latencies.append(time.perf_counter() - began)
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - began
+        finally:
+            for _, writer in conns.values():
+                writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - began
     return {**percentiles(latencies), "qps": len(latencies) / wall, "errors": errors, "statuses": statuses, "wall_s": wall,
             "concurrency": concurrency}
 
@@ -272,6 +308,134 @@ def bench_http(checkpoint: Path, root: Path, repo: Path, user: int, items: list[
     return rows
 
 
+CPU_SIZES = (1, 100, 1200)
+CPU_FORMATS = ("items", "arrays", "batch8")  # /score's two answer shapes, and /score/batch with 8 requests (items)
+
+
+class KeepAliveClient:
+    """A lean HTTP/1.1 client on one keep-alive loopback connection: pre-encoded requests, the
+    answer read by its content-length. The load generator's own CPU is then small beside the
+    server's, on the same cores."""
+
+    def __init__(self, base: str):
+        host, port = base.rsplit("/", 1)[-1].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.sock = None
+
+    def post(self, path: str, body: dict) -> bytes:
+        """The bytes of a POST of ``body`` as JSON to ``path``."""
+        return encoded_post(f"http://{self.host}:{self.port}{path}", body)[2]
+
+    def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send one pre-encoded request; (status, body). A connection the server closed while idle
+        (uvicorn's keep-alive timeout) is opened again."""
+        import socket
+
+        for attempt in (1, 2):
+            if self.sock is None:
+                self.sock = socket.create_connection((self.host, self.port))
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.sendall(request)
+            answer = self.sock.recv(65536)
+            if answer:
+                break
+            self.close()
+        else:
+            raise ConnectionError("the server closed the connection")
+        while b"\r\n\r\n" not in answer:
+            answer += self.sock.recv(65536)
+        head, body = answer.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            body += self.sock.recv(65536)
+        return int(lines[0].split(b" ", 2)[1]), body
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def cpu_requests(C: int, base: int) -> int:
+    """Requests per size for the CPU comparison: a few seconds of CPU each (/proc counts 10 ms ticks)."""
+    return max(200, base // max(1, C // 100))
+
+
+def bench_cpu(store, checkpoint: Path, root: Path, repo: Path, user: int, items: list[int], at: dt.datetime, base: int,
+              formats: tuple[str, ...] = CPU_FORMATS, rounds: int = 5, pause_s: float = 0.001) -> list[dict]:
+    """CPU per request, side by side: ``Scorer.score`` in this process (process CPU time around n
+    calls, one torch thread as ``mmfs serve`` runs) against ``mmfs serve`` over HTTP (the server
+    process tree's utime + stime from /proc around n requests; the client runs in this process and
+    its CPU is not the server's). HTTP at concurrency 1 (one keep-alive connection: the server
+    idles between requests) and at concurrency 4 (requests wait, so the scorer runs back to back as
+    the in-process loop does); the in-process scorer also with a ``pause_s`` sleep after each call,
+    which shows what idling between calls costs by itself. The measurements alternate in ``rounds``
+    blocks so that other load on the machine falls on all alike. Both sides do the same work: the
+    server's served-feature log is off here. Also each side's latency (p50/p99)."""
+    from benchmarks.resources import serving_process, tree_cpu_seconds
+    from mmfs.serving.scorer import Scorer
+    from mmfs.serving.tuning import tune_for_serving
+
+    scorer = Scorer.from_checkpoint(checkpoint, store)
+    threads = torch.get_num_threads()
+    blas_limit = tune_for_serving()  # noqa: F841 - kept alive for the run
+    rows = []
+    with serving_process(checkpoint, root, repo, ready_timeout_s=180, extra=("--request-log", "off")) as (server, url):
+        client = KeepAliveClient(url)
+        torch.set_num_threads(1)  # mmfs serve's default --torch-threads
+        try:
+            for fmt in formats:
+                for C in CPU_SIZES:
+                    cands, n = items[:C], cpu_requests(C, base)
+                    one = {"user_id": user, "item_ids": cands, "at": at.isoformat()}
+                    per = int(fmt[len("batch"):]) if fmt.startswith("batch") else 1  # user requests per HTTP request
+                    path, body = ("/score/batch", {"requests": [one] * per}) if per > 1 else ("/score", {**one, "format": fmt})
+                    request = client.post(path, body)
+                    for _ in range(20):  # warm: caches, lazy imports
+                        scorer.score(user, cands, now=at)
+                        status, answer = client.send(request)
+                        assert status == 200, answer[:500]
+                    ours, theirs, cpu = [], [], {"in": 0.0, "paced": 0.0, "http": 0.0, "http4": 0.0}
+                    busy = []
+                    k = n // rounds
+                    for _ in range(rounds):
+                        cpu0 = time.process_time()
+                        for _ in range(k):
+                            began = time.perf_counter()
+                            scorer.score(user, cands, now=at)
+                            ours.append(time.perf_counter() - began)
+                        cpu["in"] += time.process_time() - cpu0
+                        for _ in range(k):
+                            cpu0 = time.process_time()
+                            scorer.score(user, cands, now=at)
+                            cpu["paced"] += time.process_time() - cpu0
+                            time.sleep(pause_s)
+                        cpu0 = tree_cpu_seconds(server.pid)
+                        for _ in range(k // per):
+                            began = time.perf_counter()
+                            status, _ = client.send(request)
+                            theirs.append(time.perf_counter() - began)
+                            assert status == 200, status
+                        cpu["http"] += tree_cpu_seconds(server.pid) - cpu0
+                        cpu0 = tree_cpu_seconds(server.pid)
+                        busy.append(asyncio.run(_load([(url + path, body)], 4, k // per, 300)))
+                        cpu["http4"] += tree_cpu_seconds(server.pid) - cpu0
+                        assert busy[-1]["errors"] == 0 and busy[-1]["n"] == k // per, busy[-1]
+                    ms = {key: v / ((k // per) * per * rounds if key.startswith("http") else k * rounds) * 1e3 for key, v in cpu.items()}
+                    row = {"C": C, "format": fmt, "per_request": per, "n": k * rounds, "in_process_cpu_ms": ms["in"], "in_process_paced_cpu_ms": ms["paced"],
+                           "http_cpu_ms": ms["http"], "http4_cpu_ms": ms["http4"], "ratio": ms["http"] / ms["in"],
+                           "ratio4": ms["http4"] / ms["in"], "pause_ms": pause_s * 1e3, "in_process": percentiles(ours),
+                           "http": percentiles(theirs), "http4_qps": per * sum(b["n"] for b in busy) / sum(b["wall_s"] for b in busy),
+                           "request_bytes": len(request)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            torch.set_num_threads(threads)
+            client.close()
+    return rows
+
+
 def bench_feast_server(config: str, repo: Path, root: Path, user: int, items: list[int], requests: int) -> list[dict]:
     """``feast serve`` on the same repo: 1 user + C items through the benchmark services (pre-computed on Redis)."""
     from benchmarks.serving_peers import check_feast_answer, feast_bodies, feast_server
@@ -299,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "bench_out" / "serving"))
     parser.add_argument("--repeats", type=int, default=500, help="requests per size at C = 100 (fewer for larger C)")
     parser.add_argument("--http-requests", type=int, default=2000)
+    parser.add_argument("--cpu-requests", type=int, default=2000, help="requests per size in the CPU comparison at C <= 100 (fewer above)")
+    parser.add_argument("--only-cpu", action="store_true",
+                        help="only the CPU-per-request comparison (in-process against HTTP): printed and kept in <work>/cpu.json, no report")
     parser.add_argument("--skip-redis", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--report", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -323,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     store = feast_store.open_store("duckdb", repo, root)
     user, items = pick_user_and_items(root, args.at, max(SIZES))
     results["user"] = user
+    if args.only_cpu:
+        rows = bench_cpu(store, checkpoint, root, repo, user, items, args.at, args.cpu_requests, CPU_FORMATS)
+        (work / "cpu.json").write_text(json.dumps(rows, indent=1))
+        return 0
     results["sqlite"] = bench_in_process(store, checkpoint, user, items, args.at, args.repeats, with_feast=True)
     results["dmf_paths"] = bench_dmf_paths(checkpoint, args.repeats)
     from benchmarks.serving_peers import forward_ceiling, precompute
@@ -332,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_http:
         results["http"] = [row for workers in (1, os.cpu_count() or 2)
                            for row in bench_http(checkpoint, root, repo, user, items, args.at, args.http_requests, workers)]
+        results["cpu"] = bench_cpu(store, checkpoint, root, repo, user, items, args.at, args.cpu_requests, CPU_FORMATS)
         results["feast_server"] = bench_feast_server("duckdb", repo, root, user, items, args.http_requests)
     if not args.skip_redis:
         from tests.support.redis_server import redis_server

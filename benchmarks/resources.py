@@ -43,6 +43,21 @@ def tree_rss_by_kind() -> tuple[int, int, int]:
     return total, python_max, jvm
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, from /proc/<pid>/stat) of ``pid`` and its live descendants, e.g. a
+    server and its uvicorn worker processes. Clock-tick resolution (10 ms): measure over seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": fields 3.. of proc(5); comm may hold spaces
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime (14), stime (15)
+    return total
+
+
 def tree_rss() -> int:
     return tree_rss_by_kind()[0]
 

@@ -6,11 +6,14 @@ number is not silently epoch seconds).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 from typing_extensions import Annotated
 
 MAX_EVENTS = 10_000
+MAX_BATCH = 64  # users per POST /score/batch
 INT64 = Annotated[StrictInt, Field(ge=-(2 ** 63), le=2 ** 63 - 1)]  # the stores' id type: larger ids are a 422, not a crash
 EARLIEST_AT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -22,8 +25,8 @@ def iso_time_only(value):
     return value
 
 
-class ScoreRequest(BaseModel):
-    """POST /score: one user's candidate items, scored as of ``at`` (default now)."""
+class UserCandidates(BaseModel):
+    """One user's candidate items, scored as of ``at`` (default now)."""
 
     model_config = ConfigDict(extra="forbid")
     user_id: INT64
@@ -35,6 +38,26 @@ class ScoreRequest(BaseModel):
     def at_is_text(cls, value):
         """Refuse a non-string ``at`` (see ``iso_time_only``)."""
         return iso_time_only(value)
+
+
+FORMAT = Field("items", description="the answer's shape: one object per candidate (items, ScoreResponse) or one array per "
+                                    "field (arrays, ScoreArraysResponse: cheaper at large C)")
+
+
+class ScoreRequest(UserCandidates):
+    """POST /score: one user's candidate items, scored as of ``at`` (default now)."""
+
+    format: Literal["items", "arrays"] = FORMAT
+
+
+class ScoreBatchRequest(BaseModel):
+    """POST /score/batch: up to ``MAX_BATCH`` users' candidates in one request, each scored as
+    POST /score scores it and answered in the same order (one HTTP round trip and one hop to the
+    scoring worker for all of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests: list[UserCandidates] = Field(min_length=1, max_length=MAX_BATCH)
+    format: Literal["items", "arrays"] = FORMAT
 
 
 class ItemScoreOut(BaseModel):
@@ -58,6 +81,47 @@ class ScoreResponse(BaseModel):
     stale_features: int
     timings_ms: dict[str, float]
     request_id: str = Field("", description="the served-feature log's record of this request (mmfs consistency joins on it)")
+
+
+class ScoreArraysResponse(BaseModel):
+    """POST /score's answer with ``"format": "arrays"``: the candidates' fields as parallel arrays in request order."""
+
+    user_id: int
+    feature_service: str
+    model: str
+    item_ids: list[int]
+    scores: list[float | None] = Field(description="click probabilities; null for a candidate with an error")
+    item_flags: list[list[str]] = Field(description="each candidate's flags: new_item, no_embedding, no_item_stats, stale:<view>")
+    item_errors: list[str | None] = Field(description="each candidate's error, null where it was scored")
+    user_flags: list[str]
+    history_len: int
+    stale_features: int
+    timings_ms: dict[str, float]
+    request_id: str = ""
+
+
+def score_body(result, model: str, format: str = "items") -> bytes:
+    """``result`` (a ``mmfs.serving.results.ScoreResult``) as POST /score's JSON body in ``format``
+    (``ScoreResponse`` or ``ScoreArraysResponse``). Encoded by orjson straight from the result's
+    arrays: NaN (an error entry's score) becomes null; pydantic never sees the C candidates again."""
+    head = {"user_id": result.user_id, "feature_service": result.feature_service, "model": model}
+    tail = {"user_flags": result.user_flags, "history_len": result.history_len, "stale_features": result.stale_features,
+            "timings_ms": result.timings_ms, "request_id": result.request_id}
+    if format == "arrays":
+        body = {**head, "item_ids": result.item_ids, "scores": result.probabilities, "item_flags": result.flags,
+                "item_errors": result.item_errors, **tail}
+    else:
+        errors = result.item_errors
+        items = [{"item_id": i, "score": p, "flags": f, "error": e}
+                 for i, p, f, e in zip(result.item_ids, result.probabilities.tolist(), result.flags, errors)]
+        body = {**head, "items": items, **tail}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class ScoreBatchResponse(BaseModel):
+    """POST /score/batch's answer: one /score answer per request, in request order."""
+
+    results: list[ScoreResponse | ScoreArraysResponse]
 
 
 class EventIn(BaseModel):

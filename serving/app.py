@@ -36,11 +36,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mmfs.serving.api import EventsRequest, EventsResponse, ScoreRequest, ScoreResponse, offline_docs
-from mmfs.serving.runtime import BodyLimit, ServeSettings, Shed, State
+from mmfs.serving.api import (EventsRequest, EventsResponse, ScoreArraysResponse, ScoreBatchRequest, ScoreBatchResponse, ScoreRequest,
+                              ScoreResponse, offline_docs, score_body)
+from mmfs.serving.runtime import BodyLimit, ScoreFastPath, ServeSettings, Shed, State
 
 log = logging.getLogger("mmfs.serve")
 
@@ -84,12 +85,14 @@ def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=
         if status >= 400:
             state.metrics.errors.labels(endpoint, kind or str(status)).inc()
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, on_refused=lambda path: count(path, 413, "body_too_large"))
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        count(request.url.path, 422, "invalid_request")
-        detail = [{"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in exc.errors()]
+        return invalid_request(request.url.path, exc.errors())
+
+    def invalid_request(endpoint: str, errors) -> JSONResponse:
+        """422 naming each bad field as ``body.<field>`` (pydantic's errors)."""
+        count(endpoint, 422, "invalid_request")
+        detail = [{"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in errors]
         return JSONResponse(status_code=422, content={"detail": detail})
 
     def refuse(endpoint: str, status: int, detail: str, kind: str | None = None, retry_after: int | None = None):
@@ -98,7 +101,9 @@ def create_app(settings: ServeSettings, load_in_background: bool = True, scorer=
         return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
     _status_routes(app, state, count)
-    _model_routes(app, state, count, refuse)
+    app.add_middleware(ScoreFastPath, routes=_model_routes(app, state, count, refuse), invalid=invalid_request)
+    # added last, so outermost: a body over the limit is refused before anything reads it
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, on_refused=lambda path: count(path, 413, "body_too_large"))
     return app
 
 
@@ -133,8 +138,9 @@ def _status_routes(app: FastAPI, state: State, count) -> None:
 
 
 
-def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
-    """/score and /events: run on the worker, the client's mistakes mapped to 4xx."""
+def _model_routes(app: FastAPI, state: State, count, refuse):
+    """/score, /score/batch and /events: run on the worker, the client's mistakes mapped to 4xx.
+    Returns the scoring routes for ``ScoreFastPath``: path -> (request model, answer for a parsed request)."""
     settings = state.settings
 
     async def on_worker(endpoint: str, fn, *args, needs_store: bool = True):
@@ -168,24 +174,65 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
             log.exception("%s failed", endpoint)
             return None, refuse(endpoint, 500, "internal error (see the server log)", "internal")
 
-    @app.post("/score", response_model=ScoreResponse)
-    async def score(request: ScoreRequest):
+    async def answer_score(request: ScoreRequest) -> Response:
+        """/score's answer: scored and encoded on the worker (the event loop only awaits it)."""
         began = time.perf_counter()
         if len(request.item_ids) > settings.max_candidates:
             return refuse("/score", 413, f"{len(request.item_ids)} candidates is more than the limit of {settings.max_candidates}")
-        result, error = await on_worker("/score", lambda: state.scorer.score(request.user_id, request.item_ids, now=request.at))
+
+        def scored():
+            result = state.scorer.score(request.user_id, request.item_ids, now=request.at)
+            return result, score_body(result, state.scorer.model_name, request.format)
+
+        done, error = await on_worker("/score", scored)
         if error is not None:
             return error
+        result, body = done
         state.metrics.latency.observe(time.perf_counter() - began)
         count("/score", 200)
         state.metrics.stale.inc(result.stale_features)
-        state.metrics.item_errors.inc(sum(1 for i in result.items if i.error))
-        # Built as plain JSON (the shape ScoreResponse documents): validating 1,200 item models again
-        # on the way out cost more than the scoring's own feature reads.
-        return JSONResponse({"user_id": result.user_id, "feature_service": result.feature_service, "model": state.scorer.model_name,
-                             "items": [{"item_id": i.item_id, "score": i.score, "flags": i.flags, "error": i.error} for i in result.items],
-                             "user_flags": result.user_flags, "history_len": result.history_len, "stale_features": result.stale_features,
-                             "timings_ms": result.timings_ms, "request_id": result.request_id})
+        state.metrics.item_errors.inc(len(result.errors))
+        return Response(body, media_type="application/json")
+
+    async def answer_batch(batch: ScoreBatchRequest) -> Response:
+        """/score/batch's answer: every request scored and encoded in one trip to the worker; a
+        request the scorer refuses makes the whole batch a 4xx naming it (``requests[i]``)."""
+        from mmfs.serving.scorer import BadRequest
+
+        for i, request in enumerate(batch.requests):
+            if len(request.item_ids) > settings.max_candidates:
+                return refuse("/score/batch", 413, f"requests[{i}]: {len(request.item_ids)} candidates is more than the limit of "
+                                                   f"{settings.max_candidates}")
+
+        def scored():
+            results, bodies = [], []
+            for i, request in enumerate(batch.requests):
+                try:
+                    result = state.scorer.score(request.user_id, request.item_ids, now=request.at)
+                except BadRequest as exc:
+                    raise BadRequest(f"requests[{i}]: {exc}") from exc
+                results.append(result)
+                bodies.append(score_body(result, state.scorer.model_name, batch.format))
+            return results, b'{"results":[' + b",".join(bodies) + b"]}"
+
+        done, error = await on_worker("/score/batch", scored)
+        if error is not None:
+            return error
+        results, body = done
+        count("/score/batch", 200)
+        state.metrics.stale.inc(sum(r.stale_features for r in results))
+        state.metrics.item_errors.inc(sum(len(r.errors) for r in results))
+        return Response(body, media_type="application/json")
+
+    @app.post("/score", response_model=ScoreResponse | ScoreArraysResponse)
+    async def score(request: ScoreRequest):
+        """Documents /score (request and answer models); ``ScoreFastPath`` answers it before FastAPI parses the body."""
+        return await answer_score(request)
+
+    @app.post("/score/batch", response_model=ScoreBatchResponse)
+    async def score_batch(request: ScoreBatchRequest):
+        """Documents /score/batch; ``ScoreFastPath`` answers it before FastAPI parses the body."""
+        return await answer_batch(request)
 
     @app.post("/events", response_model=EventsResponse, status_code=202)
     async def events(request: EventsRequest):
@@ -197,6 +244,8 @@ def _model_routes(app: FastAPI, state: State, count, refuse) -> None:
             return error
         count("/events", 202)
         return JSONResponse(status_code=202, content={"accepted": len(batch), "file": done})
+
+    return {"/score": (ScoreRequest, answer_score), "/score/batch": (ScoreBatchRequest, answer_batch)}
 
 
 SETTINGS_ENV = "MMFS_SERVE_SETTINGS"  # mmfs serve --workers N hands its settings to the worker processes here

@@ -161,3 +161,39 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class ScoreFastPath:
+    """ASGI middleware: the scoring routes (``POST /score``, ``/score/batch``) answered here, before
+    FastAPI's request machinery. The body is parsed and validated in one pass by pydantic's compiled
+    JSON validator (``model.model_validate_json``), then handed to the route's answer (the same
+    function FastAPI's documented route calls); errors are FastAPI's 422 body (``invalid(endpoint,
+    errors)``, each field named ``body.<field>``). On 2 cores, FastAPI's dependency solving, its
+    stdlib JSON parse and the second validation pass were a fifth of the event loop's time per request.
+    ``routes``: path -> (pydantic request model, async answer(parsed request) -> ASGI response)."""
+
+    def __init__(self, app, routes: dict, invalid):
+        self.app, self.routes, self.invalid = app, routes, invalid
+
+    async def __call__(self, scope, receive, send):
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
+            return await self.app(scope, receive, send)
+        from pydantic import ValidationError
+
+        model, answer = route
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            request = model.model_validate_json(b"".join(chunks))
+        except ValidationError as exc:
+            response = self.invalid(scope["path"], [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)])
+        else:
+            response = await answer(request)
+        await response(scope, receive, send)

@@ -50,11 +50,12 @@ from mmfs.online.columns import ItemRows
 from mmfs.serving.caches import ChangedItems, UserSideCache
 from mmfs.serving.item_features import ItemFeatureCache, ItemFeatures
 from mmfs.serving.request_log import Served
-from mmfs.serving.results import ItemScore, Prepared, ScoreResult
+from mmfs.serving.results import Prepared, ScoreResult
 from mmfs.core.features.snapshot import STAMP_AFTER_US
 from mmfs.online.reader import FUTURE, PRESENT, OnlineReader, ViewRows, stamp_us
 
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # the tables' validated range starts here
+UNKNOWN_ITEM = "unknown item: not in the online store and never seen in training"
 
 
 @dataclass(frozen=True)
@@ -195,13 +196,18 @@ class Scorer:
         if side is None:
             self.user_cache.put(key, {**{k: prepared.tensors[k] for k in user_keys(prepared.tensors)}, "state": state})
         probabilities = 1.0 / (1.0 + np.exp(-logits))  # (C,)
-        results = self._results(items, probabilities, logits, prepared)
+        unknown = np.flatnonzero(prepared.unknown).tolist()  # no score for an item neither the store nor the model knows
+        errors = dict.fromkeys(unknown, UNKNOWN_ITEM)
+        if unknown:
+            probabilities[unknown] = np.nan
+            logits[unknown] = np.nan
         request_id = self._log(now, int(user_id), items, probabilities, prepared, seq, status, hist, user_stats, rows) if self.served_hook else ""
         ms = lambda a, b: round((b - a) * 1e3, 4)  # noqa: E731
         timings = {"read_user": ms(began, t_user), "read_items": ms(t_user, t_items), "similarity": round(prepared.similarity_ms, 4),
                    "assemble": round(ms(t_items, t_assemble) - prepared.similarity_ms, 4), "model": ms(t_assemble, t_model),
                    "total": ms(began, t_model)}
-        return ScoreResult(int(user_id), self.feature_service, results, prepared.user_flags, len(hist), prepared.stale, timings, request_id)
+        return ScoreResult(int(user_id), self.feature_service, items, probabilities, logits, prepared.flags, errors, prepared.user_flags,
+                           len(hist), prepared.stale, timings, request_id)
 
     def _log(self, now, user_id, items, probabilities, prepared: Prepared, seq, status, hist, user_stats, rows) -> str:
         """Hand what this request used to ``served_hook`` (references to the arrays, no copies); its request id."""
@@ -219,15 +225,6 @@ class Scorer:
                                 seq.event_timestamps[0], hist, users, item_stats, prepared.codes.get(self.embedding_view),
                                 t["hist_sim"].numpy() if "hist_sim" in t else None, t["hist_sim_mask"].numpy() if "hist_sim_mask" in t else None))
         return request_id
-
-    @staticmethod
-    def _results(items: list[int], probabilities: np.ndarray, logits: np.ndarray, prepared: Prepared) -> list[ItemScore]:
-        """One ``ItemScore`` per candidate; an error entry for an unknown item."""
-        results = [ItemScore(item, p, logit, flags)
-                   for item, p, logit, flags in zip(items, probabilities.tolist(), logits.tolist(), prepared.flags)]
-        for c in np.flatnonzero(prepared.unknown).tolist():
-            results[c] = ItemScore(items[c], None, None, prepared.flags[c], "unknown item: not in the online store and never seen in training")
-        return results
 
     def prepare(self, items: list[int], status: str, hist: list[int], rows: dict[str, ItemRows], now: dt.datetime,
                 user_stats: ViewRows | None = None, side: dict | None = None) -> "Prepared":

@@ -212,3 +212,43 @@ def test_a_store_file_rewritten_in_place_is_a_503_and_a_recovery_never_a_crash(s
         assert wait_until(lambda: _status(f"{base}/score", body) == 200, seconds=20)
         assert server.poll() is None and _status(f"{base}/ready") == 200
 
+
+
+def test_score_answers_items_or_arrays_with_the_same_values(served, own_store):  # noqa: F811
+    """The arrays answer carries what the default one does, in request order; an unknown item's
+    score is null in both; a format that is neither is a 422."""
+    repo, _ = own_store
+    with TestClient(create_app(settings_for(served, repo, request_log="off"), load_in_background=False)) as client:
+        request = {"user_id": 1, "item_ids": [2, 21, 1], "at": AT}
+        items = client.post("/score", json=request)
+        arrays = client.post("/score", json={**request, "format": "arrays"})
+        assert items.status_code == arrays.status_code == 200, (items.text, arrays.text)
+        by_item, by_array = items.json(), arrays.json()
+        assert by_array["item_ids"] == [i["item_id"] for i in by_item["items"]] == [2, 21, 1]
+        assert by_array["scores"][1] is None and by_item["items"][1]["score"] is None and "unknown item" in by_array["item_errors"][1]
+        assert by_array["scores"][0] == pytest.approx(by_item["items"][0]["score"]) and 0 < by_array["scores"][2] < 1
+        assert by_array["item_flags"] == [i["flags"] for i in by_item["items"]]
+        assert by_array["user_flags"] == by_item["user_flags"] and by_array["history_len"] == by_item["history_len"]
+        wrong = client.post("/score", json={**request, "format": "columns"})
+        assert wrong.status_code == 422 and wrong.json()["detail"][0]["field"] == "body.format"
+        assert "ScoreArraysResponse" in client.get("/openapi.json").json()["components"]["schemas"]
+
+
+def test_a_batch_answers_each_request_as_score_does_in_order(served, own_store):  # noqa: F811
+    repo, _ = own_store
+    with TestClient(create_app(settings_for(served, repo, request_log="off", max_candidates=3), load_in_background=False)) as client:
+        requests = [{"user_id": 2, "item_ids": [3, 1], "at": AT}, {"user_id": 1, "item_ids": [21, 2, 1], "at": AT}]
+        for fmt in ("items", "arrays"):
+            batch = client.post("/score/batch", json={"requests": requests, "format": fmt})
+            assert batch.status_code == 200, batch.text
+            one_by_one = [client.post("/score", json={**r, "format": fmt}).json() for r in requests]
+            strip = lambda a: {k: v for k, v in a.items() if k != "timings_ms"}  # noqa: E731
+            assert [strip(a) for a in batch.json()["results"]] == [strip(a) for a in one_by_one]
+        refused = client.post("/score/batch", json={"requests": [requests[0], {**requests[1], "at": "2020-01-01T00:00:00Z"}]})
+        assert refused.status_code == 422 and refused.json()["detail"].startswith("requests[1]: ")
+        too_many = client.post("/score/batch", json={"requests": [requests[0], {"user_id": 1, "item_ids": [1, 2, 3, 4]}]})
+        assert too_many.status_code == 413 and too_many.json()["detail"].startswith("requests[1]: 4 candidates")
+        empty = client.post("/score/batch", json={"requests": []})
+        assert empty.status_code == 422 and empty.json()["detail"][0]["field"] == "body.requests"
+        nested = client.post("/score/batch", json={"requests": [{"user_id": 1, "item_ids": ["x"]}]})
+        assert nested.status_code == 422 and nested.json()["detail"][0]["field"] == "body.requests.0.item_ids.0"

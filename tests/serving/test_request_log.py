@@ -60,3 +60,17 @@ def test_a_failed_write_is_counted_and_scoring_goes_on(tmp_path, monkeypatch):
     log.submit(served(0))
     log.close()
     assert (log.written, log.dropped) == (0, 1)
+
+
+def test_only_text_columns_are_dictionary_encoded_and_all_are_zstd(tmp_path):
+    """A dictionary tried on the s_j floats tripled the writer's CPU beside the scorer."""
+    log = RequestLog(tmp_path, scorer(), flush_rows=3)
+    for n in range(3):
+        log.submit(served(n))
+    log.close()
+    meta = pq.ParquetFile(next(tmp_path.glob("*.parquet"))).metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert {c.compression for c in columns.values()} == {"ZSTD"}
+    dictionary = {path.split(".")[0] for path, c in columns.items() if any("DICTIONARY" in e for e in c.encodings)}
+    assert dictionary == {"request_id", "model", "feature_service", "seq_status", "user_stats_status", "item_stats_status",
+                          "embedding_status"}, dictionary
