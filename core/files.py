@@ -48,7 +48,6 @@ class Files(Protocol):
     def exists(self, path: str) -> bool: ...
     def is_dir(self, path: str) -> bool: ...
     def list(self, path: str) -> list[Entry]: ...
-    def list_files(self, path: str) -> list[Entry]: ...
     def status(self, path: str) -> Entry: ...
     def mkdirs(self, path: str) -> None: ...
     def read_bytes(self, path: str) -> bytes: ...
@@ -121,12 +120,6 @@ class LocalFiles:
             out.append(Entry(join(path, d.name), d.name, is_dir, st.st_mtime_ns // 1_000_000, 0 if is_dir else st.st_size))
         return sorted(out, key=lambda e: e.name)
 
-    def list_files(self, path: str) -> list[Entry]:
-        out = []
-        for entry in self.list(path):
-            out += self.list_files(entry.path) if entry.is_dir else [entry]
-        return out
-
     def status(self, path: str) -> Entry:
         """The entry of one path (FileNotFoundError if there is none)."""
         st = os.stat(self._p(path))
@@ -173,6 +166,14 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def list_files(files: Files, path: str) -> list[Entry]:
+    """Every file under ``path``, however deep (a missing folder: none)."""
+    out = []
+    for entry in files.list(path):
+        out += list_files(files, entry.path) if entry.is_dir else [entry]
+    return out
 
 
 def read_parquet(files: Files, paths: list[str], columns: list[str] | None = None) -> pa.Table | None:

@@ -53,7 +53,7 @@ import pyarrow as pa
 from mmfs.core.contracts import tables as C
 from mmfs.core.contracts.names import LANDING_SUBDIR, STREAM_SUBDIR
 from mmfs.core.events.landing import parse_line
-from mmfs.core.files import Files, join, write_parquet
+from mmfs.core.files import Files, join, list_files, write_parquet
 from mmfs.pipelines.spark.args import add_common_args, spark_from_args
 from mmfs.pipelines.spark.table_io import HadoopFiles, job_main
 from mmfs.streaming.checkpoint import batch_name, generation as checkpoint_generation
@@ -77,7 +77,7 @@ def set_aside_unreadable(files: Files, root: str, landing: str) -> list[str]:
     moved, now = [], time.time()
     target = join(root, "quarantine", "landing")
     base = landing.rstrip("/") + "/"
-    for entry in sorted(files.list_files(landing), key=lambda e: e.path):
+    for entry in sorted(list_files(files, landing), key=lambda e: e.path):
         parts = entry.path[len(base):].split("/")
         if not any(part[:1] in ("_", ".") for part in parts):
             continue

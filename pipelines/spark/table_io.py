@@ -308,22 +308,12 @@ class HadoopFiles:
             out.append(Entry(files_join(path, name), name, is_dir == "true", int(mtime), int(length or 0)))
         return out
 
-    def list_files(self, path: str) -> list[Entry]:
-        out = []
-        for entry in self.list(path):
-            out += self.list_files(entry.path) if entry.is_dir else [entry]
-        return out
-
     def status(self, path: str) -> Entry:
         fs, p = self._fs(path)
         if fs is self._raw_local and self.local_reads_by_os:
             return LocalFiles().status(path)
-        try:
+        with _not_found_as_python(path):
             s = fs.getFileStatus(p)
-        except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
-            if _java_class(exc) == "java.io.FileNotFoundException":
-                raise FileNotFoundError(path) from None
-            raise
         return Entry(str(path), path.rstrip("/").rsplit("/", 1)[-1], bool(s.isDirectory()), int(s.getModificationTime()),
                      0 if s.isDirectory() else int(s.getLen()))
 
@@ -336,12 +326,8 @@ class HadoopFiles:
         fs, p = self._fs(path)
         if fs is self._raw_local and self.local_reads_by_os:
             return LocalFiles().read_bytes(path)
-        try:
+        with _not_found_as_python(path):
             stream = fs.open(p)
-        except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
-            if _java_class(exc) == "java.io.FileNotFoundException":
-                raise FileNotFoundError(path) from None
-            raise
         try:
             return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
         finally:
@@ -394,6 +380,17 @@ class HadoopFiles:
 # Hadoop's FileStatus.toString: "<Class>{path=<uri>; isDirectory=<bool>[; length=<n>; ...]; modification_time=<ms>; ...}"
 _STATUS = re.compile(r"\{path=([^;]*); isDirectory=(true|false)(?:; length=(\d+); replication=\d+; blocksize=\d+)?; "
                      r"modification_time=(\d+);")
+
+
+@contextmanager
+def _not_found_as_python(path: str):
+    """Hadoop's FileNotFoundException (through py4j or pyspark's capture of it) as Python's, naming ``path``."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - py4j's error, or pyspark's capture of it
+        if _java_class(exc) == "java.io.FileNotFoundException":
+            raise FileNotFoundError(path) from None
+        raise
 
 
 def _java_class(exc: BaseException) -> str:

@@ -3,7 +3,7 @@ stream's), for a plain path and a ``file://`` URI."""
 import pyarrow as pa
 import pytest
 
-from mmfs.core.files import LocalFiles, join, local_path, read_parquet, write_parquet
+from mmfs.core.files import LocalFiles, join, list_files, local_path, read_parquet, write_parquet
 
 
 @pytest.fixture(params=["local", "hadoop", "hadoop-uri", "hadoop-only"])
@@ -38,7 +38,7 @@ def test_files_keep_their_promises(fs, tmp_path):
         files.rename(join(folder, "x.bin"), join(folder, "y.bin"))  # never replaces
     assert files.read_bytes(join(folder, "y.bin")) == b"y"
     files.rename(join(folder, "x.bin"), join(base, "a", "moved.bin"))
-    assert sorted(e.name for e in files.list_files(join(base, "a"))) == ["moved.bin", "new.jsonl", "y.bin"]
+    assert sorted(e.name for e in list_files(files, join(base, "a"))) == ["moved.bin", "new.jsonl", "y.bin"]
     with pytest.raises(FileNotFoundError):
         files.read_bytes(join(folder, "x.bin"))
     table = pa.table({"k": [1, 2], "t": pa.array([1, 2], pa.timestamp("us", "UTC"))})
